@@ -66,7 +66,7 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
     // operator's inference kernels
     policy.cfg.eos_token_id = u32::MAX;
     let mut gen_model = policy.model.clone();
-    gen_model.use_inference_kernels(true);
+    gen_model.use_inference_kernels(true)?;
     let train_model = std::mem::replace(&mut policy.model, gen_model);
     let reqs: Vec<Request> = examples.iter().map(|e| Request { prompt: e.prompt.clone(), patches: e.patches.clone(), seed: 0 }).collect();
     let params = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: new_tokens };

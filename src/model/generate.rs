@@ -2,7 +2,9 @@
 //! sampled with its own seeded RNG, so a rollout is the same whatever batch it ran in.
 
 use super::policy::{ModelError, Policy, Result};
+use super::tiny_vlm::decode_cpu::CpuDecoder;
 use candle_core::Tensor;
+use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +95,20 @@ fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix) -> (u32, f64) 
     let greedy = || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0;
     let token = if p.temperature <= 0.0 {
         greedy()
+    } else if p.top_k == 0 && p.top_p >= 1.0 {
+        // no filtering: walk the tempered distribution in token order (no sort)
+        let inv_t = 1.0 / p.temperature;
+        let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) * inv_t).exp()).collect();
+        let mut u = rng.uniform() * weights.iter().sum::<f64>();
+        let mut pick = logits.len() - 1;
+        for (i, w) in weights.iter().enumerate() {
+            if u < *w {
+                pick = i;
+                break;
+            }
+            u -= w;
+        }
+        pick
     } else {
         let mut idx: Vec<usize> = (0..logits.len()).collect();
         idx.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
@@ -128,46 +144,222 @@ fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix) -> (u32, f64) 
 
 /// Samples a batch. `bucket` is the prompt length every prompt is padded to (at least the
 /// longest prompt); it must not depend on the batch for results to be batch-independent.
+/// Uses the model's CPU sampling path when it has one (see `TinyVlm::use_inference_kernels`),
+/// else candle ops on the model's device.
 pub fn generate(policy: &Policy, reqs: &[Request], params: &SamplingParams, bucket: usize) -> Result<Vec<Generation>> {
     if reqs.is_empty() {
         return Ok(vec![]);
     }
+    let layout = Layout::new(policy, reqs, bucket)?;
+    match policy.model.cpu_path() {
+        Some(dec) => generate_cpu(policy, dec, reqs, &layout, params),
+        None => generate_candle(policy, reqs, &layout, params),
+    }
+}
+
+/// The bucket layout of a batch: per prompt, the expanded columns (bos, P image features,
+/// pads, question) with their RoPE positions and whether they may be attended to.
+struct Layout {
+    bucket: usize,
+    /// Expanded prompt length: bucket − 1 + P.
+    t0: usize,
+    positions: Vec<Vec<u32>>,
+    valid: Vec<Vec<bool>>,
+}
+
+impl Layout {
+    fn new(policy: &Policy, reqs: &[Request], bucket: usize) -> Result<Self> {
+        let cfg = &policy.cfg;
+        let (np, pd) = (cfg.vision_config.num_patches(), cfg.vision_config.patch_dim());
+        let (mut positions, mut valid) = (Vec::new(), Vec::new());
+        for r in reqs {
+            if r.prompt.len() > bucket || r.prompt.len() < 2 || r.prompt[1] != cfg.image_token_id {
+                return Err(ModelError::Invalid(format!("prompt of {} tokens does not fit the bucket {bucket} or lacks [bos, image]", r.prompt.len())));
+            }
+            if r.patches.len() != np * pd {
+                return Err(ModelError::Invalid(format!("image patches: {} values, expected {}", r.patches.len(), np * pd)));
+            }
+            let n_pad = bucket - r.prompt.len();
+            let mut pos: Vec<u32> = (0..=np as u32).collect();
+            pos.extend(std::iter::repeat_n(0, n_pad));
+            pos.extend((0..(r.prompt.len() - 2) as u32).map(|j| np as u32 + 1 + j));
+            positions.push(pos);
+            let mut v = vec![true; 1 + np];
+            v.extend(std::iter::repeat_n(false, n_pad));
+            v.extend(std::iter::repeat_n(true, r.prompt.len() - 2));
+            valid.push(v);
+        }
+        Ok(Self { bucket, t0: bucket - 1 + np, positions, valid })
+    }
+
+    /// Input embeddings (B, t0, hidden) of the requests: token embeddings with the image's
+    /// features in the image token's column.
+    fn embeddings(&self, policy: &Policy, reqs: &[&Request]) -> Result<Tensor> {
+        let cfg = &policy.cfg;
+        let (np, pd) = (cfg.vision_config.num_patches(), cfg.vision_config.patch_dim());
+        let mut ids = Vec::with_capacity(reqs.len() * self.bucket);
+        let mut patches = Vec::with_capacity(reqs.len() * np * pd);
+        for r in reqs {
+            ids.extend_from_slice(&r.prompt[..2]);
+            ids.extend(std::iter::repeat_n(cfg.pad_token_id, self.bucket - r.prompt.len()));
+            ids.extend_from_slice(&r.prompt[2..]);
+            patches.extend_from_slice(&r.patches);
+        }
+        let dev = &policy.device;
+        let ids_t = Tensor::from_vec(ids, (reqs.len(), self.bucket), dev)?;
+        let patches_t = Tensor::from_vec(patches, (reqs.len(), np, pd), dev)?;
+        Ok(policy.model.embed(&ids_t, 1, &policy.model.encode_images(&patches_t)?)?)
+    }
+}
+
+/// Per-row sampling state shared by both paths.
+struct Sampler<'a> {
+    params: &'a SamplingParams,
+    eos: u32,
+    rngs: Vec<SplitMix>,
+    out: Vec<Generation>,
+    done: Vec<bool>,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(reqs: &[&Request], params: &'a SamplingParams, eos: u32) -> Self {
+        Self {
+            params,
+            eos,
+            rngs: reqs.iter().map(|r| SplitMix(r.seed)).collect(),
+            out: reqs.iter().map(|_| Generation { tokens: vec![], logprob: 0.0, finish_reason: "length" }).collect(),
+            done: vec![false; reqs.len()],
+        }
+    }
+
+    /// Samples row `i`'s next token; returns it, or None when the row had already stopped.
+    fn step(&mut self, i: usize, logits: &[f32]) -> Option<u32> {
+        if self.done[i] {
+            return None;
+        }
+        let (tok, lp) = sample(logits, self.params, &mut self.rngs[i]);
+        self.out[i].logprob += lp;
+        if tok == self.eos {
+            self.out[i].finish_reason = "stop";
+            self.done[i] = true;
+        } else {
+            self.out[i].tokens.push(tok);
+        }
+        Some(tok)
+    }
+
+    fn all_done(&self) -> bool {
+        self.done.iter().all(|d| *d)
+    }
+}
+
+/// The CPU path: distinct prompts are encoded once; the rows are split over the threads, and
+/// each thread prefills each distinct prompt once, copies its cache to the prompt's other
+/// samples, and decodes only rows that have not stopped.
+fn generate_cpu(policy: &Policy, dec: &CpuDecoder, reqs: &[Request], layout: &Layout, params: &SamplingParams) -> Result<Vec<Generation>> {
+    let h = policy.cfg.hidden_size;
+    let t0 = layout.t0;
+    // distinct prompts (same tokens and image) and each row's prompt
+    let mut uniq: Vec<&Request> = Vec::new();
+    let mut which: Vec<usize> = Vec::with_capacity(reqs.len());
+    let mut seen: HashMap<(&[u32], Vec<u32>), usize> = HashMap::new();
+    for r in reqs {
+        let key = (r.prompt.as_slice(), r.patches.iter().map(|f| f.to_bits()).collect::<Vec<_>>());
+        let u = *seen.entry(key).or_insert_with(|| {
+            uniq.push(r);
+            uniq.len() - 1
+        });
+        which.push(u);
+    }
+    let x: Vec<f32> = layout.embeddings(policy, &uniq)?.flatten_all()?.to_vec1()?;
+    let threads = candle_core::utils::get_num_threads().clamp(1, reqs.len());
+    let per = reqs.len().div_ceil(threads);
+    let rows: Vec<usize> = (0..reqs.len()).collect();
+    let results: Vec<Vec<Generation>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rows
+            .chunks(per)
+            .map(|chunk| {
+                let (x, which) = (&x, &which);
+                s.spawn(move || {
+                    let cfg = &policy.cfg;
+                    let my: Vec<&Request> = chunk.iter().map(|&i| &reqs[i]).collect();
+                    let mut sampler = Sampler::new(&my, params, cfg.eos_token_id);
+                    let mut cache = dec.new_cache(chunk.len(), t0 + params.max_new_tokens);
+                    // prefill one row per distinct prompt, then share its cache
+                    let mut leader_of = vec![usize::MAX; chunk.len()];
+                    let mut leaders = Vec::new();
+                    for (a, &i) in chunk.iter().enumerate() {
+                        if let Some(b) = (0..a).find(|&b| which[chunk[b]] == which[i]) {
+                            leader_of[a] = leader_of[b];
+                        } else {
+                            leader_of[a] = leaders.len();
+                            leaders.push(a);
+                        }
+                    }
+                    let mut xs = Vec::with_capacity(leaders.len() * t0 * h);
+                    let (mut pos, mut ok) = (Vec::new(), Vec::new());
+                    for &a in &leaders {
+                        let u = which[chunk[a]];
+                        xs.extend_from_slice(&x[u * t0 * h..(u + 1) * t0 * h]);
+                        pos.extend_from_slice(&layout.positions[chunk[a]]);
+                        ok.extend_from_slice(&layout.valid[chunk[a]]);
+                    }
+                    let hid = dec.forward(&mut cache, &leaders, t0, &mut xs, &pos, &ok);
+                    let first = dec.logits(&hid);
+                    for (a, &l) in leader_of.iter().enumerate() {
+                        if leaders[l] != a {
+                            cache.copy_seq(leaders[l], a, dec.layers.len(), dec.heads, dec.head_dim());
+                        }
+                    }
+                    let v = dec.vocab;
+                    let mut logits: Vec<&[f32]> = leader_of.iter().map(|&l| &first[l * v..(l + 1) * v]).collect();
+                    let mut next_pos: Vec<u32> = chunk.iter().map(|&i| layout.positions[i][t0 - 1] + 1).collect();
+                    let mut step_logits;
+                    for step in 0..params.max_new_tokens {
+                        let mut active = Vec::new();
+                        let mut feed = Vec::new();
+                        for (a, l) in logits.iter().enumerate() {
+                            if let Some(tok) = sampler.step(a, l) {
+                                if !sampler.done[a] {
+                                    active.push(a);
+                                    feed.push(tok);
+                                }
+                            }
+                        }
+                        if sampler.all_done() || step + 1 == params.max_new_tokens || next_pos.iter().any(|&p| p as usize >= dec.max_positions()) {
+                            break;
+                        }
+                        let mut xs = dec.embed_tokens(&feed);
+                        let pos: Vec<u32> = active.iter().map(|&a| next_pos[a]).collect();
+                        next_pos.iter_mut().for_each(|p| *p += 1);
+                        let hid = dec.forward(&mut cache, &active, 1, &mut xs, &pos, &vec![true; active.len()]);
+                        step_logits = dec.logits(&hid);
+                        let mut rows = vec![&[][..]; chunk.len()];
+                        for (j, &a) in active.iter().enumerate() {
+                            rows[a] = &step_logits[j * v..(j + 1) * v];
+                        }
+                        logits = rows;
+                    }
+                    sampler.out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("sampling thread panicked")).collect()
+    });
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// The candle path (any device): one batch, candle ops, a growing KV cache.
+fn generate_candle(policy: &Policy, reqs: &[Request], layout: &Layout, params: &SamplingParams) -> Result<Vec<Generation>> {
     let cfg = &policy.cfg;
     let dev = &policy.device;
     let model = &policy.model;
-    let (b, np, pd) = (reqs.len(), cfg.vision_config.num_patches(), cfg.vision_config.patch_dim());
-    let pad = cfg.pad_token_id;
-    let mut ids = Vec::with_capacity(b * bucket);
-    let mut patches = Vec::with_capacity(b * np * pd);
-    let mut positions = Vec::new();
-    let mut valid: Vec<Vec<bool>> = Vec::new();
-    for r in reqs {
-        if r.prompt.len() > bucket || r.prompt.len() < 2 || r.prompt[1] != cfg.image_token_id {
-            return Err(ModelError::Invalid(format!("prompt of {} tokens does not fit the bucket {bucket} or lacks [bos, image]", r.prompt.len())));
-        }
-        if r.patches.len() != np * pd {
-            return Err(ModelError::Invalid(format!("image patches: {} values, expected {}", r.patches.len(), np * pd)));
-        }
-        let n_pad = bucket - r.prompt.len();
-        ids.extend_from_slice(&r.prompt[..2]);
-        ids.extend(std::iter::repeat_n(pad, n_pad));
-        ids.extend_from_slice(&r.prompt[2..]);
-        patches.extend_from_slice(&r.patches);
-        // expanded columns: bos, P image features, pads, question
-        let mut pos: Vec<u32> = (0..=np as u32).collect();
-        pos.extend(std::iter::repeat_n(0, n_pad));
-        pos.extend((0..(r.prompt.len() - 2) as u32).map(|j| np as u32 + 1 + j));
-        positions.push(pos);
-        let mut v = vec![true; 1 + np];
-        v.extend(std::iter::repeat_n(false, n_pad));
-        v.extend(std::iter::repeat_n(true, r.prompt.len() - 2));
-        valid.push(v);
-    }
-    let t0 = bucket - 1 + np;
-    let ids_t = Tensor::from_vec(ids, (b, bucket), dev)?;
-    let patches_t = Tensor::from_vec(patches, (b, np, pd), dev)?;
-    let x = model.embed(&ids_t, 1, &model.encode_images(&patches_t)?)?;
-    let pos_t = Tensor::from_vec(positions.concat(), (b, t0), dev)?;
+    let b = reqs.len();
+    let t0 = layout.t0;
+    let refs: Vec<&Request> = reqs.iter().collect();
+    let x = layout.embeddings(policy, &refs)?;
+    let pos_t = Tensor::from_vec(layout.positions.concat(), (b, t0), dev)?;
+    let mut valid = layout.valid.clone();
     let mut mask = Vec::with_capacity(b * t0 * t0);
     for v in &valid {
         for i in 0..t0 {
@@ -179,28 +371,11 @@ pub fn generate(policy: &Policy, reqs: &[Request], params: &SamplingParams, buck
     let h = model.decode(&x, &pos_t, Some(&mask_t), Some(&mut cache))?;
     let mut logits: Vec<Vec<f32>> = model.logits(&h.narrow(1, t0 - 1, 1)?)?.squeeze(1)?.to_vec2()?;
 
-    let mut rngs: Vec<SplitMix> = reqs.iter().map(|r| SplitMix(r.seed)).collect();
-    let mut next_pos: Vec<u32> = positions.iter().map(|p| p[t0 - 1] + 1).collect();
-    let mut out: Vec<Generation> = (0..b).map(|_| Generation { tokens: vec![], logprob: 0.0, finish_reason: "length" }).collect();
-    let mut done = vec![false; b];
+    let mut sampler = Sampler::new(&refs, params, cfg.eos_token_id);
+    let mut next_pos: Vec<u32> = layout.positions.iter().map(|p| p[t0 - 1] + 1).collect();
     for step in 0..params.max_new_tokens {
-        let mut feed = Vec::with_capacity(b);
-        for i in 0..b {
-            if done[i] {
-                feed.push(pad);
-                continue;
-            }
-            let (tok, lp) = sample(&logits[i], params, &mut rngs[i]);
-            out[i].logprob += lp;
-            if tok == cfg.eos_token_id {
-                out[i].finish_reason = "stop";
-                done[i] = true;
-            } else {
-                out[i].tokens.push(tok);
-            }
-            feed.push(tok);
-        }
-        if done.iter().all(|d| *d) || step + 1 == params.max_new_tokens {
+        let feed: Vec<u32> = (0..b).map(|i| sampler.step(i, &logits[i]).unwrap_or(cfg.pad_token_id)).collect();
+        if sampler.all_done() || step + 1 == params.max_new_tokens || next_pos.iter().any(|&p| p as usize >= cfg.max_position_embeddings) {
             break;
         }
         for v in valid.iter_mut() {
@@ -214,11 +389,8 @@ pub fn generate(policy: &Policy, reqs: &[Request], params: &SamplingParams, buck
         next_pos.iter_mut().for_each(|p| *p += 1);
         let h = model.decode(&x, &p_t, Some(&m_t), Some(&mut cache))?;
         logits = model.logits(&h)?.squeeze(1)?.to_vec2()?;
-        if next_pos.iter().any(|p| *p as usize >= cfg.max_position_embeddings) {
-            break;
-        }
     }
-    Ok(out)
+    Ok(sampler.out)
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub async fn resolve_policy(ctx: &OpContext<'_>, names: &[String]) -> Result<Pol
             let files = checkpoint::read(ctx.store, m).await?;
             let mut p = Policy::from_files(&files, &crate::model::device()).map_err(|e| OpError::Invalid(format!("checkpoint of `{name}` (iteration {}): {e}", m.iteration)))?;
             // sampling needs no gradients
-            p.model.use_inference_kernels(true);
+            p.model.use_inference_kernels(true).map_err(|e| OpError::Invalid(format!("policy `{name}`: {e}")))?;
             return Ok(p);
         }
     }

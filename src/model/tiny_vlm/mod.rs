@@ -2,6 +2,7 @@
 //! projector, causal decoder with RoPE, RMSNorm and SwiGLU; trainable end to end in candle.
 
 pub mod config;
+pub mod decode_cpu;
 pub mod model;
 
 pub use config::{Config, VisionConfig};

@@ -4,6 +4,8 @@
 use super::config::Config;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use super::decode_cpu::{CpuDecoder, LayerWeights};
+use std::sync::Arc;
 
 /// RMSNorm as plain tensor ops, so gradients reach its input and weight.
 #[derive(Debug, Clone)]
@@ -299,6 +301,8 @@ pub struct TinyVlm {
     lm_head: Lin,
     rotary: Rotary,
     device: Device,
+    /// The CPU sampling path (a weight snapshot), set by `use_inference_kernels` on the CPU.
+    cpu: Option<Arc<CpuDecoder>>,
 }
 
 impl TinyVlm {
@@ -328,6 +332,7 @@ impl TinyVlm {
             lm_head,
             rotary: Rotary::new(cfg, vb.device())?,
             device: vb.device().clone(),
+            cpu: None,
         })
     }
 
@@ -336,8 +341,10 @@ impl TinyVlm {
     }
 
     /// Switches RMSNorm and softmax to candle's fused kernels, which are faster but have no
-    /// backward: for sampling and evaluation only, never for a model that trains.
-    pub fn use_inference_kernels(&mut self, on: bool) {
+    /// backward, and on the CPU snapshots the weights into the `decode_cpu` sampling path:
+    /// for sampling and evaluation only, never for a model that trains.
+    pub fn use_inference_kernels(&mut self, on: bool) -> Result<()> {
+        self.cpu = if on && self.device.is_cpu() { Some(Arc::new(self.cpu_decoder()?)) } else { None };
         for b in &mut self.vision.blocks {
             b.fused = on;
             b.norm1.fused = on;
@@ -350,6 +357,45 @@ impl TinyVlm {
             l.post_norm.fused = on;
         }
         self.norm.fused = on;
+        Ok(())
+    }
+
+    /// The CPU sampling path, when `use_inference_kernels(true)` made one.
+    pub fn cpu_path(&self) -> Option<&CpuDecoder> {
+        self.cpu.as_deref()
+    }
+
+    /// A snapshot of the decoder's weights for the CPU sampling path.
+    pub fn cpu_decoder(&self) -> Result<CpuDecoder> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_dtype(DType::F32)?.to_vec1() };
+        let stack = |ws: &[&Lin]| -> Result<Vec<f32>> { flat(&Tensor::cat(&ws.iter().map(|l| l.0.weight()).collect::<Vec<_>>(), 0)?) };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerWeights {
+                    input_norm: flat(&l.input_norm.weight)?,
+                    qkv: stack(&[&l.q, &l.k, &l.v])?,
+                    o: flat(l.o.0.weight())?,
+                    post_norm: flat(&l.post_norm.weight)?,
+                    gate_up: stack(&[&l.gate, &l.up])?,
+                    down: flat(l.down.0.weight())?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(CpuDecoder {
+            hidden: self.cfg.hidden_size,
+            heads: self.cfg.num_attention_heads,
+            inter: self.cfg.intermediate_size,
+            vocab: self.cfg.vocab_size,
+            eps: self.cfg.rms_norm_eps as f32,
+            layers,
+            norm: flat(&self.norm.weight)?,
+            embed: flat(self.embed.embeddings())?,
+            lm_head: flat(self.lm_head.0.weight())?,
+            cos: flat(&self.rotary.cos)?,
+            sin: flat(&self.rotary.sin)?,
+        })
     }
 
     /// Image features in the text embedding space: (B, P, patch_dim) → (B, P, hidden).
