@@ -3,6 +3,7 @@
 
 use super::policy::{ModelError, Policy, Result};
 use super::tiny_vlm::decode_cpu::CpuDecoder;
+use super::tiny_vlm::Mask;
 use candle_core::Tensor;
 use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
@@ -368,7 +369,7 @@ fn generate_candle(policy: &Policy, reqs: &[Request], layout: &Layout, params: &
     }
     let mask_t = Tensor::from_vec(mask, (b, 1, t0, t0), dev)?;
     let mut cache = super::tiny_vlm::KvCache::new(cfg.num_hidden_layers);
-    let h = model.decode(&x, &pos_t, Some(&mask_t), Some(&mut cache))?;
+    let h = model.decode(&x, &pos_t, Mask::Additive(&mask_t), Some(&mut cache))?;
     let mut logits: Vec<Vec<f32>> = model.logits(&h.narrow(1, t0 - 1, 1)?)?.squeeze(1)?.to_vec2()?;
 
     let mut sampler = Sampler::new(&refs, params, cfg.eos_token_id);
@@ -387,7 +388,7 @@ fn generate_candle(policy: &Policy, reqs: &[Request], layout: &Layout, params: &
         let x = model.embed_tokens(&Tensor::from_vec(feed, (b, 1), dev)?)?;
         let p_t = Tensor::from_vec(next_pos.clone(), (b, 1), dev)?;
         next_pos.iter_mut().for_each(|p| *p += 1);
-        let h = model.decode(&x, &p_t, Some(&m_t), Some(&mut cache))?;
+        let h = model.decode(&x, &p_t, Mask::Additive(&m_t), Some(&mut cache))?;
         logits = model.logits(&h)?.squeeze(1)?.to_vec2()?;
     }
     Ok(sampler.out)

@@ -153,9 +153,9 @@ fn a_cached_decoding_step_equals_a_full_forward() {
     let t0 = x.dim(1).unwrap();
     let pos = Tensor::arange(0u32, t0 as u32, &dev).unwrap().unsqueeze(0).unwrap();
     let mut cache = super::tiny_vlm::KvCache::new(policy.cfg.num_hidden_layers);
-    m.decode(&x, &pos, Some(&super::tiny_vlm::causal_mask(t0, &dev).unwrap()), Some(&mut cache)).unwrap();
+    m.decode(&x, &pos, super::tiny_vlm::Mask::Causal, Some(&mut cache)).unwrap();
     let step = m.embed_tokens(&Tensor::new(&[[next]], &dev).unwrap()).unwrap();
-    let h = m.decode(&step, &Tensor::new(&[[t0 as u32]], &dev).unwrap(), None, Some(&mut cache)).unwrap();
+    let h = m.decode(&step, &Tensor::new(&[[t0 as u32]], &dev).unwrap(), super::tiny_vlm::Mask::None, Some(&mut cache)).unwrap();
     let got: Vec<f32> = m.logits(&h).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let d = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(d < 1e-4, "cached step differs from the full forward by {d}");

@@ -5,6 +5,7 @@ use super::config::Config;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 use super::decode_cpu::{CpuDecoder, LayerWeights};
+use super::fused::{CausalSoftmax, RmsNormOp, RopeOp};
 use std::sync::Arc;
 
 /// RMSNorm as plain tensor ops, so gradients reach its input and weight.
@@ -24,6 +25,9 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.fused {
             return candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32);
+        }
+        if x.device().is_cpu() {
+            return x.contiguous()?.apply_op2(&self.weight, RmsNormOp { eps: self.eps as f32 });
         }
         let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
         x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)
@@ -91,12 +95,20 @@ impl Rotary {
         Ok(Self { cos: angles.cos()?, sin: angles.sin()? })
     }
 
-    /// Applies rotary embeddings to (B, H, T, Dh) given positions (B, T).
-    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, _, t, d) = x.dims4()?;
+    /// The tables at positions (B, T): cos and sin of shape (B, T, Dh).
+    pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
         let flat = positions.flatten_all()?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d))?;
+        let d = self.cos.dim(1)?;
+        Ok((self.cos.index_select(&flat, 0)?.reshape((b, t, d))?, self.sin.index_select(&flat, 0)?.reshape((b, t, d))?))
+    }
+
+    /// Applies rotary embeddings to x (B, T, H, Dh) with tables from `at`.
+    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return x.contiguous()?.apply_op3(cos, sin, RopeOp { inverse: false });
+        }
+        let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?);
         x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?
     }
 }
@@ -109,10 +121,38 @@ fn softmax(x: &Tensor, fused: bool) -> Result<Tensor> {
     }
 }
 
-/// Multi-head attention; `mask` is additive, broadcastable to (B, H, Tq, Tk). `fused` uses
-/// candle's softmax kernel, which has no backward (inference only).
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, fused: bool) -> Result<Tensor> {
+/// Which keys a query may attend to.
+#[derive(Debug, Clone, Copy)]
+pub enum Mask<'a> {
+    /// All of them.
+    None,
+    /// Keys at or before the query (queries and keys are the same positions).
+    Causal,
+    /// An additive mask broadcastable to (B, H, Tq, Tk).
+    Additive(&'a Tensor),
+}
+
+/// Multi-head attention over (B, H, T, Dh). `fused` uses candle's softmax kernel, which has
+/// no backward (inference only); a causal mask on the CPU uses the fused causal softmax.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, fused: bool) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let causal;
+    let mask = match mask {
+        Mask::None => None,
+        Mask::Additive(m) => Some(m),
+        Mask::Causal => {
+            let (tq, tk) = (q.dim(2)?, k.dim(2)?);
+            if tq != tk {
+                candle_core::bail!("causal attention needs as many keys as queries ({tq} vs {tk})");
+            }
+            if q.device().is_cpu() && !fused {
+                let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+                return scores.apply_op1(CausalSoftmax { scale: scale as f32 })?.matmul(&v.contiguous()?);
+            }
+            causal = causal_mask(tq, q.device())?;
+            Some(&causal)
+        }
+    };
     if q.dim(2)? == 1 {
         // one query (a decoding step): elementwise products over the cache instead of B×H tiny
         // matmuls, whose per-call overhead dominates on the CPU
@@ -166,7 +206,7 @@ impl VisionBlock {
         let q = qkv.i((.., .., 0))?.transpose(1, 2)?;
         let k = qkv.i((.., .., 1))?.transpose(1, 2)?;
         let v = qkv.i((.., .., 2))?.transpose(1, 2)?;
-        let a = attention(&q, &k, &v, None, self.fused)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let a = attention(&q, &k, &v, Mask::None, self.fused)?.transpose(1, 2)?.reshape((b, t, c))?;
         let x = (x + self.proj.forward(&a)?)?;
         let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.silu()?)?;
         x + h
@@ -242,18 +282,17 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        rotary: &Rotary,
-        positions: &Tensor,
-        mask: Option<&Tensor>,
+        (cos, sin): (&Tensor, &Tensor),
+        mask: Mask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let hd = c / self.heads;
         let h = self.input_norm.forward(x)?;
-        let split = |y: Tensor| -> Result<Tensor> { y.reshape((b, t, self.heads, hd))?.transpose(1, 2) };
-        let q = rotary.apply(&split(self.q.forward(&h)?)?, positions)?;
-        let mut k = rotary.apply(&split(self.k.forward(&h)?)?, positions)?;
-        let mut v = split(self.v.forward(&h)?)?;
+        let heads = |y: Tensor| y.reshape((b, t, self.heads, hd));
+        let q = Rotary::apply(&heads(self.q.forward(&h)?)?, cos, sin)?.transpose(1, 2)?;
+        let mut k = Rotary::apply(&heads(self.k.forward(&h)?)?, cos, sin)?.transpose(1, 2)?;
+        let mut v = heads(self.v.forward(&h)?)?.transpose(1, 2)?;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = cache.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -421,11 +460,12 @@ impl TinyVlm {
 
     /// Runs the decoder over embeddings (B, T, hidden) at `positions` (B, T) with an additive
     /// mask; with a cache, keys and values are appended to it. Returns hidden states.
-    pub fn decode(&self, x: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn decode(&self, x: &Tensor, positions: &Tensor, mask: Mask, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let mut x = x.clone();
+        let (cos, sin) = self.rotary.at(positions)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, &self.rotary, positions, mask, c)?;
+            x = layer.forward(&x, (&cos, &sin), mask, c)?;
         }
         self.norm.forward(&x)
     }
@@ -441,8 +481,7 @@ impl TinyVlm {
         let x = self.embed(ids, image_at, &feats)?;
         let (b, t, _) = x.dims3()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
-        let mask = causal_mask(t, &self.device)?;
-        let h = self.decode(&x, &positions, Some(&mask), None)?;
+        let h = self.decode(&x, &positions, Mask::Causal, None)?;
         self.logits(&h)
     }
 }
