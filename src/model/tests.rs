@@ -207,3 +207,31 @@ fn cpu_sampling_path_equals_the_candle_path() {
         assert!(fast.iter().any(|g| g.tokens.len() > 5));
     }
 }
+
+/// The decoder must read the image: with one question for every example, only the image tells
+/// the captions apart, so a blind model cannot push the loss far below their entropy.
+#[test]
+fn the_model_learns_from_the_image() {
+    let (policy, _) = setup(1);
+    let cfg = policy.cfg.clone();
+    let mut prompt = vec![cfg.bos_token_id, cfg.image_token_id];
+    prompt.extend(policy.tokenizer.encode("Describe every shape in the image.\n").unwrap());
+    let exs: Vec<crate::train::Example> = (0..8)
+        .map(|i| {
+            let e = crate::data::synth::generate(3, "train", i, false);
+            let mut response = policy.tokenizer.encode(&e.scene.caption()).unwrap();
+            response.push(cfg.eos_token_id);
+            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap() }
+        })
+        .collect();
+    let refs: Vec<_> = exs.iter().collect();
+    let mut st = state();
+    st.schedule = Schedule::Constant { lr: 3e-3 };
+    let mut opt = AdamW::new(st.adamw.clone());
+    let mut loss = f64::MAX;
+    for _ in 0..300 {
+        loss = train_step(&policy, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+    }
+    eprintln!("caption loss after 300 steps: {loss}");
+    assert!(loss < 0.05, "caption loss {loss}: the image is not being used");
+}

@@ -16,6 +16,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(AnswerMatch::default()));
     ctx.register_udf(ScalarUDF::from(SplitSteps::default()));
     ctx.register_udf(ScalarUDF::from(SynthStepsOk::default()));
+    ctx.register_udf(ScalarUDF::from(SynthCaption::default()));
 }
 
 fn utf8_list() -> DataType {
@@ -237,5 +238,50 @@ impl ScalarUDFImpl for SynthStepsOk {
             out.push(Some(crate::data::synth::judge(sc, mt, r).steps_ok));
         }
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
+    }
+}
+
+/// `synth_caption(scene)`: every object of a synthetic scene in reading order, one sentence
+/// per line ("The red triangle shows 1."). NULL when scene is NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SynthCaption {
+    signature: Signature,
+}
+
+impl Default for SynthCaption {
+    fn default() -> Self {
+        Self { signature: Signature::user_defined(Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for SynthCaption {
+    fn name(&self) -> &str {
+        "synth_caption"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, t: &[DataType]) -> Result<Vec<DataType>> {
+        coerce(self.name(), t, &['s'])
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = arrays(&args)?;
+        let scene = strings(&a[0])?;
+        let out = (0..scene.len())
+            .map(|i| {
+                scene
+                    .is_valid(i)
+                    .then(|| {
+                        serde_json::from_str::<crate::data::synth::Scene>(scene.value(i))
+                            .map(|s| s.caption())
+                            .map_err(|e| DataFusionError::Execution(format!("synth_caption: bad scene JSON in row {i}: {e}")))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<StringArray>>()?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }

@@ -205,6 +205,17 @@ pub struct Scene {
 }
 
 impl Scene {
+    /// A description of every object in reading order (row, then column), one sentence per
+    /// line in the chain-of-thought grammar: "The red triangle shows 1." — perception
+    /// supervision for warm-up.
+    pub fn caption(&self) -> String {
+        let mut objs: Vec<&Object> = self.objects.iter().collect();
+        objs.sort_by_key(|o| (o.row, o.col));
+        objs.iter().map(|o| format!("The {} {} shows {}.", o.colour.name(), o.shape.name(), o.digit)).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Scene {
     /// Samples `n` (1..=9) objects in distinct grid cells with random shape, colour, digit and jitter.
     pub fn sample(rng: &mut Rng, n: usize) -> Scene {
         let cells_total = (GRID * GRID) as usize;
@@ -307,6 +318,13 @@ mod tests {
             assert!(o.contains(px, py));
             assert!(!(gx..gx + font::GLYPH_W).contains(&px) || !(gy..gy + font::GLYPH_H).contains(&py));
         }
+    }
+
+    #[test]
+    fn caption_reads_objects_row_by_row() {
+        let o = |shape, colour, digit, row, col| Object { shape, colour, digit, row, col, x: 0, y: 0, w: 12, h: 12 };
+        let scene = Scene { width: 56, height: 56, objects: vec![o(Shape::Circle, Colour::Blue, 4, 1, 0), o(Shape::Triangle, Colour::Red, 1, 0, 2)] };
+        assert_eq!(scene.caption(), "The red triangle shows 1.\nThe blue circle shows 4.");
     }
 
     #[test]
