@@ -91,6 +91,9 @@ enum ModelCmd {
         new_tokens: usize,
         #[arg(long = "sft-steps", default_value_t = 3)]
         sft_steps: usize,
+        /// cuda: the first GPU (needs a build with `--features cuda`)
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
     },
 }
 
@@ -262,8 +265,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Data { cmd } => data(cmd).await,
-        Cmd::Model { cmd: ModelCmd::Bench { size, out, batch, new_tokens, sft_steps } } => {
-            let r = tokio::task::spawn_blocking(move || mstar::model::bench::bench(&size, &out, batch, new_tokens, sft_steps)).await??;
+        Cmd::Model { cmd: ModelCmd::Bench { size, out, batch, new_tokens, sft_steps, device } } => {
+            let dev = match device.as_str() {
+                "cuda" => candle_core::Device::new_cuda(0)?,
+                _ => candle_core::Device::Cpu,
+            };
+            let r = tokio::task::spawn_blocking(move || mstar::model::bench::bench(&size, &out, batch, new_tokens, sft_steps, &dev)).await??;
             println!("{r}");
             Ok(0)
         }

@@ -1,6 +1,6 @@
 //! `mstar model bench`: generation and SFT throughput of a random policy of a preset size on
-//! this machine, writing the weights and inputs used so benches/policy_bench.py can run the
-//! same work in PyTorch.
+//! this machine (its CPU, or with the `cuda` feature a GPU), writing the weights and inputs used
+//! so benches/policy_bench.py can run the same work in PyTorch.
 
 use super::generate::{generate, Request, SamplingParams};
 use super::policy::{safetensors_bytes, ModelError, Policy, Result};
@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps: usize) -> Result<serde_json::Value> {
-    let dev = Device::Cpu;
+pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps: usize, dev: &Device) -> Result<serde_json::Value> {
+    let dev = dev.clone();
     let exs: Vec<_> = (0..256).map(|i| synth::generate(1, "train", i, false)).collect();
     let texts: Vec<String> = exs.iter().flat_map(|e| [e.question.clone(), e.gold_cot.clone()]).collect();
     let tok = TextTokenizer::train(texts.iter(), 384)?;
@@ -94,10 +94,12 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
     for _ in 0..sft_steps {
         train_step(&policy, &mut opt, &mut state, &micro, None)?;
     }
+    dev.synchronize()?; // a GPU's last optimizer step is still queued
     let sft_s = t.elapsed().as_secs_f64();
     let tokens_per_step = weights.elem_count();
     Ok(serde_json::json!({
         "size": size,
+        "device": if dev.is_cuda() { "cuda" } else { "cpu" },
         "params": policy.num_params(),
         "batch": b,
         "new_tokens": new_tokens,

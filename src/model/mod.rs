@@ -47,11 +47,17 @@ pub(crate) mod test_util {
 
     /// A tiny policy and `n` synthetic examples with their gold chains.
     pub fn setup(n: u64) -> (Policy, Vec<Example>) {
+        setup_on(n, &candle_core::Device::Cpu)
+    }
+
+    /// [`setup`] with the policy on `dev`.
+    pub fn setup_on(n: u64, dev: &candle_core::Device) -> (Policy, Vec<Example>) {
         let exs: Vec<_> = (0..n).map(|i| synth::generate(7, "train", i, false)).collect();
         let texts: Vec<String> = exs.iter().flat_map(|e| [e.question.clone(), e.gold_cot.clone()]).collect();
         let tok = TextTokenizer::train(texts.iter(), 320).unwrap();
         let cfg = tiny_config(tok.vocab_size());
-        let policy = Policy::new_random(&cfg, tok, 11, &candle_core::Device::Cpu).unwrap();
+        let policy = Policy::new_random(&cfg, tok, 11, dev).unwrap();
+        assert!(policy.named_vars().iter().all(|(_, v)| v.device().same_device(dev)), "weights not on {dev:?}");
         let examples = exs
             .iter()
             .map(|e| {

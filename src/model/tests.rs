@@ -1,9 +1,11 @@
 //! Model tests: gradients reach every weight, checkpoints round-trip, training resumed from a
-//! checkpoint equals uninterrupted training, sampling is independent of the batch.
+//! checkpoint equals uninterrupted training, sampling is independent of the batch. With the
+//! `cuda` feature, the device-independent ones run again on the GPU (module `cuda`).
 
 use super::generate::{generate, rollout_seed, Request, SamplingParams};
 use super::policy::Policy;
-use super::test_util::setup;
+use super::test_util::{setup, setup_on};
+use candle_core::Device;
 use crate::train::{batch_loss, train_step, AdamW, AdamWConfig, Schedule, TrainerState};
 
 fn state() -> TrainerState {
@@ -20,7 +22,11 @@ fn state() -> TrainerState {
 
 #[test]
 fn every_trainable_tensor_gets_a_nonzero_gradient() {
-    let (policy, ex) = setup(4);
+    gradients_reach_every_weight(&Device::Cpu);
+}
+
+fn gradients_reach_every_weight(dev: &Device) {
+    let (policy, ex) = setup_on(4, dev);
     let refs: Vec<_> = ex.iter().collect();
     let (loss, _) = batch_loss(&policy, &refs).unwrap();
     let grads = loss.backward().unwrap();
@@ -38,7 +44,11 @@ fn every_trainable_tensor_gets_a_nonzero_gradient() {
 
 #[test]
 fn training_lowers_the_loss() {
-    let (policy, ex) = setup(8);
+    training_lowers_the_loss_on(&Device::Cpu);
+}
+
+fn training_lowers_the_loss_on(dev: &Device) {
+    let (policy, ex) = setup_on(8, dev);
     let refs: Vec<_> = ex.iter().collect();
     let mut st = state();
     st.schedule = Schedule::Constant { lr: 3e-3 };
@@ -48,6 +58,7 @@ fn training_lowers_the_loss() {
     for _ in 0..15 {
         last = train_step(&policy, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
     }
+    eprintln!("{dev:?}: loss {first} → {last}");
     assert!(last < first * 0.7, "loss {first} → {last}");
 }
 
@@ -103,7 +114,11 @@ fn checkpoint_round_trips_and_resumed_training_matches_uninterrupted() {
 
 #[test]
 fn sampling_does_not_depend_on_the_batch() {
-    let (policy, ex) = setup(70);
+    sampling_does_not_depend_on_the_batch_on(&Device::Cpu);
+}
+
+fn sampling_does_not_depend_on_the_batch_on(dev: &Device) {
+    let (policy, ex) = setup_on(70, dev);
     let bucket = ex.iter().map(|e| e.prompt.len()).max().unwrap();
     let reqs: Vec<Request> = ex
         .iter()
@@ -132,39 +147,47 @@ fn sampling_does_not_depend_on_the_batch() {
 
 #[test]
 fn a_cached_decoding_step_equals_a_full_forward() {
-    use candle_core::{Device, Tensor};
-    let (policy, ex) = setup(2);
+    a_cached_decoding_step_equals_a_full_forward_on(&Device::Cpu);
+}
+
+fn a_cached_decoding_step_equals_a_full_forward_on(dev: &Device) {
+    use candle_core::Tensor;
+    let (policy, ex) = setup_on(2, dev);
     let m = &policy.model;
     let e = &ex[0];
     let np = policy.cfg.vision_config.num_patches();
     let pd = policy.cfg.vision_config.patch_dim();
-    let dev = Device::Cpu;
-    let patches = Tensor::from_vec(e.patches.clone(), (1, np, pd), &dev).unwrap();
+    let patches = Tensor::from_vec(e.patches.clone(), (1, np, pd), dev).unwrap();
     let feats = m.encode_images(&patches).unwrap();
     let next = e.response[0];
     // full forward over prompt + one token
     let mut ids = e.prompt.clone();
     ids.push(next);
-    let full = m.forward(&Tensor::new(ids.as_slice(), &dev).unwrap().unsqueeze(0).unwrap(), 1, &patches).unwrap();
+    let full = m.forward(&Tensor::new(ids.as_slice(), dev).unwrap().unsqueeze(0).unwrap(), 1, &patches).unwrap();
     let t = full.dim(1).unwrap();
     let want: Vec<f32> = full.narrow(1, t - 1, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     // prefill the prompt, then one cached step
-    let x = m.embed(&Tensor::new(e.prompt.as_slice(), &dev).unwrap().unsqueeze(0).unwrap(), 1, &feats).unwrap();
+    let x = m.embed(&Tensor::new(e.prompt.as_slice(), dev).unwrap().unsqueeze(0).unwrap(), 1, &feats).unwrap();
     let t0 = x.dim(1).unwrap();
-    let pos = Tensor::arange(0u32, t0 as u32, &dev).unwrap().unsqueeze(0).unwrap();
+    let pos = Tensor::arange(0u32, t0 as u32, dev).unwrap().unsqueeze(0).unwrap();
     let mut cache = super::tiny_vlm::KvCache::new(policy.cfg.num_hidden_layers);
     m.decode(&x, &pos, super::tiny_vlm::Mask::Causal, Some(&mut cache)).unwrap();
-    let step = m.embed_tokens(&Tensor::new(&[[next]], &dev).unwrap()).unwrap();
-    let h = m.decode(&step, &Tensor::new(&[[t0 as u32]], &dev).unwrap(), super::tiny_vlm::Mask::None, Some(&mut cache)).unwrap();
+    let step = m.embed_tokens(&Tensor::new(&[[next]], dev).unwrap()).unwrap();
+    let h = m.decode(&step, &Tensor::new(&[[t0 as u32]], dev).unwrap(), super::tiny_vlm::Mask::None, Some(&mut cache)).unwrap();
     let got: Vec<f32> = m.logits(&h).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let d = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{dev:?}: max |cached − full| = {d}");
     assert!(d < 1e-4, "cached step differs from the full forward by {d}");
 }
 
 #[test]
 fn inference_kernels_agree_with_the_differentiable_path() {
+    inference_kernels_agree_with_the_differentiable_path_on(&Device::Cpu);
+}
+
+fn inference_kernels_agree_with_the_differentiable_path_on(dev: &Device) {
     use candle_core::Tensor;
-    let (mut policy, ex) = setup(3);
+    let (mut policy, ex) = setup_on(3, dev);
     let np = policy.cfg.vision_config.num_patches();
     let pd = policy.cfg.vision_config.patch_dim();
     let e = &ex[0];
@@ -174,6 +197,7 @@ fn inference_kernels_agree_with_the_differentiable_path() {
     policy.model.use_inference_kernels(true).unwrap();
     let fast: Vec<f32> = policy.model.forward(&ids, 1, &patches).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let d = slow.iter().zip(&fast).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{dev:?}: max |fused − differentiable| = {d}");
     assert!(d < 1e-4, "fused kernels differ by {d}");
 }
 
@@ -234,4 +258,39 @@ fn the_model_learns_from_the_image() {
     }
     eprintln!("caption loss after 300 steps: {loss}");
     assert!(loss < 0.05, "caption loss {loss}: the image is not being used");
+}
+
+/// The device-independent tests again on the first GPU (`cargo test --features cuda cuda`).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::Device;
+
+    fn gpu() -> Device {
+        Device::new_cuda(0).expect("a CUDA device (these tests need a GPU)")
+    }
+
+    #[test]
+    fn every_trainable_tensor_gets_a_nonzero_gradient() {
+        super::gradients_reach_every_weight(&gpu());
+    }
+
+    #[test]
+    fn training_lowers_the_loss() {
+        super::training_lowers_the_loss_on(&gpu());
+    }
+
+    #[test]
+    fn sampling_does_not_depend_on_the_batch() {
+        super::sampling_does_not_depend_on_the_batch_on(&gpu());
+    }
+
+    #[test]
+    fn a_cached_decoding_step_equals_a_full_forward() {
+        super::a_cached_decoding_step_equals_a_full_forward_on(&gpu());
+    }
+
+    #[test]
+    fn inference_kernels_agree_with_the_differentiable_path() {
+        super::inference_kernels_agree_with_the_differentiable_path_on(&gpu());
+    }
 }

@@ -59,6 +59,9 @@ impl Operator for ModelInitOp {
             }
             let tokenizer = TextTokenizer::train(texts.iter(), self.spec.vocab_size).map_err(|e| OpError::Invalid(e.to_string()))?;
             let mut cfg = Config::preset(&self.spec.size, self.spec.vocab_size).expect("validated size");
+            if let Some(over) = &self.spec.config {
+                cfg = cfg.with_overrides(over).map_err(|e| OpError::Invalid(format!("model_init `config`: {e}")))?;
+            }
             cfg.vocab_size = cfg.vocab_size.max(tokenizer.vocab_size());
             let policy = Policy::new_random(&cfg, tokenizer, ctx.pipeline.seed, &crate::model::device()).map_err(|e| OpError::Invalid(e.to_string()))?;
             eprintln!("  model_init: {} parameters, vocabulary {}", policy.num_params(), policy.tokenizer.vocab_size());

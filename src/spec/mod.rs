@@ -276,6 +276,10 @@ pub struct ModelInitSpec {
     pub size: String,
     #[serde(default = "default_vocab")]
     pub vocab_size: usize,
+    /// Overrides of the preset's config.json keys, merged into it (nested objects merge key
+    /// by key), e.g. `{vision_config: {patch_size: 4}}`.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
 }
 
 fn default_preset() -> String {

@@ -84,6 +84,25 @@ impl Config {
         })
     }
 
+    /// This config with `over`'s keys merged in (objects key by key), checked like a file.
+    pub fn with_overrides(&self, over: &serde_json::Value) -> Result<Config, String> {
+        fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+            match (base, over) {
+                (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+                    for (k, v) in o {
+                        merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+                (b, o) => *b = o.clone(),
+            }
+        }
+        let mut v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        merge(&mut v, over);
+        let cfg: Config = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
