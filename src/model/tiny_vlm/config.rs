@@ -127,3 +127,17 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_merge_key_by_key_and_are_checked() {
+        let c = Config::preset("tiny", 384).unwrap();
+        let o = c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 4}, "num_hidden_layers": 2})).unwrap();
+        assert_eq!((o.vision_config.patch_size, o.vision_config.hidden_size, o.num_hidden_layers), (4, c.vision_config.hidden_size, 2));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch": 4}})).unwrap_err().contains("patch"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 5}})).unwrap_err().contains("multiple"));
+    }
+}
