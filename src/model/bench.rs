@@ -38,14 +38,14 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
 
     // generation inputs, laid out as generate() lays them out
     let bucket = examples.iter().map(|e| e.prompt.len()).max().unwrap_or(2);
-    let np = cfg.vision_config.num_patches();
+    let (np, ni) = (cfg.vision_config.num_patches(), cfg.vision_config.image_tokens());
     let (mut ids, mut valid) = (Vec::new(), Vec::new());
     for e in &examples {
         let n_pad = bucket - e.prompt.len();
         ids.extend(e.prompt[..2].iter().map(|&x| x as i64));
         ids.extend(std::iter::repeat_n(cfg.pad_token_id as i64, n_pad));
         ids.extend(e.prompt[2..].iter().map(|&x| x as i64));
-        valid.extend(std::iter::repeat_n(1u8, 1 + np));
+        valid.extend(std::iter::repeat_n(1u8, 1 + ni));
         valid.extend(std::iter::repeat_n(0u8, n_pad));
         valid.extend(std::iter::repeat_n(1u8, e.prompt.len() - 2));
     }
@@ -54,7 +54,7 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
     let (sft_ids, sft_patches, targets, weights, _) = batch_tensors(&policy, &examples.iter().collect::<Vec<_>>())?;
     let mut inputs: HashMap<String, Tensor> = HashMap::new();
     inputs.insert("gen.ids".into(), Tensor::from_vec(ids, (b, bucket), &dev)?);
-    inputs.insert("gen.valid".into(), Tensor::from_vec(valid, (b, bucket - 1 + np), &dev)?);
+    inputs.insert("gen.valid".into(), Tensor::from_vec(valid, (b, bucket - 1 + ni), &dev)?);
     inputs.insert("gen.patches".into(), Tensor::from_vec(patches, (b, np, cfg.vision_config.patch_dim()), &dev)?);
     inputs.insert("sft.ids".into(), sft_ids.to_dtype(DType::I64)?);
     inputs.insert("sft.patches".into(), sft_patches);

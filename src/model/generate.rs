@@ -171,7 +171,7 @@ struct Layout {
 impl Layout {
     fn new(policy: &Policy, reqs: &[Request], bucket: usize) -> Result<Self> {
         let cfg = &policy.cfg;
-        let (np, pd) = (cfg.vision_config.num_patches(), cfg.vision_config.patch_dim());
+        let (np, ni, pd) = (cfg.vision_config.num_patches(), cfg.vision_config.image_tokens(), cfg.vision_config.patch_dim());
         let (mut positions, mut valid) = (Vec::new(), Vec::new());
         for r in reqs {
             if r.prompt.len() > bucket || r.prompt.len() < 2 || r.prompt[1] != cfg.image_token_id {
@@ -181,16 +181,16 @@ impl Layout {
                 return Err(ModelError::Invalid(format!("image patches: {} values, expected {}", r.patches.len(), np * pd)));
             }
             let n_pad = bucket - r.prompt.len();
-            let mut pos: Vec<u32> = (0..=np as u32).collect();
+            let mut pos: Vec<u32> = (0..=ni as u32).collect();
             pos.extend(std::iter::repeat_n(0, n_pad));
-            pos.extend((0..(r.prompt.len() - 2) as u32).map(|j| np as u32 + 1 + j));
+            pos.extend((0..(r.prompt.len() - 2) as u32).map(|j| ni as u32 + 1 + j));
             positions.push(pos);
-            let mut v = vec![true; 1 + np];
+            let mut v = vec![true; 1 + ni];
             v.extend(std::iter::repeat_n(false, n_pad));
             v.extend(std::iter::repeat_n(true, r.prompt.len() - 2));
             valid.push(v);
         }
-        Ok(Self { bucket, t0: bucket - 1 + np, positions, valid })
+        Ok(Self { bucket, t0: bucket - 1 + ni, positions, valid })
     }
 
     /// Input embeddings (B, t0, hidden) of the requests: token embeddings with the image's

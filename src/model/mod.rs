@@ -52,10 +52,15 @@ pub(crate) mod test_util {
 
     /// [`setup`] with the policy on `dev`.
     pub fn setup_on(n: u64, dev: &candle_core::Device) -> (Policy, Vec<Example>) {
+        setup_with(n, dev, &serde_json::json!({}))
+    }
+
+    /// [`setup_on`] with `over` merged into the tiny config.
+    pub fn setup_with(n: u64, dev: &candle_core::Device, over: &serde_json::Value) -> (Policy, Vec<Example>) {
         let exs: Vec<_> = (0..n).map(|i| synth::generate(7, "train", i, false)).collect();
         let texts: Vec<String> = exs.iter().flat_map(|e| [e.question.clone(), e.gold_cot.clone()]).collect();
         let tok = TextTokenizer::train(texts.iter(), 320).unwrap();
-        let cfg = tiny_config(tok.vocab_size());
+        let cfg = tiny_config(tok.vocab_size()).with_overrides(over).unwrap();
         let policy = Policy::new_random(&cfg, tok, 11, dev).unwrap();
         assert!(policy.named_vars().iter().all(|(_, v)| v.device().same_device(dev)), "weights not on {dev:?}");
         let examples = exs

@@ -4,7 +4,7 @@
 
 use super::generate::{generate, rollout_seed, Request, SamplingParams};
 use super::policy::Policy;
-use super::test_util::{setup, setup_on};
+use super::test_util::{setup, setup_on, setup_with};
 use candle_core::Device;
 use crate::train::{batch_loss, train_step, AdamW, AdamWConfig, Schedule, TrainerState};
 
@@ -25,8 +25,19 @@ fn every_trainable_tensor_gets_a_nonzero_gradient() {
     gradients_reach_every_weight(&Device::Cpu);
 }
 
+#[test]
+fn merged_patches_train_and_decode() {
+    let merged = serde_json::json!({"vision_config": {"patch_size": 4, "merge_size": 2}});
+    gradients_reach_every_weight_with(&Device::Cpu, &merged);
+    cached_step_equals_full_forward_with(&Device::Cpu, &merged);
+}
+
 fn gradients_reach_every_weight(dev: &Device) {
-    let (policy, ex) = setup_on(4, dev);
+    gradients_reach_every_weight_with(dev, &serde_json::json!({}));
+}
+
+fn gradients_reach_every_weight_with(dev: &Device, over: &serde_json::Value) {
+    let (policy, ex) = setup_with(4, dev, over);
     let refs: Vec<_> = ex.iter().collect();
     let (loss, _) = batch_loss(&policy, &refs).unwrap();
     let grads = loss.backward().unwrap();
@@ -151,8 +162,12 @@ fn a_cached_decoding_step_equals_a_full_forward() {
 }
 
 fn a_cached_decoding_step_equals_a_full_forward_on(dev: &Device) {
+    cached_step_equals_full_forward_with(dev, &serde_json::json!({}));
+}
+
+fn cached_step_equals_full_forward_with(dev: &Device, over: &serde_json::Value) {
     use candle_core::Tensor;
-    let (policy, ex) = setup_on(2, dev);
+    let (policy, ex) = setup_with(2, dev, over);
     let m = &policy.model;
     let e = &ex[0];
     let np = policy.cfg.vision_config.num_patches();

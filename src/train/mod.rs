@@ -159,9 +159,10 @@ pub fn batch_tensors(policy: &Policy, examples: &[&Example]) -> Result<(Tensor, 
     let cfg = &policy.cfg;
     let dev = &policy.device;
     let np = cfg.vision_config.num_patches();
+    let ni = cfg.vision_config.image_tokens();
     let pd = cfg.vision_config.patch_dim();
     let t = examples.iter().map(|e| e.prompt.len() + e.response.len()).max().unwrap_or(0);
-    let texp = t - 1 + np;
+    let texp = t - 1 + ni;
     let b = examples.len();
     let (mut ids, mut patches, mut targets, mut weights) = (Vec::new(), Vec::new(), vec![0u32; b * texp], vec![0f32; b * texp]);
     let mut n_tokens = 0;
@@ -177,7 +178,7 @@ pub fn batch_tensors(policy: &Policy, examples: &[&Example]) -> Result<(Tensor, 
         let first = e.prompt.len();
         for j in 0..e.response.len() {
             let target_seq = first + j;
-            let pos = target_seq - 1 + np - 1;
+            let pos = target_seq - 1 + ni - 1;
             targets[row * texp + pos] = e.response[j];
             weights[row * texp + pos] = 1.0;
             n_tokens += 1;

@@ -15,11 +15,27 @@ pub struct VisionConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
+    /// Side of the square of neighbouring patches merged into one decoder token after the
+    /// encoder (Qwen2-VL's patch merger); 1 keeps one token per patch.
+    #[serde(default = "one")]
+    pub merge_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl VisionConfig {
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
     pub fn num_patches(&self) -> usize {
-        (self.image_size / self.patch_size).pow(2)
+        self.grid().pow(2)
+    }
+    /// Tokens an image takes in the decoder: patches after merging.
+    pub fn image_tokens(&self) -> usize {
+        self.num_patches() / (self.merge_size * self.merge_size)
     }
     pub fn patch_dim(&self) -> usize {
         self.num_channels * self.patch_size * self.patch_size
@@ -76,6 +92,7 @@ impl Config {
                 num_hidden_layers: vlayers,
                 num_attention_heads: vheads,
                 intermediate_size: vinter,
+                merge_size: 1,
             },
             bos_token_id: 1,
             eos_token_id: 2,
@@ -119,6 +136,9 @@ impl Config {
         if v.image_size % v.patch_size != 0 {
             return Err("vision_config.image_size must be a multiple of patch_size".into());
         }
+        if v.merge_size == 0 || v.grid() % v.merge_size != 0 {
+            return Err(format!("vision_config.merge_size {} must divide the {} patches per side", v.merge_size, v.grid()));
+        }
         for id in [self.bos_token_id, self.eos_token_id, self.pad_token_id, self.image_token_id] {
             if id as usize >= self.vocab_size {
                 return Err(format!("special token id {id} ≥ vocab_size {}", self.vocab_size));
@@ -139,5 +159,8 @@ mod tests {
         assert_eq!((o.vision_config.patch_size, o.vision_config.hidden_size, o.num_hidden_layers), (4, c.vision_config.hidden_size, 2));
         assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch": 4}})).unwrap_err().contains("patch"));
         assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 5}})).unwrap_err().contains("multiple"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"merge_size": 2}})).unwrap_err().contains("merge_size 2 must divide the 7"));
+        let m = c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 4, "merge_size": 2}})).unwrap();
+        assert_eq!((m.vision_config.num_patches(), m.vision_config.image_tokens()), (196, 49));
     }
 }

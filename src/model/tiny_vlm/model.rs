@@ -363,7 +363,7 @@ impl TinyVlm {
         Ok(Self {
             cfg: cfg.clone(),
             vision: VisionEncoder::new(cfg, vb.pp("vision"))?,
-            proj1: linear(vh, h, vb.pp("projector.fc1"))?,
+            proj1: linear(vh * cfg.vision_config.merge_size.pow(2), h, vb.pp("projector.fc1"))?,
             proj2: linear(h, h, vb.pp("projector.fc2"))?,
             embed,
             layers,
@@ -437,9 +437,9 @@ impl TinyVlm {
         })
     }
 
-    /// Image features in the text embedding space: (B, P, patch_dim) → (B, P, hidden).
+    /// Image features in the text embedding space: (B, P, patch_dim) → (B, image_tokens, hidden).
     pub fn encode_images(&self, patches: &Tensor) -> Result<Tensor> {
-        let v = self.vision.forward(patches)?;
+        let v = merge_patches(&self.vision.forward(patches)?, self.cfg.vision_config.grid(), self.cfg.vision_config.merge_size)?;
         self.proj2.forward(&self.proj1.forward(&v)?.silu()?)
     }
 
@@ -486,6 +486,16 @@ impl TinyVlm {
     }
 }
 
+/// Concatenates the features of each `m`×`m` square of neighbouring patches (row-major
+/// within the square; squares row-major): (B, n·n, C) → (B, (n/m)², m·m·C).
+pub fn merge_patches(x: &Tensor, n: usize, m: usize) -> Result<Tensor> {
+    if m == 1 {
+        return Ok(x.clone());
+    }
+    let (b, _, c) = x.dims3()?;
+    x.reshape((b, n / m, m, n / m, m, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?.reshape((b, (n / m) * (n / m), m * m * c))
+}
+
 /// (1, 1, T, T) additive causal mask.
 pub fn causal_mask(t: usize, dev: &Device) -> Result<Tensor> {
     let m: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { -1e9 })).collect();
@@ -502,4 +512,17 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor)
     let w = weights.to_dtype(DType::F32)?;
     let total = w.sum_all()?;
     (nll * &w)?.sum_all()?.broadcast_div(&total.maximum(1.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patches_concatenates_each_square_of_neighbours() {
+        // 4×4 patches of 1 feature numbered row-major; m = 2 gives 4 tokens of 4 features
+        let x = Tensor::arange(0f32, 16.0, &Device::Cpu).unwrap().reshape((1, 16, 1)).unwrap();
+        let got: Vec<Vec<f32>> = merge_patches(&x, 4, 2).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        assert_eq!(got, vec![vec![0., 1., 4., 5.], vec![2., 3., 6., 7.], vec![8., 9., 12., 13.], vec![10., 11., 14., 15.]]);
+    }
 }
