@@ -5,6 +5,7 @@ pub mod data;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod prm;
 pub mod runner;
 pub mod schemas;
 pub mod spec;

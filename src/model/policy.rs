@@ -94,8 +94,9 @@ impl Policy {
     /// safetensors (which checks every name and shape), then become trainable variables.
     pub fn from_bytes(config: &[u8], tokenizer: &[u8], weights: &[u8], device: &Device) -> Result<Self> {
         let cfg: Config = serde_json::from_slice(config).map_err(|e| ModelError::Invalid(format!("{CONFIG_FILE}: {e}")))?;
-        if !cfg.architectures.iter().any(|a| a == super::tiny_vlm::config::ARCHITECTURE) {
-            return Err(ModelError::Invalid(format!("{CONFIG_FILE}: architectures {:?} is not {}", cfg.architectures, super::tiny_vlm::config::ARCHITECTURE)));
+        use super::tiny_vlm::config::{ARCHITECTURE, PRM_ARCHITECTURE};
+        if !cfg.architectures.iter().any(|a| a == ARCHITECTURE || a == PRM_ARCHITECTURE) {
+            return Err(ModelError::Invalid(format!("{CONFIG_FILE}: architectures {:?} is neither {ARCHITECTURE} nor {PRM_ARCHITECTURE}", cfg.architectures)));
         }
         let tokenizer = TextTokenizer::from_bytes(tokenizer)?;
         let tensors = candle_core::safetensors::load_buffer(weights, device)?;
@@ -137,6 +138,43 @@ impl Policy {
         let mut ids = vec![self.cfg.bos_token_id, self.cfg.image_token_id];
         ids.extend(self.tokenizer.encode(&format!("{question}\n"))?);
         Ok(ids)
+    }
+
+    /// This policy as a process reward model: the same weights plus a `score_head` with
+    /// seeded N(0, 0.02²) weights and a zero bias. A PRM is returned as it is.
+    pub fn into_prm(mut self, seed: u64) -> Result<Self> {
+        if self.cfg.is_prm() {
+            return Ok(self);
+        }
+        let h = self.cfg.hidden_size;
+        let mut rng = Normal::new(seed ^ 0x9a3d);
+        let w: Vec<f32> = (0..h).map(|_| rng.sample() * 0.02).collect();
+        {
+            let mut data = self.varmap.data().lock().expect("varmap");
+            data.insert("score_head.weight".into(), Var::from_tensor(&Tensor::from_vec(w, (1, h), &self.device)?)?);
+            data.insert("score_head.bias".into(), Var::from_tensor(&Tensor::zeros(1, DType::F32, &self.device)?)?);
+        }
+        self.cfg.architectures = vec![super::tiny_vlm::config::PRM_ARCHITECTURE.into()];
+        Self::build(self.cfg, self.tokenizer, self.varmap, &self.device)
+    }
+
+    /// Tokens of a response's steps joined by newlines, and the index of each step's last
+    /// token (where a PRM reads the step's score). The same for training and scoring.
+    pub fn encode_steps<S: AsRef<str>>(&self, steps: &[S]) -> Result<(Vec<u32>, Vec<usize>)> {
+        let newline = self.tokenizer.encode("\n")?;
+        let (mut ids, mut ends) = (Vec::new(), Vec::new());
+        for (i, s) in steps.iter().enumerate() {
+            if i > 0 {
+                ids.extend_from_slice(&newline);
+            }
+            let t = self.tokenizer.encode(s.as_ref())?;
+            if t.is_empty() {
+                return Err(ModelError::Invalid(format!("step {} is empty", i + 1)));
+            }
+            ids.extend(t);
+            ends.push(ids.len() - 1);
+        }
+        Ok((ids, ends))
     }
 
     /// Response tokens followed by EOS.

@@ -260,7 +260,7 @@ fn the_model_learns_from_the_image() {
             let e = crate::data::synth::generate(3, "train", i, false);
             let mut response = policy.tokenizer.encode(&e.scene.caption()).unwrap();
             response.push(cfg.eos_token_id);
-            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap() }
+            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap(), labels: vec![] }
         })
         .collect();
     let refs: Vec<_> = exs.iter().collect();
@@ -308,4 +308,71 @@ mod cuda {
     fn inference_kernels_agree_with_the_differentiable_path() {
         super::inference_kernels_agree_with_the_differentiable_path_on(&gpu());
     }
+}
+
+#[test]
+fn prm_scores_are_the_policy_hidden_states_through_the_head() {
+    use candle_core::{Module, Tensor};
+    let (policy, ex) = setup(3);
+    let f = files(&policy);
+    let prm = Policy::from_bytes(&f[0].1, &f[1].1, &f[2].1, &Device::Cpu).unwrap().into_prm(5).unwrap();
+    assert!(prm.cfg.is_prm() && !policy.cfg.is_prm());
+    let (np, pd) = (policy.cfg.vision_config.num_patches(), policy.cfg.vision_config.patch_dim());
+    let e = &ex[0];
+    let ids: Vec<u32> = e.prompt.iter().chain(&e.response).copied().collect();
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let patches = Tensor::from_vec(e.patches.clone(), (1, np, pd), &Device::Cpu).unwrap();
+    let h_policy = policy.model.forward_hidden(&ids, 1, &patches).unwrap();
+    let h_prm = prm.model.forward_hidden(&ids, 1, &patches).unwrap();
+    let dh = (&h_policy - &h_prm).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(dh, 0.0, "the PRM's trunk differs from the policy's");
+    let t = prm.named_tensors();
+    let head = candle_nn::Linear::new(t["score_head.weight"].clone(), Some(t["score_head.bias"].clone()));
+    let want = head.forward(&h_policy).unwrap().squeeze(2).unwrap();
+    let got = prm.model.scores(&h_prm).unwrap();
+    let d = (&want - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6, "scores differ from head(hidden) by {d}");
+    // a PRM checkpoint round-trips as a PRM
+    let g = files(&prm);
+    let back = Policy::from_bytes(&g[0].1, &g[1].1, &g[2].1, &Device::Cpu).unwrap();
+    assert!(back.cfg.is_prm());
+    let again = back.model.scores(&back.model.forward_hidden(&ids, 1, &patches).unwrap()).unwrap();
+    assert_eq!((&again - &got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    // a policy has no score head
+    assert!(policy.model.scores(&h_policy).unwrap_err().to_string().contains("no score head"));
+}
+
+#[test]
+fn prm_training_reaches_every_weight_and_fits_step_labels() {
+    let (policy, mut ex) = setup(6);
+    let prm = policy.into_prm(1).unwrap();
+    // label every 3rd response token, alternating 1 / 0 / 0.5 by example
+    for (i, e) in ex.iter_mut().enumerate() {
+        e.labels = (2..e.response.len()).step_by(3).map(|j| (j, [1.0, 0.0, 0.5][(i + j) % 3])).collect();
+    }
+    let refs: Vec<_> = ex.iter().collect();
+    let (loss, n) = batch_loss(&prm, &refs).unwrap();
+    assert_eq!(n, ex.iter().map(|e| e.labels.len()).sum::<usize>());
+    let grads = loss.backward().unwrap();
+    let missing: Vec<_> = prm
+        .named_vars()
+        .into_iter()
+        .filter(|(name, var)| {
+            // the LM head (tied to the embeddings) gets gradient through the embeddings only
+            !grads.get(var.as_tensor()).is_some_and(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0) && !name.starts_with("lm_head")
+        })
+        .map(|(n, _)| n)
+        .collect();
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+    let mut st = state();
+    st.schedule = Schedule::Constant { lr: 3e-3 };
+    let mut opt = AdamW::new(st.adamw.clone());
+    let first = train_step(&prm, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+    let mut last = first;
+    for _ in 0..30 {
+        last = train_step(&prm, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+    }
+    // the floor is the labels' entropy (the 0.5 labels): ln 2 / 3 ≈ 0.23
+    eprintln!("PRM BCE {first} → {last}");
+    assert!(last < first * 0.7 && last < 0.45, "PRM loss {first} → {last}");
 }

@@ -69,7 +69,13 @@ impl Operator for TrainOp {
             };
             let files = checkpoint::read(ctx.store, from).await?;
             let device = crate::model::device();
-            let policy = Policy::from_files(&files, &device).map_err(|e| self.fail(e))?;
+            let mut policy = Policy::from_files(&files, &device).map_err(|e| self.fail(e))?;
+            let prm = self.spec.objective == "prm";
+            if prm {
+                policy = policy.into_prm(ctx.pipeline.seed).map_err(|e| self.fail(e))?;
+            } else if policy.cfg.is_prm() {
+                return Err(self.fail(format!("objective `sft` but the checkpoint of `{}` is a process reward model", from.stage)));
+            }
             let resume = self.spec.optimizer == "continue" && files.contains_key(STATE_FILE);
             let (mut state, mut opt) = if resume {
                 let st: TrainerState = serde_json::from_slice(&files[STATE_FILE]).map_err(|e| self.fail(format!("{STATE_FILE}: {e}")))?;
@@ -96,22 +102,38 @@ impl Operator for TrainOp {
             // this iteration's training rows
             let filter = ctx.this_iteration(&self.spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
             // a fixed order (the shuffle below is seeded), whatever order the input came in
+            let (labels, needs) = if prm { (", labels", "question, images, response and labels (one per step)") } else { ("", "question, images and response") };
             let q = format!(
-                "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response FROM \"{}\"{filter} ORDER BY question, response",
+                "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response{labels} FROM \"{}\"{filter} ORDER BY question, response",
                 self.spec.data
             );
-            let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs question, images and response columns: {e}", self.spec.data)))?.collect().await?;
+            let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns {needs}: {e}", self.spec.data)))?.collect().await?;
             let mut examples = Vec::new();
             for b in &batches {
                 let (qs, imgs, rs) = (super::strings(b.column(0))?, b.column(1), super::strings(b.column(2))?);
+                let ls = if prm { Some(arrow::compute::cast(b.column(3), &DataType::List(Arc::new(Field::new("item", DataType::Float64, true))))?) } else { None };
                 for i in 0..b.num_rows() {
                     let (Some(q), Some(r)) = (qs.is_valid(i).then(|| qs.value(i)), rs.is_valid(i).then(|| rs.value(i))) else { continue };
                     let img = first_image(imgs, i).ok_or_else(|| self.fail(format!("row {i} has no image")))?;
-                    examples.push(Example {
-                        prompt: policy.encode_prompt(q).map_err(|e| self.fail(e))?,
-                        response: policy.encode_response(r).map_err(|e| self.fail(e))?,
-                        patches: image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?,
-                    });
+                    let prompt = policy.encode_prompt(q).map_err(|e| self.fail(e))?;
+                    let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?;
+                    let Some(ls) = &ls else {
+                        examples.push(Example { prompt, response: policy.encode_response(r).map_err(|e| self.fail(e))?, patches, labels: vec![] });
+                        continue;
+                    };
+                    let steps = crate::data::answer::split_steps(r);
+                    let row_labels: Vec<Option<f64>> = if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float64Type>().iter().collect() };
+                    if row_labels.len() != steps.len() || row_labels.iter().any(|l| !l.is_some_and(|l| (0.0..=1.0).contains(&l))) {
+                        return Err(self.fail(format!(
+                            "data `{}`: a row has {} labels for {} steps, or a label outside [0, 1] (labels {row_labels:?}, response {r:?})",
+                            self.spec.data,
+                            row_labels.len(),
+                            steps.len()
+                        )));
+                    }
+                    let (response, ends) = policy.encode_steps(&steps).map_err(|e| self.fail(e))?;
+                    let labels = ends.into_iter().zip(row_labels).map(|(j, l)| (j, l.unwrap_or(0.0) as f32)).collect();
+                    examples.push(Example { prompt, response, patches, labels });
                 }
             }
             let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);

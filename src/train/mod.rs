@@ -2,7 +2,7 @@
 //! micro-batches with gradient accumulation, and optimizer/scheduler state for checkpoints.
 
 use crate::model::policy::{ModelError, Policy, Result};
-use crate::model::tiny_vlm::masked_cross_entropy;
+use crate::model::tiny_vlm::{masked_bce_with_logits, masked_cross_entropy};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -151,6 +151,19 @@ pub struct Example {
     pub prompt: Vec<u32>,
     pub response: Vec<u32>,
     pub patches: Vec<f32>,
+    /// PRM training only: (index into `response` of a step's last token, label in [0, 1]).
+    pub labels: Vec<(usize, f32)>,
+}
+
+impl Example {
+    /// How many loss terms the example contributes: response tokens, or step labels for a PRM.
+    pub fn loss_terms(&self, prm: bool) -> usize {
+        if prm {
+            self.labels.len()
+        } else {
+            self.response.len()
+        }
+    }
 }
 
 /// Inputs of one micro-batch: ids (B, T) right-padded, patches, targets and loss weights in
@@ -193,11 +206,34 @@ pub fn batch_tensors(policy: &Policy, examples: &[&Example]) -> Result<(Tensor, 
     ))
 }
 
-/// Mean token loss of a micro-batch.
+/// Mean loss of a micro-batch and its number of terms: token cross-entropy for a policy,
+/// binary cross-entropy of the step scores against the step labels for a PRM.
 pub fn batch_loss(policy: &Policy, examples: &[&Example]) -> Result<(Tensor, usize)> {
     let (ids, patches, targets, weights, n) = batch_tensors(policy, examples)?;
-    let logits = policy.model.forward(&ids, 1, &patches)?;
-    Ok((masked_cross_entropy(&logits, &targets, &weights)?, n))
+    if !policy.cfg.is_prm() {
+        let logits = policy.model.forward(&ids, 1, &patches)?;
+        return Ok((masked_cross_entropy(&logits, &targets, &weights)?, n));
+    }
+    let (b, texp) = targets.dims2()?;
+    let ni = policy.cfg.vision_config.image_tokens();
+    let (mut labels, mut w) = (vec![0f32; b * texp], vec![0f32; b * texp]);
+    let mut n = 0;
+    for (row, e) in examples.iter().enumerate() {
+        for &(j, y) in &e.labels {
+            if j >= e.response.len() || !(0.0..=1.0).contains(&y) {
+                return Err(ModelError::Invalid(format!("step label ({j}, {y}) outside the response of {} tokens or [0, 1]", e.response.len())));
+            }
+            // the hidden state of sequence token s sits at s − 1 + image_tokens
+            let pos = e.prompt.len() + j - 1 + ni;
+            labels[row * texp + pos] = y;
+            w[row * texp + pos] = 1.0;
+            n += 1;
+        }
+    }
+    let dev = &policy.device;
+    let scores = policy.model.scores(&policy.model.forward_hidden(&ids, 1, &patches)?)?;
+    let loss = masked_bce_with_logits(&scores, &Tensor::from_vec(labels, (b, texp), dev)?, &Tensor::from_vec(w, (b, texp), dev)?)?;
+    Ok((loss, n))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +247,8 @@ pub struct NonFiniteLoss {
 /// with global-norm clipping. Returns the step's mean loss. A NaN/inf loss applies nothing.
 pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, micro: &[Vec<&Example>], clip: Option<f64>) -> Result<f64> {
     let vars = policy.named_vars();
-    let total: usize = micro.iter().map(|m| m.iter().map(|e| e.response.len()).sum::<usize>()).sum();
+    let prm = policy.cfg.is_prm();
+    let total: usize = micro.iter().map(|m| m.iter().map(|e| e.loss_terms(prm)).sum::<usize>()).sum();
     let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut loss_sum = 0.0;
     for mb in micro {

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 pub const ARCHITECTURE: &str = "MstarTinyVlm";
+/// The process reward model: the same network with a scalar `score_head` on the hidden states.
+pub const PRM_ARCHITECTURE: &str = "MstarTinyVlmPrm";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +120,11 @@ impl Config {
         let cfg: Config = serde_json::from_value(v).map_err(|e| e.to_string())?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Whether this is a process reward model (has a `score_head`).
+    pub fn is_prm(&self) -> bool {
+        self.architectures.iter().any(|a| a == PRM_ARCHITECTURE)
     }
 
     pub fn head_dim(&self) -> usize {

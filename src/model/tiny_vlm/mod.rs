@@ -7,7 +7,7 @@ pub mod fused;
 pub mod model;
 
 pub use config::{Config, VisionConfig};
-pub use model::{causal_mask, masked_cross_entropy, KvCache, Mask, TinyVlm};
+pub use model::{causal_mask, masked_bce_with_logits, masked_cross_entropy, KvCache, Mask, TinyVlm};
 
 /// An image as model input: RGB resized to `image_size`, scaled to [-1, 1], cut into
 /// row-major patches, each flattened as (row, column, channel). Length P × patch_dim.

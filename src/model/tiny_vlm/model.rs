@@ -338,6 +338,8 @@ pub struct TinyVlm {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Lin,
+    /// PRM only: hidden state → step score logit.
+    score_head: Option<Lin>,
     rotary: Rotary,
     device: Device,
     /// The CPU sampling path (a weight snapshot), set by `use_inference_kernels` on the CPU.
@@ -369,6 +371,7 @@ impl TinyVlm {
             layers,
             norm: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("model.norm"))?,
             lm_head,
+            score_head: if cfg.is_prm() { Some(linear(h, 1, vb.pp("score_head"))?) } else { None },
             rotary: Rotary::new(cfg, vb.device())?,
             device: vb.device().clone(),
             cpu: None,
@@ -474,15 +477,27 @@ impl TinyVlm {
         self.lm_head.forward(hidden)
     }
 
-    /// Teacher-forced logits for training: `ids` (B, T) right-padded, one image token at
-    /// `image_at`, `patches` (B, P, patch_dim). Returns (B, T − 1 + P, vocab).
-    pub fn forward(&self, ids: &Tensor, image_at: usize, patches: &Tensor) -> Result<Tensor> {
+    /// PRM step-score logits (B, T) of hidden states (B, T, hidden).
+    pub fn scores(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.score_head {
+            Some(head) => head.forward(hidden)?.squeeze(D::Minus1),
+            None => candle_core::bail!("this model has no score head (architectures {:?})", self.cfg.architectures),
+        }
+    }
+
+    /// Teacher-forced hidden states: `ids` (B, T) right-padded, one image token at
+    /// `image_at`, `patches` (B, P, patch_dim). Returns (B, T − 1 + image_tokens, hidden).
+    pub fn forward_hidden(&self, ids: &Tensor, image_at: usize, patches: &Tensor) -> Result<Tensor> {
         let feats = self.encode_images(patches)?;
         let x = self.embed(ids, image_at, &feats)?;
         let (b, t, _) = x.dims3()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
-        let h = self.decode(&x, &positions, Mask::Causal, None)?;
-        self.logits(&h)
+        self.decode(&x, &positions, Mask::Causal, None)
+    }
+
+    /// Teacher-forced logits for training: (B, T − 1 + image_tokens, vocab).
+    pub fn forward(&self, ids: &Tensor, image_at: usize, patches: &Tensor) -> Result<Tensor> {
+        self.logits(&self.forward_hidden(ids, image_at, patches)?)
     }
 }
 
@@ -512,6 +527,14 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor)
     let w = weights.to_dtype(DType::F32)?;
     let total = w.sum_all()?;
     (nll * &w)?.sum_all()?.broadcast_div(&total.maximum(1.0)?)
+}
+
+/// Mean binary cross-entropy of `logits` (B, T) against soft `labels` (B, T) over positions
+/// where `weights` is 1, in the stable form max(z, 0) − z·y + log(1 + e^−|z|). Differentiable.
+pub fn masked_bce_with_logits(logits: &Tensor, labels: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let per = ((logits.relu()? - (logits * labels)?)? + logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
+    let total = weights.sum_all()?;
+    (per * weights)?.sum_all()?.broadcast_div(&total.maximum(1.0)?)
 }
 
 #[cfg(test)]
