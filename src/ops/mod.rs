@@ -5,6 +5,8 @@ pub mod eval;
 pub mod generate;
 pub mod import;
 pub mod model_init;
+pub mod prm_label;
+pub mod prm_score;
 pub mod sql;
 pub mod train;
 pub mod verify;
@@ -134,5 +136,7 @@ pub fn build(pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>
         OpSpec::Train(spec) => Box::new(train::TrainOp::new(&stage.id, spec)),
         OpSpec::Generate(spec) => Box::new(generate::GenerateOp::new(spec)),
         OpSpec::Eval(spec) => Box::new(eval::EvalOp::new(spec)),
+        OpSpec::PrmLabel(spec) => Box::new(prm_label::PrmLabelOp::new(spec)),
+        OpSpec::PrmScore(spec) => Box::new(prm_score::PrmScoreOp::new(spec)),
     })
 }

@@ -238,6 +238,8 @@ pub enum OpSpec {
     Train(TrainSpec),
     Generate(GenerateSpec),
     Eval(EvalSpec),
+    PrmLabel(PrmLabelSpec),
+    PrmScore(PrmScoreSpec),
 }
 
 impl OpSpec {
@@ -250,11 +252,13 @@ impl OpSpec {
             OpSpec::Train(_) => "train",
             OpSpec::Generate(_) => "generate",
             OpSpec::Eval(_) => "eval",
+            OpSpec::PrmLabel(_) => "prm_label",
+            OpSpec::PrmScore(_) => "prm_score",
         }
     }
 }
 
-pub const OP_NAMES: &[&str] = &["import", "sql", "verify", "model_init", "train", "generate", "eval"];
+pub const OP_NAMES: &[&str] = &["import", "sql", "verify", "model_init", "train", "generate", "eval", "prm_label", "prm_score"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -392,6 +396,44 @@ pub struct EvalSpec {
 
 fn default_eval_k() -> u32 {
     4
+}
+
+/// prm_label: Monte Carlo step labels of sampled responses — for every step prefix, the share
+/// of `completions` continuations by the policy that reach the gold answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrmLabelSpec {
+    /// Stage with prompt_id, sample_idx, response (this iteration's rows).
+    pub rollouts: String,
+    /// Stage with the prompts: prompt_id, question, images, answer, answer_type, precision, choices.
+    pub prompts: String,
+    /// Checkpoint stages of the sampling policy, most preferred first.
+    pub policy: Vec<String>,
+    /// Completions per step prefix (N).
+    #[serde(default = "default_completions")]
+    pub completions: u32,
+    #[serde(default)]
+    pub sampling: crate::model::generate::SamplingParams,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_completions() -> u32 {
+    8
+}
+
+/// prm_score: one PRM score per reasoning step of each rollout → step_scores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrmScoreSpec {
+    /// Stage with prompt_id, sample_idx, response (this iteration's rows).
+    pub rollouts: String,
+    /// Stage with prompt_id, question, images.
+    pub prompts: String,
+    /// Checkpoint stages of the process reward model, most preferred first.
+    pub prm: Vec<String>,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
 }
 
 /// verify: rollouts joined with their prompts → verified (pred, correct, steps_ok).
@@ -613,6 +655,14 @@ impl Validator<'_> {
                     .dec
                     .decode_op::<EvalSpec>(&op_at, "eval", Value::Object(op_json.clone()), COMMON_KEYS)
                     .map(OpSpec::Eval),
+                "prm_label" => self
+                    .dec
+                    .decode_op::<PrmLabelSpec>(&op_at, "prm_label", Value::Object(op_json.clone()), COMMON_KEYS)
+                    .map(OpSpec::PrmLabel),
+                "prm_score" => self
+                    .dec
+                    .decode_op::<PrmScoreSpec>(&op_at, "prm_score", Value::Object(op_json.clone()), COMMON_KEYS)
+                    .map(OpSpec::PrmScore),
                 other => {
                     self.dec.error(
                         &[key("stages"), Seg::Index(i), key("op")],
@@ -711,16 +761,27 @@ impl Validator<'_> {
                             inputs.push(InputRef { stage: common.id.clone(), prev: true });
                         }
                     }
-                    OpSpec::Generate(GenerateSpec { prompts, policy, .. }) | OpSpec::Eval(EvalSpec { prompts, policy, .. }) => {
-                        let g = GenerateLike { prompts, policy };
-                        if let Some(r) = self.check_input(&at("prompts"), &common.id, scope, g.prompts, false, &scopes) {
-                            inputs.push(r);
+                    OpSpec::Generate(_) | OpSpec::Eval(_) | OpSpec::PrmLabel(_) | OpSpec::PrmScore(_) => {
+                        // tables read, then the list of checkpoint stages (most preferred first)
+                        let (tables, (ck_field, ck)): (Vec<(&str, &String)>, (&str, &Vec<String>)) = match op {
+                            OpSpec::Generate(g) => (vec![("prompts", &g.prompts)], ("policy", &g.policy)),
+                            OpSpec::Eval(g) => (vec![("prompts", &g.prompts)], ("policy", &g.policy)),
+                            OpSpec::PrmLabel(g) => (vec![("rollouts", &g.rollouts), ("prompts", &g.prompts)], ("policy", &g.policy)),
+                            OpSpec::PrmScore(g) => (vec![("rollouts", &g.rollouts), ("prompts", &g.prompts)], ("prm", &g.prm)),
+                            _ => unreachable!("matched above"),
+                        };
+                        for (field, name) in tables {
+                            if let Some(r) = self.check_input(&at(field), &common.id, scope, name, false, &scopes) {
+                                if !inputs.contains(&r) {
+                                    inputs.push(r);
+                                }
+                            }
                         }
-                        if g.policy.is_empty() {
-                            self.dec.error(&at("policy"), "name at least one checkpoint stage");
+                        if ck.is_empty() {
+                            self.dec.error(&at(ck_field), "name at least one checkpoint stage");
                         }
-                        for (j, raw) in g.policy.iter().enumerate() {
-                            let path = vec![key("stages"), Seg::Index(i), key("policy"), Seg::Index(j)];
+                        for (j, raw) in ck.iter().enumerate() {
+                            let path = vec![key("stages"), Seg::Index(i), key(ck_field), Seg::Index(j)];
                             let (name, prev) = match raw.strip_suffix("@prev") {
                                 Some(n) => (n.to_string(), true),
                                 None => (raw.clone(), false),
@@ -981,12 +1042,6 @@ impl Validator<'_> {
             );
         }
     }
-}
-
-/// What generate and eval share for validation.
-struct GenerateLike<'a> {
-    prompts: &'a String,
-    policy: &'a Vec<String>,
 }
 
 fn default_scope(op: Option<&OpSpec>) -> Scope {

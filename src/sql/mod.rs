@@ -4,6 +4,8 @@
 pub mod format;
 pub mod params;
 pub mod udf;
+#[cfg(test)]
+mod prm_sql_tests;
 
 use crate::store::manifest::OutputKind;
 use crate::store::readonly::ReadOnlyStore;

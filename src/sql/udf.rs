@@ -16,6 +16,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(AnswerMatch::default()));
     ctx.register_udf(ScalarUDF::from(SplitSteps::default()));
     ctx.register_udf(ScalarUDF::from(SynthStepsOk::default()));
+    ctx.register_udf(ScalarUDF::from(SynthStepsOk { per_step: true, ..Default::default() }));
     ctx.register_udf(ScalarUDF::from(SynthCaption::default()));
 }
 
@@ -193,26 +194,34 @@ impl ScalarUDFImpl for SplitSteps {
 
 /// `synth_steps_ok(scene, meta, response)`: the synthetic task's oracle verdict — every step
 /// true for the scene and the final answer right. NULL when scene or meta is NULL.
+/// `synth_step_ok(scene, meta, response, step_idx)`: the oracle's verdict on one step (0-based,
+/// as `split_steps` numbers them); NULL when the step does not exist or the oracle splits the
+/// response differently.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SynthStepsOk {
     signature: Signature,
+    per_step: bool,
 }
 
 impl Default for SynthStepsOk {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self { signature: Signature::user_defined(Volatility::Immutable), per_step: false }
     }
 }
 
 impl ScalarUDFImpl for SynthStepsOk {
     fn name(&self) -> &str {
-        "synth_steps_ok"
+        if self.per_step {
+            "synth_step_ok"
+        } else {
+            "synth_steps_ok"
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
     }
     fn coerce_types(&self, t: &[DataType]) -> Result<Vec<DataType>> {
-        coerce(self.name(), t, &['s', 's', 's'])
+        coerce(self.name(), t, if self.per_step { &['s', 's', 's', 'i'] } else { &['s', 's', 's'] })
     }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::Boolean)
@@ -220,6 +229,7 @@ impl ScalarUDFImpl for SynthStepsOk {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let a = arrays(&args)?;
         let (scene, meta, resp) = (strings(&a[0])?, strings(&a[1])?, strings(&a[2])?);
+        let step = if self.per_step { Some(cast(&a[3], &DataType::Int32)?.as_primitive::<arrow::datatypes::Int32Type>().clone()) } else { None };
         let mut out = Vec::with_capacity(resp.len());
         // consecutive rows usually share a prompt: parse its scene once
         let mut cached: Option<(String, String, crate::data::synth::Scene, crate::data::synth::QuestionMeta)> = None;
@@ -235,7 +245,12 @@ impl ScalarUDFImpl for SynthStepsOk {
             }
             let (_, _, sc, mt) = cached.as_ref().expect("cached");
             let r = if resp.is_valid(i) { resp.value(i) } else { "" };
-            out.push(Some(crate::data::synth::judge(sc, mt, r).steps_ok));
+            let j = crate::data::synth::judge(sc, mt, r);
+            out.push(match &step {
+                None => Some(j.steps_ok),
+                Some(idx) if idx.is_valid(i) && j.steps.len() == answer::split_steps(r).len() => usize::try_from(idx.value(i)).ok().and_then(|k| j.steps.get(k)).map(|v| v.ok),
+                Some(_) => None,
+            });
         }
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
     }

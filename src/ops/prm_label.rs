@@ -1,0 +1,183 @@
+//! The `prm_label` operator: Monte Carlo step labels for PRM training — every step prefix of
+//! each sampled response is continued N times by the policy and scored by the gold answer.
+
+use super::generate::resolve_policy;
+use super::train::first_image;
+use super::{OpContext, OpError, OpOutput, Operator, Result};
+use crate::data::answer::AnswerType;
+use crate::model::generate::{generate, Request, SamplingParams};
+use crate::model::policy::Policy;
+use crate::model::tiny_vlm::image_patches;
+use crate::prm::{mc_labels, Completer, CompletionJob, Gold, LabelTask};
+use crate::spec::PrmLabelSpec;
+use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct PrmLabelOp {
+    spec: PrmLabelSpec,
+}
+
+impl PrmLabelOp {
+    pub fn new(spec: &PrmLabelSpec) -> Self {
+        Self { spec: spec.clone() }
+    }
+    fn fail(&self, e: impl std::fmt::Display) -> OpError {
+        OpError::Invalid(format!("prm_label: {e}"))
+    }
+}
+
+pub fn step_labels_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("prompt_id", DataType::Utf8, false),
+        Field::new("sample_idx", DataType::Int32, false),
+        Field::new("step_idx", DataType::Int32, false),
+        Field::new("step_text", DataType::Utf8, false),
+        Field::new("prefix", DataType::Utf8, false),
+        Field::new("n", DataType::Int32, false),
+        Field::new("successes", DataType::Int32, false),
+        Field::new("soft", DataType::Float64, false),
+        Field::new("hard", DataType::Boolean, false),
+    ]))
+}
+
+/// Completions sampled from the policy: prompt = the question's tokens, then the prefix's.
+struct PolicyCompleter<'a> {
+    policy: &'a Policy,
+    /// Prompt tokens and image patches by prompt_id.
+    prompts: &'a HashMap<String, (Vec<u32>, Arc<Vec<f32>>)>,
+    params: SamplingParams,
+    batch_size: usize,
+}
+
+impl Completer for PolicyCompleter<'_> {
+    type Error = String;
+
+    fn complete(&self, tasks: &[LabelTask], jobs: &[CompletionJob]) -> std::result::Result<Vec<Vec<String>>, String> {
+        let mut reqs: Vec<(usize, Request)> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            let (tokens, patches) = &self.prompts[&tasks[job.task].prompt_id];
+            let mut prompt = tokens.clone();
+            prompt.extend(self.policy.tokenizer.encode(&job.prefix).map_err(|e| e.to_string())?);
+            for &seed in &job.seeds {
+                reqs.push((j, Request { prompt: prompt.clone(), patches: patches.as_ref().clone(), seed }));
+            }
+        }
+        // one bucket for the whole stage, so results do not depend on batching
+        let bucket = reqs.iter().map(|r| r.1.prompt.len()).max().unwrap_or(2);
+        let mut out: Vec<Vec<String>> = vec![Vec::new(); jobs.len()];
+        let (total, started) = (reqs.len(), std::time::Instant::now());
+        let mut done = 0;
+        for chunk in reqs.chunks(self.batch_size.max(1)) {
+            let batch: Vec<Request> = chunk.iter().map(|r| r.1.clone()).collect();
+            for ((j, _), g) in chunk.iter().zip(generate(self.policy, &batch, &self.params, bucket).map_err(|e| e.to_string())?) {
+                out[*j].push(self.policy.tokenizer.decode(&g.tokens).map_err(|e| e.to_string())?);
+            }
+            let before = done;
+            done += chunk.len();
+            if done == total || done * 10 / total != before * 10 / total {
+                eprintln!("  prm_label: {done}/{total} completions, {:.1}s", started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Operator for PrmLabelOp {
+    fn name(&self) -> &'static str {
+        "prm_label"
+    }
+
+    fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
+        async move { Ok(json!({})) }.boxed()
+    }
+
+    fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
+        async move { Ok(Some(step_labels_schema())) }.boxed()
+    }
+
+    fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
+        async move {
+            let policy = resolve_policy(ctx, &self.spec.policy).await?;
+            let (r, p) = (&self.spec.rollouts, &self.spec.prompts);
+            let mut filters: Vec<String> = [ctx.this_iteration(r, "r"), ctx.this_iteration(p, "p")].into_iter().flatten().collect();
+            filters.push("p.answer IS NOT NULL".into());
+            let q = format!(
+                "SELECT CAST(r.prompt_id AS VARCHAR) AS prompt_id, CAST(r.sample_idx AS INT) AS sample_idx, CAST(r.response AS VARCHAR) AS response, \
+                 CAST(p.question AS VARCHAR) AS question, p.images, CAST(p.answer AS VARCHAR) AS answer, CAST(p.answer_type AS VARCHAR) AS answer_type, \
+                 CAST(p.precision AS INT) AS precision, p.choices \
+                 FROM \"{r}\" r JOIN \"{p}\" p ON r.prompt_id = p.prompt_id WHERE {} ORDER BY prompt_id, sample_idx",
+                filters.join(" AND ")
+            );
+            let batches = crate::sql::query(&ctx.session, &q)
+                .await
+                .map_err(|e| self.fail(format!("rollouts `{r}` need prompt_id, sample_idx, response; prompts `{p}` need prompt_id, question, images, answer, answer_type, precision, choices: {e}")))?
+                .collect()
+                .await?;
+            let mut tasks = Vec::new();
+            let mut prompts: HashMap<String, (Vec<u32>, Arc<Vec<f32>>)> = HashMap::new();
+            for b in &batches {
+                let s = |i: usize| super::strings(b.column(i));
+                let (ids, resp, qs, answers, kinds) = (s(0)?, s(2)?, s(3)?, s(5)?, s(6)?);
+                let samples = b.column(1).as_primitive::<arrow::datatypes::Int32Type>();
+                let prec = b.column(7).as_primitive::<arrow::datatypes::Int32Type>();
+                let choices = arrow::compute::cast(b.column(8), &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))))?;
+                for i in 0..b.num_rows() {
+                    let id = ids.value(i).to_string();
+                    if !prompts.contains_key(&id) {
+                        let img = first_image(b.column(4), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
+                        let tokens = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(e))?;
+                        let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                        prompts.insert(id.clone(), (tokens, Arc::new(patches)));
+                    }
+                    let kind = if kinds.is_valid(i) { kinds.value(i) } else { "text" };
+                    let answer_type = AnswerType::parse(kind).ok_or_else(|| self.fail(format!("prompt {id}: unknown answer_type `{kind}`")))?;
+                    let ch: Option<Vec<String>> = (!choices.is_null(i))
+                        .then(|| choices.as_list::<i32>().value(i).as_string::<i32>().iter().map(|x| x.unwrap_or_default().to_string()).collect::<Vec<_>>())
+                        .filter(|c| !c.is_empty());
+                    tasks.push(LabelTask {
+                        prompt_id: id,
+                        sample_idx: samples.value(i).max(0) as u32,
+                        response: if resp.is_valid(i) { resp.value(i).to_string() } else { String::new() },
+                        gold: Gold { answer: answers.value(i).to_string(), answer_type, precision: prec.is_valid(i).then(|| prec.value(i)), choices: ch },
+                    });
+                }
+            }
+            let started = std::time::Instant::now();
+            let (n, seed, iteration) = (self.spec.completions, ctx.pipeline.seed, ctx.iteration);
+            let params = self.spec.sampling.clone();
+            let batch_size = self.spec.batch_size;
+            let labels = tokio::task::spawn_blocking(move || {
+                let completer = PolicyCompleter { policy: &policy, prompts: &prompts, params, batch_size };
+                mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
+            })
+            .await
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(e))?;
+            let (labels, responses) = labels;
+            let mean = labels.iter().map(|l| l.soft).sum::<f64>() / labels.len().max(1) as f64;
+            eprintln!("  prm_label: {responses} responses, {} steps, mean soft label {mean:.3} ({:.1}s)", labels.len(), started.elapsed().as_secs_f64());
+            let batch = RecordBatch::try_new(
+                step_labels_schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(labels.iter().map(|l| l.prompt_id.clone()))),
+                    Arc::new(Int32Array::from_iter_values(labels.iter().map(|l| l.sample_idx as i32))),
+                    Arc::new(Int32Array::from_iter_values(labels.iter().map(|l| l.step_idx as i32))),
+                    Arc::new(StringArray::from_iter_values(labels.iter().map(|l| l.step_text.clone()))),
+                    Arc::new(StringArray::from_iter_values(labels.iter().map(|l| l.prefix.clone()))),
+                    Arc::new(Int32Array::from_iter_values(labels.iter().map(|l| l.n as i32))),
+                    Arc::new(Int32Array::from_iter_values(labels.iter().map(|l| l.successes as i32))),
+                    Arc::new(Float64Array::from_iter_values(labels.iter().map(|l| l.soft))),
+                    Arc::new(BooleanArray::from(labels.iter().map(|l| l.hard).collect::<Vec<_>>())),
+                ],
+            )?;
+            Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(step_labels_schema(), futures::stream::iter(vec![Ok(batch)])))))
+        }
+        .boxed()
+    }
+}

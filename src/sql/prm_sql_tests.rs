@@ -1,0 +1,117 @@
+//! The reward-model SQL of `sql/` (response scores, selections, PRM metrics, pseudo-labels)
+//! run on small hand-made tables whose right answers are worked out in the comments.
+
+use super::params::{substitute, ParamSet};
+use arrow::util::display::array_value_to_string;
+
+const FIXTURES: &str = "
+CREATE TABLE step_scores (iteration INT, prompt_id VARCHAR, sample_idx INT, step_idx INT, step_text VARCHAR, score DOUBLE) AS VALUES
+  (1, 'a', 0, 0, 's', 0.9), (1, 'a', 0, 1, 's', 0.2),
+  (1, 'a', 1, 0, 's', 0.6), (1, 'a', 1, 1, 's', 0.7),
+  (1, 'a', 2, 0, 's', 0.6),
+  (1, 'a', 3, 0, 's', 0.95), (1, 'a', 3, 1, 's', 0.99),
+  (1, 'b', 0, 0, 's', 0.8),
+  (1, 'b', 1, 0, 's', 0.3), (1, 'b', 1, 1, 's', 0.1),
+  (0, 'a', 0, 0, 's', 0.0);
+CREATE TABLE verified (iteration INT, prompt_id VARCHAR, sample_idx INT, response VARCHAR, pred VARCHAR, correct BOOLEAN) AS VALUES
+  (1, 'a', 0, 'r', '5', true), (1, 'a', 1, 'r', '5', true), (1, 'a', 2, 'r', '5', true), (1, 'a', 3, 'r', '7', false),
+  (1, 'b', 0, 'r', '3', false), (1, 'b', 1, 'r', '4', true), (1, 'b', 2, '', '4', true),
+  (0, 'a', 0, 'r', '5', true);
+";
+
+async fn session() -> datafusion::prelude::SessionContext {
+    let ctx = super::new_session();
+    for stmt in FIXTURES.split(';').filter(|s| !s.trim().is_empty()) {
+        ctx.sql(stmt).await.unwrap().collect().await.unwrap();
+    }
+    ctx
+}
+
+/// Runs `sql/NAME.sql` with parameters and returns its rows as strings, ordered.
+async fn run(ctx: &datafusion::prelude::SessionContext, name: &str, params: &[(&str, &str)], order: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{}/sql/{name}.sql", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut p = ParamSet::new();
+    for (k, v) in params {
+        p.insert(k, v.to_string());
+    }
+    let q = format!("SELECT * FROM ({}) ORDER BY {order}", substitute(&text, &p).unwrap());
+    let batches = ctx.sql(&q).await.unwrap_or_else(|e| panic!("{name}: {e}")).collect().await.unwrap();
+    let mut rows = Vec::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            rows.push((0..b.num_columns()).map(|c| array_value_to_string(b.column(c), i).unwrap()).collect::<Vec<_>>().join(" "));
+        }
+    }
+    rows
+}
+
+/// `scored` as response_scores.sql makes it (with the `iteration` column the engine adds).
+async fn with_scored(score: &str) -> datafusion::prelude::SessionContext {
+    let ctx = session().await;
+    let text = std::fs::read_to_string(format!("{}/sql/response_scores.sql", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut p = ParamSet::new();
+    p.insert("iteration", "1".into());
+    p.insert("score", score.into());
+    let q = substitute(&text, &p).unwrap();
+    ctx.sql(&format!("CREATE TABLE scored AS SELECT 1 AS iteration, * FROM ({q})")).await.unwrap().collect().await.unwrap();
+    ctx
+}
+
+#[tokio::test]
+async fn response_score_is_the_minimum_over_steps() {
+    let ctx = with_scored("score_min").await;
+    let rows = run(&ctx, "response_scores", &[("iteration", "1"), ("score", "score_min")], "prompt_id, sample_idx").await;
+    // columns: prompt_id sample_idx response pred correct score score_min score_mean score_last num_steps
+    assert_eq!(
+        rows,
+        vec![
+            "a 0 r 5 true 0.2 0.2 0.55 0.2 2",
+            "a 1 r 5 true 0.6 0.6 0.6499999999999999 0.7 2",
+            "a 2 r 5 true 0.6 0.6 0.6 0.6 1",
+            "a 3 r 7 false 0.95 0.95 0.97 0.99 2",
+            "b 0 r 3 false 0.8 0.8 0.8 0.8 1",
+            "b 1 r 4 true 0.1 0.1 0.2 0.1 2",
+            "b 2  4 true 0.0 0.0 0.0 0.0 0", // no steps: scores 0
+        ]
+    );
+    let mean = run(&ctx, "response_scores", &[("iteration", "1"), ("score", "score_mean")], "prompt_id, sample_idx").await;
+    assert!(mean[0].starts_with("a 0 r 5 true 0.55 "), "{}", mean[0]);
+}
+
+#[tokio::test]
+async fn top_k_keeps_the_best_correct_rollouts_and_breaks_ties_by_sample() {
+    let ctx = with_scored("score_min").await;
+    // a: correct s0 0.2, s1 0.6, s2 0.6 (tie → s1 first); s3 scores best but is wrong
+    // b: correct s1 0.1 and s2 0.0
+    let top2 = run(&ctx, "select_top_k", &[("iteration", "1"), ("k", "2")], "prompt_id, rank").await;
+    assert_eq!(top2, vec!["a 1 r 0.6 1", "a 2 r 0.6 2", "b 1 r 0.1 1", "b 2  0.0 2"]);
+    let top1 = run(&ctx, "select_top_k", &[("iteration", "1"), ("k", "1")], "prompt_id, rank").await;
+    assert_eq!(top1, vec!["a 1 r 0.6 1", "b 1 r 0.1 1"]);
+    let alpha = run(&ctx, "select_above_alpha", &[("iteration", "1"), ("alpha", "0.5")], "prompt_id, rank").await;
+    assert_eq!(alpha, vec!["a 1 r 0.6 1", "a 2 r 0.6 2"]);
+    // random-2: only correct rows, 2 per prompt, reproducible, and seed-dependent somewhere
+    let r0 = run(&ctx, "select_random_k", &[("iteration", "1"), ("k", "2"), ("seed", "0")], "prompt_id, rank").await;
+    assert_eq!(r0.len(), 4);
+    assert!(r0.iter().all(|r| !r.starts_with("a 3") && !r.starts_with("b 0")), "{r0:?}");
+    assert_eq!(r0, run(&ctx, "select_random_k", &[("iteration", "1"), ("k", "2"), ("seed", "0")], "prompt_id, rank").await);
+    let picks: std::collections::BTreeSet<Vec<String>> =
+        futures::future::join_all((0..8).map(|s| { let ctx = ctx.clone(); async move { run(&ctx, "select_random_k", &[("iteration", "1"), ("k", "2"), ("seed", &s.to_string())], "prompt_id, sample_idx").await } })).await.into_iter().collect();
+    assert!(picks.len() > 1, "random-2 ignores the seed");
+}
+
+#[tokio::test]
+async fn reward_pass_at_2_best_of_n_and_votes() {
+    let ctx = with_scored("score_min").await;
+    let rows = run(&ctx, "prm_metrics", &[("iteration", "1"), ("split", "val")], "name").await;
+    // Reward-Pass@2: a's top-2 are s3 (wrong) and s1 (right); b's are s0 (wrong) and s1 (right).
+    // Best-of-N: a's top is s3, b's is s0: both wrong. Majority: a → 5 (right), b → 4 (right).
+    // Weighted: a → 5 (1.4 against 0.95), b → 3 (0.8 against 0.1): wrong.
+    assert_eq!(
+        rows,
+        vec!["val best_of_n 0.0", "val majority_vote 1.0", "val pass@k 1.0", "val reward_pass@2 1.0", "val weighted_vote 0.5"]
+    );
+    let labels = run(&ctx, "pseudo_labels", &[("iteration", "1")], "prompt_id").await;
+    // share = weight / total weight: 1.4 / 2.35 and 0.8 / 0.9 (the last digit depends on the summation order)
+    assert_eq!(labels.len(), 2);
+    assert!(labels[0].starts_with("a 5 3 1.4 0.595744680851063") && labels[1].starts_with("b 3 1 0.8 0.88888888888888"), "{labels:?}");
+}
