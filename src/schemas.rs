@@ -9,6 +9,7 @@ const TABLES: &[(&str, &str)] = &[
     ("rollouts", include_str!("../schemas/rollouts.json")),
     ("verified", include_str!("../schemas/verified.json")),
     ("step_scores", include_str!("../schemas/step_scores.json")),
+    ("step_labels", include_str!("../schemas/step_labels.json")),
     ("selected", include_str!("../schemas/selected.json")),
     ("metrics", include_str!("../schemas/metrics.json")),
 ];
@@ -31,6 +32,13 @@ struct ColumnDoc {
 pub fn table(name: &str) -> Option<Result<Schema, String>> {
     let (_, text) = TABLES.iter().find(|(n, _)| *n == name)?;
     Some(parse(text))
+}
+
+/// A core table's schema as an operator produces it: without the `iteration` column, which
+/// the engine adds. Panics on a broken schema file (a unit test parses them all).
+pub fn operator_output(name: &str) -> arrow_schema::SchemaRef {
+    let s = table(name).unwrap_or_else(|| panic!("no schema `{name}`")).unwrap_or_else(|e| panic!("{e}"));
+    std::sync::Arc::new(Schema::new(s.fields().iter().filter(|f| f.name() != "iteration").cloned().collect::<Vec<_>>()))
 }
 
 fn parse(text: &str) -> Result<Schema, String> {

@@ -11,7 +11,7 @@ use crate::model::tiny_vlm::image_patches;
 use crate::prm::{mc_labels, Completer, CompletionJob, Gold, LabelTask};
 use crate::spec::PrmLabelSpec;
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -32,18 +32,9 @@ impl PrmLabelOp {
     }
 }
 
+/// The `step_labels` table (schemas/step_labels.json) as this operator writes it.
 pub fn step_labels_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("prompt_id", DataType::Utf8, false),
-        Field::new("sample_idx", DataType::Int32, false),
-        Field::new("step_idx", DataType::Int32, false),
-        Field::new("step_text", DataType::Utf8, false),
-        Field::new("prefix", DataType::Utf8, false),
-        Field::new("n", DataType::Int32, false),
-        Field::new("successes", DataType::Int32, false),
-        Field::new("soft", DataType::Float64, false),
-        Field::new("hard", DataType::Boolean, false),
-    ]))
+    crate::schemas::operator_output("step_labels")
 }
 
 /// Completions sampled from the policy: prompt = the question's tokens, then the prefix's.

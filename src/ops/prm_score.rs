@@ -10,7 +10,7 @@ use crate::model::tiny_vlm::image_patches;
 use crate::spec::PrmScoreSpec;
 use crate::train::{batch_tensors, Example};
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -31,14 +31,9 @@ impl PrmScoreOp {
     }
 }
 
+/// The `step_scores` table (schemas/step_scores.json) as this operator writes it.
 pub fn step_scores_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("prompt_id", DataType::Utf8, false),
-        Field::new("sample_idx", DataType::Int32, false),
-        Field::new("step_idx", DataType::Int32, false),
-        Field::new("step_text", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-    ]))
+    crate::schemas::operator_output("step_scores")
 }
 
 /// One response to score: its example (prompt, step tokens, patches) and its steps' ends.
