@@ -3,6 +3,7 @@
 --   steps             steps judged (the oracle could align)
 --   sound_share_*     share of rollouts whose reasoning is fully sound (steps_ok) among the
 --                     PRM's top-2 correct, 2 random correct, and all correct rollouts
+--   step_ok_share_*   the same three groups: mean share of a rollout's steps the oracle accepts
 -- Reads `step_scores`, `scored` (with steps_ok) and `prompts` (scene, meta) of this iteration.
 WITH steps AS (
   SELECT s.score, synth_step_ok(p.scene, p.meta, v.response, s.step_idx) AS ok
@@ -12,6 +13,14 @@ WITH steps AS (
   WHERE s.iteration = ${iteration}
 ),
 judged AS (SELECT score, CASE WHEN ok THEN 1 ELSE 0 END AS y FROM steps WHERE ok IS NOT NULL),
+step_share AS (
+  SELECT s.prompt_id, s.sample_idx, avg(CASE WHEN synth_step_ok(p.scene, p.meta, v.response, s.step_idx) THEN 1.0 ELSE 0.0 END) AS share
+  FROM step_scores s
+  JOIN scored v ON s.prompt_id = v.prompt_id AND s.sample_idx = v.sample_idx AND v.iteration = ${iteration}
+  JOIN prompts p ON s.prompt_id = p.prompt_id
+  WHERE s.iteration = ${iteration}
+  GROUP BY s.prompt_id, s.sample_idx
+),
 ranked AS (
   SELECT y, RANK() OVER (ORDER BY score) + (count(*) OVER (PARTITION BY score) - 1) / 2.0 AS r FROM judged
 ),
@@ -21,13 +30,17 @@ auc AS (
   FROM ranked
 ),
 correct AS (
-  SELECT prompt_id, sample_idx, steps_ok,
-         ROW_NUMBER() OVER (PARTITION BY prompt_id ORDER BY score DESC, sample_idx ASC) AS by_prm,
-         ROW_NUMBER() OVER (PARTITION BY prompt_id ORDER BY md5(concat('${seed}', '/', prompt_id, '/', CAST(sample_idx AS VARCHAR))), sample_idx) AS by_chance
-  FROM scored WHERE iteration = ${iteration} AND correct
+  SELECT v.prompt_id, v.sample_idx, v.steps_ok, coalesce(x.share, 0.0) AS share,
+         ROW_NUMBER() OVER (PARTITION BY v.prompt_id ORDER BY v.score DESC, v.sample_idx ASC) AS by_prm,
+         ROW_NUMBER() OVER (PARTITION BY v.prompt_id ORDER BY md5(concat('${seed}', '/', v.prompt_id, '/', CAST(v.sample_idx AS VARCHAR))), v.sample_idx) AS by_chance
+  FROM scored v LEFT JOIN step_share x ON v.prompt_id = x.prompt_id AND v.sample_idx = x.sample_idx
+  WHERE v.iteration = ${iteration} AND v.correct
 )
 SELECT '${split}' AS split, 'step_auroc' AS name, (SELECT v FROM auc) AS value
 UNION ALL SELECT '${split}', 'steps', CAST((SELECT n FROM auc) AS DOUBLE)
 UNION ALL SELECT '${split}', 'sound_share_prm_top2', avg(CASE WHEN steps_ok THEN 1.0 ELSE 0.0 END) FROM correct WHERE by_prm <= 2
 UNION ALL SELECT '${split}', 'sound_share_random2', avg(CASE WHEN steps_ok THEN 1.0 ELSE 0.0 END) FROM correct WHERE by_chance <= 2
 UNION ALL SELECT '${split}', 'sound_share_all_correct', avg(CASE WHEN steps_ok THEN 1.0 ELSE 0.0 END) FROM correct
+UNION ALL SELECT '${split}', 'step_ok_share_prm_top2', avg(share) FROM correct WHERE by_prm <= 2
+UNION ALL SELECT '${split}', 'step_ok_share_random2', avg(share) FROM correct WHERE by_chance <= 2
+UNION ALL SELECT '${split}', 'step_ok_share_all_correct', avg(share) FROM correct

@@ -141,6 +141,7 @@ impl Operator for TrainOp {
                 eprintln!("  train: no rows in `{}` this iteration; the checkpoint is carried over", self.spec.data);
             }
             let per_step = self.spec.micro_batch * self.spec.grad_accum;
+            let total_steps = examples.len().div_ceil(per_step.max(1)) * self.spec.epochs as usize;
             let started = std::time::Instant::now();
             for epoch in 0..self.spec.epochs {
                 let mut order: Vec<usize> = (0..examples.len()).collect();
@@ -151,6 +152,10 @@ impl Operator for TrainOp {
                     let loss = train_step(&policy, &mut opt, &mut state, &micro, self.spec.clip).map_err(|e| self.fail(e))?;
                     steps.push(state.step as i64);
                     losses.push(loss);
+                    let done = losses.len();
+                    if done * 10 / total_steps.max(1) != (done - 1) * 10 / total_steps.max(1) && done < total_steps {
+                        eprintln!("  train: step {done}/{total_steps}, loss {loss:.4}, lr {lr:.2e}, {:.1}s", started.elapsed().as_secs_f64());
+                    }
                     lrs.push(lr);
                     epochs.push(epoch as i64);
                 }

@@ -102,13 +102,14 @@ async fn top_k_keeps_the_best_correct_rollouts_and_breaks_ties_by_sample() {
 #[tokio::test]
 async fn reward_pass_at_2_best_of_n_and_votes() {
     let ctx = with_scored("score_min").await;
-    let rows = run(&ctx, "prm_metrics", &[("iteration", "1"), ("split", "val")], "name").await;
+    let rows = run(&ctx, "prm_metrics", &[("iteration", "1"), ("split", "val"), ("seed", "0")], "name").await;
     // Reward-Pass@2: a's top-2 are s3 (wrong) and s1 (right); b's are s0 (wrong) and s1 (right).
     // Best-of-N: a's top is s3, b's is s0: both wrong. Majority: a → 5 (right), b → 4 (right).
-    // Weighted: a → 5 (1.4 against 0.95), b → 3 (0.8 against 0.1): wrong.
+    // Weighted: a → 5 (1.4 against 0.95), b → 3 (0.8 against 0.1): wrong. Random-2: any 2 of a's
+    // rollouts (3 of 4 correct) or b's (2 of 3) hold a correct one.
     assert_eq!(
         rows,
-        vec!["val best_of_n 0.0", "val majority_vote 1.0", "val pass@k 1.0", "val reward_pass@2 1.0", "val weighted_vote 0.5"]
+        vec!["val best_of_n 0.0", "val majority_vote 1.0", "val pass@k 1.0", "val random_pass@2 1.0", "val reward_pass@2 1.0", "val weighted_vote 0.5"]
     );
     let labels = run(&ctx, "pseudo_labels", &[("iteration", "1")], "prompt_id").await;
     // share = weight / total weight: 1.4 / 2.35 and 0.8 / 0.9 (the last digit depends on the summation order)
