@@ -18,6 +18,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(SynthStepsOk::default()));
     ctx.register_udf(ScalarUDF::from(SynthStepsOk { per_step: true, ..Default::default() }));
     ctx.register_udf(ScalarUDF::from(SynthCaption::default()));
+    ctx.register_udf(ScalarUDF::from(SynthCaption { grid: true, ..Default::default() }));
 }
 
 fn utf8_list() -> DataType {
@@ -261,17 +262,23 @@ impl ScalarUDFImpl for SynthStepsOk {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SynthCaption {
     signature: Signature,
+    /// `synth_grid_caption`: one line per grid cell (`Scene::grid_caption`).
+    grid: bool,
 }
 
 impl Default for SynthCaption {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self { signature: Signature::user_defined(Volatility::Immutable), grid: false }
     }
 }
 
 impl ScalarUDFImpl for SynthCaption {
     fn name(&self) -> &str {
-        "synth_caption"
+        if self.grid {
+            "synth_grid_caption"
+        } else {
+            "synth_caption"
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -291,8 +298,8 @@ impl ScalarUDFImpl for SynthCaption {
                     .is_valid(i)
                     .then(|| {
                         serde_json::from_str::<crate::data::synth::Scene>(scene.value(i))
-                            .map(|s| s.caption())
-                            .map_err(|e| DataFusionError::Execution(format!("synth_caption: bad scene JSON in row {i}: {e}")))
+                            .map(|s| if self.grid { s.grid_caption() } else { s.caption() })
+                            .map_err(|e| DataFusionError::Execution(format!("{}: bad scene JSON in row {i}: {e}", self.name())))
                     })
                     .transpose()
             })

@@ -213,6 +213,26 @@ impl Scene {
         objs.sort_by_key(|o| (o.row, o.col));
         objs.iter().map(|o| format!("The {} {} shows {}.", o.colour.name(), o.shape.name(), o.digit)).collect::<Vec<_>>().join("\n")
     }
+
+    /// Every cell of the 3×3 grid in reading order, one line each: "top left: red circle 7" or
+    /// "centre: empty". The fixed layout ties each line to one image region, which makes
+    /// perception easier to learn than from `caption`.
+    pub fn grid_caption(&self) -> String {
+        const ROWS: [&str; 3] = ["top", "middle", "bottom"];
+        const COLS: [&str; 3] = ["left", "middle", "right"];
+        let mut lines = Vec::with_capacity(9);
+        for row in 0..GRID {
+            for col in 0..GRID {
+                let place = if row == 1 && col == 1 { "centre".to_string() } else { format!("{} {}", ROWS[row as usize], COLS[col as usize]) };
+                let what = match self.objects.iter().find(|o| o.row == row && o.col == col) {
+                    Some(o) => format!("{} {} {}", o.colour.name(), o.shape.name(), o.digit),
+                    None => "empty".to_string(),
+                };
+                lines.push(format!("{place}: {what}"));
+            }
+        }
+        lines.join("\n")
+    }
 }
 
 impl Scene {
@@ -325,6 +345,10 @@ mod tests {
         let o = |shape, colour, digit, row, col| Object { shape, colour, digit, row, col, x: 0, y: 0, w: 12, h: 12 };
         let scene = Scene { width: 56, height: 56, objects: vec![o(Shape::Circle, Colour::Blue, 4, 1, 0), o(Shape::Triangle, Colour::Red, 1, 0, 2)] };
         assert_eq!(scene.caption(), "The red triangle shows 1.\nThe blue circle shows 4.");
+        assert_eq!(
+            scene.grid_caption(),
+            "top left: empty\ntop middle: empty\ntop right: red triangle 1\nmiddle left: blue circle 4\ncentre: empty\nmiddle right: empty\nbottom left: empty\nbottom middle: empty\nbottom right: empty"
+        );
     }
 
     #[test]
