@@ -77,7 +77,9 @@ impl Policy {
             } else if shape.rank() == 1 {
                 Tensor::ones(&shape, DType::F32, device)?
             } else {
-                let v: Vec<f32> = (0..shape.elem_count()).map(|_| rng.sample() * 0.02).collect();
+                // convolutions: N(0, 1/fan_in), so the stem passes the image's scale on
+                let std = if shape.rank() == 4 { (1.0 / (shape.elem_count() / shape.dims()[0]) as f32).sqrt() } else { 0.02 };
+                let v: Vec<f32> = (0..shape.elem_count()).map(|_| rng.sample() * std).collect();
                 Tensor::from_vec(v, &shape, device)?
             };
             var.set(&t)?;

@@ -32,6 +32,13 @@ fn merged_patches_train_and_decode() {
     cached_step_equals_full_forward_with(&Device::Cpu, &merged);
 }
 
+#[test]
+fn a_convolutional_stem_trains_and_decodes() {
+    let stem = serde_json::json!({"vision_config": {"stem_channels": 4}});
+    gradients_reach_every_weight_with(&Device::Cpu, &stem);
+    cached_step_equals_full_forward_with(&Device::Cpu, &stem);
+}
+
 fn gradients_reach_every_weight(dev: &Device) {
     gradients_reach_every_weight_with(dev, &serde_json::json!({}));
 }

@@ -21,6 +21,10 @@ pub struct VisionConfig {
     /// encoder (Qwen2-VL's patch merger); 1 keeps one token per patch.
     #[serde(default = "one")]
     pub merge_size: usize,
+    /// Channels of an optional convolutional stem (two 3×3 convolutions with SiLU at full
+    /// resolution) before the patch embedding; absent: the patch embedding reads raw pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem_channels: Option<usize>,
 }
 
 fn one() -> usize {
@@ -41,6 +45,10 @@ impl VisionConfig {
     }
     pub fn patch_dim(&self) -> usize {
         self.num_channels * self.patch_size * self.patch_size
+    }
+    /// Features per patch that the patch embedding reads: raw pixels, or stem channels.
+    pub fn embed_dim(&self) -> usize {
+        self.stem_channels.unwrap_or(self.num_channels) * self.patch_size * self.patch_size
     }
 }
 
@@ -95,6 +103,7 @@ impl Config {
                 num_attention_heads: vheads,
                 intermediate_size: vinter,
                 merge_size: 1,
+                stem_channels: None,
             },
             bos_token_id: 1,
             eos_token_id: 2,
@@ -142,6 +151,9 @@ impl Config {
         }
         if v.image_size % v.patch_size != 0 {
             return Err("vision_config.image_size must be a multiple of patch_size".into());
+        }
+        if v.stem_channels == Some(0) {
+            return Err("vision_config.stem_channels must be at least 1".into());
         }
         if v.merge_size == 0 || v.grid() % v.merge_size != 0 {
             return Err(format!("vision_config.merge_size {} must divide the {} patches per side", v.merge_size, v.grid()));

@@ -216,7 +216,11 @@ impl VisionBlock {
 /// ViT-style encoder: linear patch embedding + learned positions + pre-norm blocks.
 #[derive(Debug, Clone)]
 pub struct VisionEncoder {
+    /// Optional convolutional stem: two 3×3 convolutions (weight, bias) at full resolution.
+    stem: Option<[(Tensor, Tensor); 2]>,
     patch_embed: Lin,
+    /// (patches per side, patch size, input channels)
+    layout: (usize, usize, usize),
     pos_embed: Tensor,
     blocks: Vec<VisionBlock>,
     norm: RmsNorm,
@@ -227,8 +231,21 @@ impl VisionEncoder {
         let v = &cfg.vision_config;
         let pos_embed = vb.get_with_hints((v.num_patches(), v.hidden_size), "pos_embed", Init::Randn { mean: 0.0, stdev: 0.02 })?;
         let blocks = (0..v.num_hidden_layers).map(|i| VisionBlock::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let stem = match v.stem_channels {
+            Some(c) => {
+                let conv = |i: usize, cin: usize| -> Result<(Tensor, Tensor)> {
+                    let vb = vb.pp(format!("stem.{i}"));
+                    let w = vb.get_with_hints((c, cin, 3, 3), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
+                    Ok((w, vb.get_with_hints(c, "bias", Init::Const(0.0))?))
+                };
+                Some([conv(0, v.num_channels)?, conv(1, c)?])
+            }
+            None => None,
+        };
         Ok(Self {
-            patch_embed: linear(v.patch_dim(), v.hidden_size, vb.pp("patch_embed"))?,
+            stem,
+            layout: (v.grid(), v.patch_size, v.num_channels),
+            patch_embed: linear(v.embed_dim(), v.hidden_size, vb.pp("patch_embed"))?,
             pos_embed,
             blocks,
             norm: RmsNorm::new(v.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
@@ -237,7 +254,19 @@ impl VisionEncoder {
 
     /// (B, P, patch_dim) → (B, P, vision hidden).
     pub fn forward(&self, patches: &Tensor) -> Result<Tensor> {
-        let mut x = self.patch_embed.forward(patches)?.broadcast_add(&self.pos_embed)?;
+        let patches = match &self.stem {
+            None => patches.clone(),
+            Some(convs) => {
+                // patches (row, column, channel) per patch → image (B, C, H, W) → stem → patches
+                let (n, p, c) = self.layout;
+                let mut img = patches_to_image(patches, n, p, c)?;
+                for (w, bias) in convs {
+                    img = img.conv2d(w, 1, 1, 1, 1)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.silu()?;
+                }
+                image_to_patches(&img, n, p)?
+            }
+        };
+        let mut x = self.patch_embed.forward(&patches)?.broadcast_add(&self.pos_embed)?;
         for b in &self.blocks {
             x = b.forward(&x)?;
         }
@@ -501,6 +530,18 @@ impl TinyVlm {
     }
 }
 
+/// Patches (B, n·n, p·p·C), each flattened as (row, column, channel), → image (B, C, n·p, n·p).
+pub fn patches_to_image(patches: &Tensor, n: usize, p: usize, c: usize) -> Result<Tensor> {
+    let b = patches.dim(0)?;
+    patches.reshape((b, n, n, p, p, c))?.permute((0, 5, 1, 3, 2, 4))?.contiguous()?.reshape((b, c, n * p, n * p))
+}
+
+/// The inverse of [`patches_to_image`] for any channel count.
+pub fn image_to_patches(img: &Tensor, n: usize, p: usize) -> Result<Tensor> {
+    let (b, c, _, _) = img.dims4()?;
+    img.reshape((b, c, n, p, n, p))?.permute((0, 2, 4, 3, 5, 1))?.contiguous()?.reshape((b, n * n, p * p * c))
+}
+
 /// Concatenates the features of each `m`×`m` square of neighbouring patches (row-major
 /// within the square; squares row-major): (B, n·n, C) → (B, (n/m)², m·m·C).
 pub fn merge_patches(x: &Tensor, n: usize, m: usize) -> Result<Tensor> {
@@ -540,6 +581,24 @@ pub fn masked_bce_with_logits(logits: &Tensor, labels: &Tensor, weights: &Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patches_and_image_layouts_invert_each_other() {
+        let v = crate::model::tiny_vlm::Config::preset("tiny", 384).unwrap().vision_config;
+        let png = crate::data::synth::generate(0, "train", 2, false).image_png;
+        let flat = crate::model::tiny_vlm::image_patches(&png, &v).unwrap();
+        let (n, p) = (v.grid(), v.patch_size);
+        let patches = Tensor::from_vec(flat.clone(), (1, n * n, p * p * 3), &Device::Cpu).unwrap();
+        let img = patches_to_image(&patches, n, p, 3).unwrap();
+        let rgb = image::load_from_memory(&png).unwrap().to_rgb8();
+        let pixels: Vec<f32> = img.flatten_all().unwrap().to_vec1().unwrap();
+        for (ch, y, x) in [(0usize, 0usize, 0usize), (1, 17, 40), (2, 55, 9), (0, 30, 31)] {
+            let want = (rgb.get_pixel(x as u32, y as u32).0[ch] as f32 / 255.0 - 0.5) / 0.5;
+            assert_eq!(pixels[(ch * 56 + y) * 56 + x], want, "channel {ch} at ({x}, {y})");
+        }
+        let back: Vec<f32> = image_to_patches(&img, n, p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(back, flat);
+    }
 
     #[test]
     fn merge_patches_concatenates_each_square_of_neighbours() {
