@@ -85,10 +85,11 @@ summary:
   query: SELECT name, round(value, 3) AS value FROM eval_test UNION ALL SELECT 'cell_exact', round(cell_exact, 3) FROM cap_eval UNION ALL SELECT 'digit_right', round(digit_right, 3) FROM cap_eval
 """
 runs = {
-  "G40": dict(cap_epochs=1, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, ncap=40000, data="data/synth40"),
-  "H40": dict(cap_epochs=1, cap_lr=1e-3, cot_epochs=8, cot_lr=5e-4, ncap=40000, data="data/synth40"),
-  "P40": dict(cap_epochs=1, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, ncap=40000, data="data/synth40", cfg="{vision_config: {patch_size: 4, merge_size: 2}}"),
-  "F40": dict(cap_epochs=1, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, ncap=40000, data="data/synth40", cfg="{vision_config: {hidden_size: 192, intermediate_size: 512, num_hidden_layers: 3}}"),
+  "C16": dict(cap_epochs=10, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, cfg="{vision_config: {stem_channels: 16}}"),
+  "C16h": dict(cap_epochs=10, cap_lr=1e-3, cot_epochs=8, cot_lr=5e-4, cfg="{vision_config: {stem_channels: 16}}"),
+  "C32": dict(cap_epochs=10, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, cfg="{vision_config: {stem_channels: 32}}"),
+  "C32f": dict(cap_epochs=1, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, ncap=40000, data="data/synth40", cfg="{vision_config: {stem_channels: 32}}"),
+  "C16f": dict(cap_epochs=1, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, ncap=40000, data="data/synth40", cfg="{vision_config: {stem_channels: 16}}"),
 }
 for k, v in runs.items():
     open(f"{k}.yaml", "w").write(pipe(k, **v))
