@@ -383,3 +383,88 @@ fn prm_training_reaches_every_weight_and_fits_step_labels() {
     eprintln!("PRM BCE {first} → {last}");
     assert!(last < first * 0.7 && last < 0.45, "PRM loss {first} → {last}");
 }
+
+/// Perception probe: can the vision encoder alone learn each grid cell's digit when it is
+/// supervised directly (cell features = mean of the patches centred in the cell → linear →
+/// empty | 0..9)? Prints train steps and test digit accuracy on occupied cells.
+/// `MSTAR_PROBE_STEPS`, `MSTAR_PROBE_STEM` (channels), `MSTAR_PROBE_PATCH` tune it.
+#[test]
+#[ignore = "an experiment (about a minute): cargo test --lib digit_probe -- --ignored --nocapture"]
+fn digit_probe_on_the_vision_encoder() {
+    use super::tiny_vlm::{image_patches, Config, TinyVlm};
+    use crate::data::synth::{self, scene::CELL, scene::ORIGIN};
+    use candle_core::{DType, Tensor, D};
+    use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let mut cfg = Config::preset("tiny", 384).unwrap();
+    cfg.vision_config.patch_size = env("MSTAR_PROBE_PATCH", 8);
+    cfg.vision_config.stem_channels = Some(env("MSTAR_PROBE_STEM", 0)).filter(|c| *c > 0);
+    let v = cfg.vision_config.clone();
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let model = TinyVlm::new(&cfg, vb.clone()).unwrap();
+    let head = candle_nn::linear(v.hidden_size, 11, vb.pp("probe")).unwrap();
+    // (9, P) averaging matrix: patch → the cell its centre falls in
+    let n = v.grid();
+    let mut pool = vec![0f32; 9 * n * n];
+    for py in 0..n {
+        for px in 0..n {
+            let cell = |c: usize| ((((c * v.patch_size + v.patch_size / 2) as i32 - ORIGIN) / CELL).clamp(0, 2)) as usize;
+            pool[(cell(py) * 3 + cell(px)) * n * n + py * n + px] = 1.0;
+        }
+    }
+    let pool = Tensor::from_vec(pool, (9, n * n), &dev).unwrap();
+    let pool = pool.broadcast_div(&pool.sum_keepdim(1).unwrap()).unwrap();
+    let data = |split: &str, count: u64| -> Vec<(Vec<f32>, Vec<u32>)> {
+        (0..count)
+            .map(|i| {
+                let e = synth::generate(0, split, i, false);
+                let mut y = vec![10u32; 9];
+                for o in &e.scene.objects {
+                    y[(o.row * 3 + o.col) as usize] = u32::from(o.digit);
+                }
+                (image_patches(&e.image_png, &v).unwrap(), y)
+            })
+            .collect()
+    };
+    let (train, test) = (data("train", 4000), data("test", 500));
+    let batch = |xs: &[(Vec<f32>, Vec<u32>)]| {
+        let p: Vec<f32> = xs.iter().flat_map(|x| x.0.iter().copied()).collect();
+        let y: Vec<u32> = xs.iter().flat_map(|x| x.1.iter().copied()).collect();
+        (Tensor::from_vec(p, (xs.len(), n * n, v.patch_dim()), &dev).unwrap(), Tensor::from_vec(y, xs.len() * 9, &dev).unwrap())
+    };
+    let logits = |p: &Tensor| -> Tensor {
+        let f = model.vision_features(p).unwrap();
+        let cells = pool.unsqueeze(0).unwrap().broadcast_as((f.dim(0).unwrap(), 9, n * n)).unwrap().contiguous().unwrap().matmul(&f).unwrap();
+        head.forward(&cells).unwrap().reshape(((), 11)).unwrap()
+    };
+    let vars: Vec<_> = varmap.all_vars();
+    let mut opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: 1e-3, weight_decay: 0.01, ..Default::default() }).unwrap();
+    let steps = env("MSTAR_PROBE_STEPS", 1500);
+    let started = std::time::Instant::now();
+    for step in 0..steps {
+        let lo = (step * 32) % (train.len() - 32);
+        let (p, y) = batch(&train[lo..lo + 32]);
+        let loss = candle_nn::loss::cross_entropy(&logits(&p), &y).unwrap();
+        opt.backward_step(&loss).unwrap();
+        if step % 250 == 0 || step + 1 == steps {
+            eprintln!("step {step}: loss {:.4} ({:.0}s)", loss.to_scalar::<f32>().unwrap(), started.elapsed().as_secs_f64());
+        }
+    }
+    let (mut right, mut occupied, mut empty_right) = (0, 0, 0);
+    for chunk in test.chunks(100) {
+        let (p, y) = batch(chunk);
+        let pred: Vec<u32> = logits(&p).argmax(D::Minus1).unwrap().to_vec1().unwrap();
+        for (a, b) in pred.iter().zip(y.to_vec1::<u32>().unwrap()) {
+            if b == 10 {
+                empty_right += (*a == 10) as usize;
+            } else {
+                occupied += 1;
+                right += (*a == b) as usize;
+            }
+        }
+    }
+    eprintln!("test: digit accuracy on occupied cells {:.3} ({right}/{occupied}), empty cells right {empty_right}", right as f64 / occupied as f64);
+    assert!(occupied > 0);
+}

@@ -469,6 +469,11 @@ impl TinyVlm {
         })
     }
 
+    /// The vision encoder's output (B, P, vision hidden), before merging and projection.
+    pub fn vision_features(&self, patches: &Tensor) -> Result<Tensor> {
+        self.vision.forward(patches)
+    }
+
     /// Image features in the text embedding space: (B, P, patch_dim) → (B, image_tokens, hidden).
     pub fn encode_images(&self, patches: &Tensor) -> Result<Tensor> {
         let v = merge_patches(&self.vision.forward(patches)?, self.cfg.vision_config.grid(), self.cfg.vision_config.merge_size)?;
