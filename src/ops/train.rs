@@ -101,6 +101,9 @@ impl Operator for TrainOp {
 
             // this iteration's training rows
             let filter = ctx.this_iteration(&self.spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
+            if self.spec.objective == "regions" {
+                return self.pretrain_regions(ctx, policy, state, &filter).await;
+            }
             // a fixed order (the shuffle below is seeded), whatever order the input came in
             let (labels, needs) = if prm { (", labels", "question, images, response and labels (one per step)") } else { ("", "question, images and response") };
             let q = format!(
@@ -172,22 +175,7 @@ impl Operator for TrainOp {
                     l
                 );
             }
-            let log = RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    Field::new("stage", DataType::Utf8, false),
-                    Field::new("step", DataType::Int64, false),
-                    Field::new("epoch", DataType::Int64, false),
-                    Field::new("loss", DataType::Float64, false),
-                    Field::new("lr", DataType::Float64, false),
-                ])),
-                vec![
-                    Arc::new(arrow::array::StringArray::from(vec![self.stage.clone(); steps.len()])),
-                    Arc::new(Int64Array::from(steps)),
-                    Arc::new(Int64Array::from(epochs)),
-                    Arc::new(Float64Array::from(losses)),
-                    Arc::new(Float64Array::from(lrs)),
-                ],
-            )?;
+            let log = train_log(&self.stage, steps, epochs, losses, lrs)?;
             ctx.side.push("train_log", log);
             let mut files = policy.to_files().map_err(|e| self.fail(e))?;
             files.push((OPTIMIZER_FILE, safetensors_bytes(&opt.state_tensors()).map_err(|e| self.fail(e))?));
@@ -197,6 +185,85 @@ impl Operator for TrainOp {
         }
         .boxed()
     }
+}
+
+impl TrainOp {
+    /// `objective: regions`: vision pretraining on `images` + `region_labels` (a list of g²
+    /// class ids per image, regions in reading order); the checkpoint keeps the policy's
+    /// weights (the head is dropped) and a fresh optimizer state.
+    async fn pretrain_regions(&self, ctx: &OpContext<'_>, policy: Policy, mut state: TrainerState, filter: &str) -> Result<OpOutput> {
+        use crate::train::regions::{RegionExample, RegionTrainer};
+        let q = format!("SELECT images, region_labels FROM \"{}\"{filter} ORDER BY region_labels", self.spec.data);
+        let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns images and region_labels: {e}", self.spec.data)))?.collect().await?;
+        let mut examples = Vec::new();
+        for b in &batches {
+            let labels = arrow::compute::cast(b.column(1), &DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))))?;
+            for i in 0..b.num_rows() {
+                let img = first_image(b.column(0), i).ok_or_else(|| self.fail(format!("row {i} has no image")))?;
+                if labels.is_null(i) {
+                    return Err(self.fail(format!("row {i} has no region_labels")));
+                }
+                let l: Vec<u32> = labels.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::UInt32Type>().iter().map(|x| x.unwrap_or(u32::MAX)).collect();
+                examples.push(RegionExample { patches: image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?, labels: l });
+            }
+        }
+        let Some(first) = examples.first() else { return Err(self.fail(format!("no rows in `{}`", self.spec.data))) };
+        let grid = (first.labels.len() as f64).sqrt().round() as usize;
+        let classes = examples.iter().flat_map(|e| e.labels.iter()).filter(|&&l| l != u32::MAX).max().map_or(0, |m| *m as usize + 1);
+        if grid * grid != first.labels.len() {
+            return Err(self.fail(format!("region_labels has {} entries; expected a square number (g × g regions)", first.labels.len())));
+        }
+        let mut trainer = RegionTrainer::new(&policy, grid, classes, self.spec.adamw.weight_decay, ctx.pipeline.seed).map_err(|e| self.fail(e))?;
+        let mb = self.spec.micro_batch.max(1);
+        let total = examples.len().div_ceil(mb) * self.spec.epochs as usize;
+        let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);
+        let started = std::time::Instant::now();
+        for epoch in 0..self.spec.epochs {
+            let mut order: Vec<usize> = (0..examples.len()).collect();
+            shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
+            for chunk in order.chunks(mb) {
+                let lr = state.schedule.lr_at(state.step);
+                let batch: Vec<&RegionExample> = chunk.iter().map(|&i| &examples[i]).collect();
+                let loss = trainer.step(&policy, &batch, lr).map_err(|e| self.fail(e))?;
+                state.step += 1;
+                state.examples_seen += batch.len() as u64;
+                state.last_loss = Some(loss);
+                steps.push(state.step as i64);
+                losses.push(loss);
+                lrs.push(lr);
+                epochs.push(epoch as i64);
+                let done = losses.len();
+                if done * 10 / total.max(1) != (done - 1) * 10 / total.max(1) || done == total {
+                    eprintln!("  train (regions): step {done}/{total}, loss {loss:.4}, lr {lr:.2e}, {:.1}s", started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        state.rng = state.rng.wrapping_add(self.spec.epochs as u64);
+        ctx.side.push("train_log", train_log(&self.stage, steps, epochs, losses, lrs)?);
+        let mut files = policy.to_files().map_err(|e| self.fail(e))?;
+        files.push((STATE_FILE, serde_json::to_vec_pretty(&state).map_err(|e| self.fail(e))?));
+        let dir = format!("{}/{}", ctx.files_dir(), ctx.attempt);
+        Ok(OpOutput::Files(checkpoint::write(ctx.store, &dir, files).await?))
+    }
+}
+
+fn train_log(stage: &str, steps: Vec<i64>, epochs: Vec<i64>, losses: Vec<f64>, lrs: Vec<f64>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("stage", DataType::Utf8, false),
+            Field::new("step", DataType::Int64, false),
+            Field::new("epoch", DataType::Int64, false),
+            Field::new("loss", DataType::Float64, false),
+            Field::new("lr", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec![stage.to_string(); steps.len()])),
+            Arc::new(Int64Array::from(steps)),
+            Arc::new(Int64Array::from(epochs)),
+            Arc::new(Float64Array::from(losses)),
+            Arc::new(Float64Array::from(lrs)),
+        ],
+    )?)
 }
 
 /// Fisher–Yates with a splitmix64 stream.

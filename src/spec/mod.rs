@@ -323,7 +323,8 @@ pub struct TrainSpec {
     pub clip: Option<f64>,
     /// `sft`: token cross-entropy on the responses (a policy). `prm`: a process reward model,
     /// binary cross-entropy of each step's score against the `labels` column (one label in
-    /// [0, 1] per step of `response`); a policy base gets a fresh score head.
+    /// [0, 1] per step of `response`); a policy base gets a fresh score head. `regions`: vision
+    /// pretraining on `images` and `region_labels` (g×g class ids per image, reading order).
     #[serde(default = "default_objective")]
     pub objective: String,
 }
@@ -744,8 +745,8 @@ impl Validator<'_> {
                         if !["continue", "reset"].contains(&t.optimizer.as_str()) {
                             self.dec.error(&at("optimizer"), format!("optimizer is `continue` or `reset`, not `{}`", t.optimizer));
                         }
-                        if !["sft", "prm"].contains(&t.objective.as_str()) {
-                            self.dec.error(&at("objective"), format!("objective is `sft` or `prm`, not `{}`", t.objective));
+                        if !["sft", "prm", "regions"].contains(&t.objective.as_str()) {
+                            self.dec.error(&at("objective"), format!("objective is `sft`, `prm` or `regions`, not `{}`", t.objective));
                         }
                         if t.micro_batch == 0 || t.grad_accum == 0 {
                             self.dec.error(&at("micro_batch"), "micro_batch and grad_accum must be at least 1");

@@ -19,6 +19,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(SynthStepsOk { per_step: true, ..Default::default() }));
     ctx.register_udf(ScalarUDF::from(SynthCaption::default()));
     ctx.register_udf(ScalarUDF::from(SynthCaption { grid: true, ..Default::default() }));
+    ctx.register_udf(ScalarUDF::from(SynthCellLabels::default()));
 }
 
 fn utf8_list() -> DataType {
@@ -305,5 +306,49 @@ impl ScalarUDFImpl for SynthCaption {
             })
             .collect::<Result<StringArray>>()?;
         Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `synth_cell_labels(scene)`: per grid cell in reading order, the digit (0–9) or 10 when the
+/// cell is empty, as a list of Int32. NULL when scene is NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SynthCellLabels {
+    signature: Signature,
+}
+
+impl Default for SynthCellLabels {
+    fn default() -> Self {
+        Self { signature: Signature::user_defined(Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for SynthCellLabels {
+    fn name(&self) -> &str {
+        "synth_cell_labels"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, t: &[DataType]) -> Result<Vec<DataType>> {
+        coerce(self.name(), t, &['s'])
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true))))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = arrays(&args)?;
+        let scene = strings(&a[0])?;
+        let mut b = ListBuilder::new(arrow::array::Int32Builder::new());
+        for i in 0..scene.len() {
+            if scene.is_null(i) {
+                b.append_null();
+                continue;
+            }
+            let s: crate::data::synth::Scene = serde_json::from_str(scene.value(i))
+                .map_err(|e| DataFusionError::Execution(format!("synth_cell_labels: bad scene JSON in row {i}: {e}")))?;
+            b.values().append_slice(&s.cell_labels());
+            b.append(true);
+        }
+        Ok(ColumnarValue::Array(Arc::new(b.finish())))
     }
 }

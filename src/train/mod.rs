@@ -1,6 +1,8 @@
 //! Supervised fine-tuning: AdamW with decoupled weight decay, LR schedules, gradient clipping,
 //! micro-batches with gradient accumulation, and optimizer/scheduler state for checkpoints.
 
+pub mod regions;
+
 use crate::model::policy::{ModelError, Policy, Result};
 use crate::model::tiny_vlm::{masked_bce_with_logits, masked_cross_entropy};
 use candle_core::{Tensor, Var};

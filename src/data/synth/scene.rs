@@ -214,6 +214,16 @@ impl Scene {
         objs.iter().map(|o| format!("The {} {} shows {}.", o.colour.name(), o.shape.name(), o.digit)).collect::<Vec<_>>().join("\n")
     }
 
+    /// Per grid cell in reading order: its object's digit (0–9), or 10 when empty — labels for
+    /// vision pretraining (`train` with `objective: regions`).
+    pub fn cell_labels(&self) -> Vec<i32> {
+        let mut out = vec![10; (GRID * GRID) as usize];
+        for o in &self.objects {
+            out[(o.row * GRID + o.col) as usize] = i32::from(o.digit);
+        }
+        out
+    }
+
     /// Every cell of the 3×3 grid in reading order, one line each: "top left: red circle 7" or
     /// "centre: empty". The fixed layout ties each line to one image region, which makes
     /// perception easier to learn than from `caption`.
