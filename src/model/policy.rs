@@ -59,7 +59,8 @@ impl Normal {
 }
 
 impl Policy {
-    /// A fresh policy: norms 1, biases 0, other weights N(0, 0.02²) from `seed`.
+    /// A fresh policy: norms 1, biases 0, vision matrices He-normal, other weights N(0, 0.02²),
+    /// all from `seed`.
     pub fn new_random(cfg: &Config, tokenizer: TextTokenizer, seed: u64, device: &Device) -> Result<Self> {
         if tokenizer.vocab_size() > cfg.vocab_size {
             return Err(ModelError::Invalid(format!("tokenizer has {} tokens but vocab_size is {}", tokenizer.vocab_size(), cfg.vocab_size)));
@@ -78,7 +79,15 @@ impl Policy {
                 Tensor::ones(&shape, DType::F32, device)?
             } else {
                 // convolutions: N(0, 1/fan_in), so the stem passes the image's scale on
-                let std = if shape.rank() == 4 { (1.0 / (shape.elem_count() / shape.dims()[0]) as f32).sqrt() } else { 0.02 };
+                // vision matrices: He-normal N(0, 2/fan_in) — with 0.02 the encoder learns to
+                // read digits about half as fast (README, "Where perception fails")
+                let std = if shape.rank() == 4 {
+                    (1.0 / (shape.elem_count() / shape.dims()[0]) as f32).sqrt()
+                } else if name.starts_with("vision.") && shape.rank() == 2 && name != "vision.pos_embed" {
+                    (2.0 / shape.dims()[1] as f32).sqrt()
+                } else {
+                    0.02
+                };
                 let v: Vec<f32> = (0..shape.elem_count()).map(|_| rng.sample() * std).collect();
                 Tensor::from_vec(v, &shape, device)?
             };

@@ -405,6 +405,17 @@ fn digit_probe_on_the_vision_encoder() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = TinyVlm::new(&cfg, vb.clone()).unwrap();
     let head = candle_nn::linear(v.hidden_size, 11, vb.pp("probe")).unwrap();
+    if std::env::var("MSTAR_PROBE_INIT").as_deref() == Ok("policy") {
+        // the policy's initialization (Policy::new_random): N(0, 0.02²) matrices, unit norms, zero biases
+        let mut rng = super::policy::Normal::new(11);
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let shape = var.shape().clone();
+            if name.starts_with("vision.") && shape.rank() == 2 {
+                let w: Vec<f32> = (0..shape.elem_count()).map(|_| rng.sample() * 0.02).collect();
+                var.set(&Tensor::from_vec(w, &shape, &dev).unwrap()).unwrap();
+            }
+        }
+    }
     // (9, P) averaging matrix: patch → the cell its centre falls in
     let n = v.grid();
     let mut pool = vec![0f32; 9 * n * n];
