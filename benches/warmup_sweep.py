@@ -60,6 +60,7 @@ stages:
     split: test
     k: 4
     limit: 300
+  - {{id: test_metrics, op: sql, scope: setup, sql: eval_metrics, params: {{samples: eval_test}}}}
   - id: test_caps
     op: sql
     scope: setup
@@ -82,7 +83,7 @@ stages:
              avg(CASE WHEN truth NOT LIKE '%empty' THEN CASE WHEN right(said, 1) = right(truth, 1) THEN 1.0 ELSE 0.0 END END) AS digit_right
       FROM cells
 summary:
-  query: SELECT name, round(value, 3) AS value FROM eval_test UNION ALL SELECT 'cell_exact', round(cell_exact, 3) FROM cap_eval UNION ALL SELECT 'digit_right', round(digit_right, 3) FROM cap_eval
+  query: SELECT name, round(value, 3) AS value FROM test_metrics UNION ALL SELECT 'cell_exact', round(cell_exact, 3) FROM cap_eval UNION ALL SELECT 'digit_right', round(digit_right, 3) FROM cap_eval
 """
 runs = {
   "C16": dict(cap_epochs=10, cap_lr=5e-4, cot_epochs=8, cot_lr=5e-4, cfg="{vision_config: {stem_channels: 16}}"),

@@ -12,6 +12,7 @@ const TABLES: &[(&str, &str)] = &[
     ("step_labels", include_str!("../schemas/step_labels.json")),
     ("selected", include_str!("../schemas/selected.json")),
     ("metrics", include_str!("../schemas/metrics.json")),
+    ("eval_samples", include_str!("../schemas/eval_samples.json")),
 ];
 
 #[derive(serde::Deserialize)]

@@ -120,7 +120,7 @@ fn from_forces_a_stage_and_what_depends_on_it() {
     computed.sort();
     // metrics reads `selected` of every iteration so far; selected@3 does not read selected@2
     assert_eq!(computed, vec!["2/metrics", "2/selected", "3/metrics"], "{stderr}");
-    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/demo.yaml")).args(["--store", store, "--from", "9/selected"]));
+    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/recorded.yaml")).args(["--store", store, "--from", "9/selected"]));
     assert!(err.contains("no stage `selected` at iteration 9"), "{err}");
 }
 
@@ -143,8 +143,8 @@ fn a_different_pipeline_on_the_same_store_is_refused_unless_asked() {
     let store = p.path().join("store");
     let store = store.to_str().unwrap();
     run_demo(p.path(), store, &[]);
-    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/demo.yaml")).args(["--store", store, "--set", "name=other"]));
-    assert!(err.contains("holds a run of pipeline `demo`, not `other`") && err.contains("--allow-other-pipeline"), "{err}");
+    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/recorded.yaml")).args(["--store", store, "--set", "name=other"]));
+    assert!(err.contains("holds a run of pipeline `recorded`, not `other`") && err.contains("--allow-other-pipeline"), "{err}");
     run_demo(p.path(), store, &["--set", "name=other", "--allow-other-pipeline"]);
 }
 
@@ -169,7 +169,7 @@ fn sigkill_mid_stage_resumes_to_identical_tables_and_partial_files_stay_invisibl
     // Slow stage: `rollouts` writes 40-row files and pauses after each.
     let mut child = bin()
         .arg("run")
-        .arg(p.path().join("pipelines/demo.yaml"))
+        .arg(p.path().join("pipelines/recorded.yaml"))
         .args(["--store", &store_s, "--set", "rows_per_file=40"])
         .env("MSTAR_FAULT_PAUSE_MS", "rollouts:250")
         .stdout(Stdio::null())
@@ -179,7 +179,7 @@ fn sigkill_mid_stage_resumes_to_identical_tables_and_partial_files_stay_invisibl
     let it2 = store.join("tables/rollouts/iteration=2");
     wait_for(60, "iteration 2 of rollouts to be half written", || part_files(&it2) >= 2);
     // a second run is refused while the first holds the lock
-    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/demo.yaml")).args(["--store", &store_s]));
+    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/recorded.yaml")).args(["--store", &store_s]));
     assert!(err.contains(&format!("locked by another run: pid {}", child.id())) && err.contains("mstar unlock"), "{err}");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -219,7 +219,7 @@ fn unlock_breaks_a_lock() {
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("_lock"), r#"{"pid":1,"host":"elsewhere","started_at":"2026-01-01T00:00:00Z","command":"mstar run x"}"#).unwrap();
     let store_s = store.to_str().unwrap();
-    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/demo.yaml")).args(["--store", store_s]));
+    let (_, _, err) = fails(bin().arg("run").arg(p.path().join("pipelines/recorded.yaml")).args(["--store", store_s]));
     assert!(err.contains("pid 1 on host elsewhere"), "{err}");
     let (o, _) = ok(bin().args(["unlock", store_s]));
     assert!(o.contains("removed the lock of pid 1 on elsewhere"), "{o}");

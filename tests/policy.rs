@@ -9,6 +9,8 @@ use std::path::Path;
 
 fn pipeline(dir: &Path) -> std::path::PathBuf {
     ok(bin().args(["data", "synth", "--out"]).arg(dir.join("synth")).args(["--seed", "5", "--train", "24", "--cot", "24", "--unlabeled", "0", "--val", "0", "--test", "6", "--test-hard", "0"]));
+    std::fs::create_dir_all(dir.join("sql")).unwrap();
+    std::fs::copy(repo().join("sql/eval_metrics.sql"), dir.join("sql/eval_metrics.sql")).unwrap();
     let f = dir.join("p.yaml");
     std::fs::write(
         &f,
@@ -60,6 +62,7 @@ stages:
     micro_batch: 8
     schedule: {kind: constant, lr: 0.001}
   - {id: eval, op: eval, prompts: test_prompts, policy: [sft], split: test, k: 2, sampling: {max_new_tokens: 20}}
+  - {id: metrics, op: sql, sql: eval_metrics, params: {samples: eval}}
 "#,
     )
     .unwrap();
@@ -85,8 +88,13 @@ fn micro_pipeline_is_batch_invariant_and_continues_optimizer_state() {
     let rows: Vec<Vec<i64>> = steps.lines().skip(1).map(|l| l.split(',').filter_map(|x| x.parse().ok()).collect()).collect();
     assert_eq!(rows.len(), 3, "{steps}");
     assert!(rows[0][2] + 1 == rows[1][1] && rows[1][2] + 1 == rows[2][1], "steps do not continue: {steps}");
-    let metrics = sql_csv(&store("b7"), "SELECT iteration, name FROM eval ORDER BY iteration, name");
-    assert!(metrics.contains("1,greedy_accuracy") && metrics.contains("2,pass@2") && metrics.contains("2,greedy_steps_ok"), "{metrics}");
+    let metrics = sql_csv(&store("b7"), "SELECT iteration, name FROM metrics ORDER BY iteration, name");
+    assert!(metrics.contains("1,greedy_accuracy") && metrics.contains("2,pass@k") && metrics.contains("2,greedy_steps_ok") && !metrics.contains("reward_pass"), "{metrics}");
+    // eval_samples: one greedy decode and k = 2 samples per test prompt, judged
+    let decodes = sql_csv(&store("b7"), "SELECT greedy, count(*) AS n, count(DISTINCT prompt_id) AS prompts, count(score) AS scored FROM eval WHERE iteration = 2 GROUP BY greedy ORDER BY greedy");
+    let prompts = sql_csv(&store("b7"), "SELECT count(*) AS n FROM test_prompts");
+    let n: usize = prompts.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(decodes, format!("greedy,n,prompts,scored\nfalse,{},{n},0\ntrue,{n},{n},0\n", 2 * n), "{decodes}");
 }
 
 #[test]

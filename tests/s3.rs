@@ -1,4 +1,4 @@
-//! The demo pipeline on a real S3-compatible server (s3s-fs on 127.0.0.1, started by this
+//! The recorded-rollouts pipeline on a real S3-compatible server (s3s-fs on 127.0.0.1, started by this
 //! test): a run, a dataset imported from S3, SQL over the S3 run, status, and the lock taken
 //! with a conditional put.
 
@@ -67,7 +67,7 @@ fn demo_on_s3() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::copy(repo().join("pipelines/data/demo_prompts.jsonl"), data.join("demo_prompts.jsonl")).unwrap();
     let store = "s3://bucket/runs/demo";
-    let pipeline = p.path().join("pipelines/demo.yaml");
+    let pipeline = p.path().join("pipelines/recorded.yaml");
     let run = |extra: &[&str]| {
         let mut c = bin();
         c.arg("run").arg(&pipeline).args(["--store", store, "--format", "csv", "--set", "datasets.prompts.path=s3://bucket/datasets/demo_prompts.jsonl"]).args(extra);

@@ -8,6 +8,9 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Bump when the generator's output changes for the same seed (it is part of fingerprints).
+pub const GENERATOR_VERSION: u32 = 1;
+
 /// How many examples each split gets.
 #[derive(Debug, Clone)]
 pub struct SynthSizes {

@@ -1,16 +1,19 @@
-//! The `eval` operator: greedy accuracy, Pass@K and mean sample accuracy of a policy on a
-//! prompts stage (and, for the synthetic task, the share of greedy answers with sound steps),
-//! written as rows of the long `metrics` format (split, name, value).
+//! The `eval` operator: decodes a policy on a prompts stage (greedily, and K samples at each
+//! temperature), judges every decode and, given a PRM, scores it → `eval_samples`; SQL turns
+//! those rows into metrics (`sql/eval_metrics.sql`) or a temperature choice (`pick_temperature`).
 
 use super::generate::resolve_policy;
+use super::prm_score::{score_batch, scorable};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
-use crate::data::answer::{answer_match, extract_answer, AnswerType};
+use crate::data::answer::{extract_answer, AnswerType};
+use crate::data::synth::{QuestionMeta, Scene};
 use crate::model::generate::{generate, rollout_seed, Request, SamplingParams};
 use crate::model::tiny_vlm::image_patches;
+use crate::prm::Gold;
 use crate::spec::EvalSpec;
-use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -28,31 +31,49 @@ impl EvalOp {
     fn fail(&self, e: impl std::fmt::Display) -> OpError {
         OpError::Invalid(format!("eval: {e}"))
     }
-}
-
-pub fn metrics_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("split", DataType::Utf8, false),
-        Field::new("name", DataType::Utf8, false),
-        Field::new("value", DataType::Float64, false),
-    ]))
-}
-
-struct Gold {
-    answer: Option<String>,
-    kind: AnswerType,
-    precision: Option<i32>,
-    choices: Option<Vec<String>>,
-    synth: Option<(crate::data::synth::Scene, crate::data::synth::QuestionMeta)>,
-}
-
-impl Gold {
-    fn correct(&self, response: &str) -> bool {
-        match (&self.answer, extract_answer(response)) {
-            (Some(a), Some(p)) => answer_match(&p, a, self.kind, self.precision, self.choices.as_deref()),
-            _ => false,
+    /// The temperatures sampled at (none when k = 0).
+    fn temperatures(&self) -> Vec<f64> {
+        match (self.spec.k, self.spec.temperatures.is_empty()) {
+            (0, _) => vec![],
+            (_, true) => vec![self.spec.sampling.temperature],
+            _ => self.spec.temperatures.clone(),
         }
     }
+}
+
+/// The `eval_samples` table (schemas/eval_samples.json) as this operator writes it.
+pub fn eval_samples_schema() -> SchemaRef {
+    crate::schemas::operator_output("eval_samples")
+}
+
+/// A prompt to decode: its split, tokens, image patches, gold answer and oracle inputs.
+struct Item {
+    id: String,
+    split: String,
+    prompt: Vec<u32>,
+    patches: Vec<f32>,
+    gold: Option<Gold>,
+    synth: Option<(Scene, QuestionMeta)>,
+}
+
+/// One decode: the item, whether greedy, its temperature and sample index.
+#[derive(Clone, Copy)]
+struct Job {
+    item: usize,
+    greedy: bool,
+    temperature: f64,
+    sample: u32,
+}
+
+/// A judged decode.
+struct Row {
+    job: Job,
+    response: String,
+    num_tokens: i32,
+    pred: Option<String>,
+    correct: bool,
+    steps_ok: Option<bool>,
+    score: Option<f64>,
 }
 
 impl Operator for EvalOp {
@@ -60,132 +81,175 @@ impl Operator for EvalOp {
         "eval"
     }
 
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move { Ok(json!({})) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
-        async move { Ok(Some(metrics_schema())) }.boxed()
+        async move { Ok(Some(eval_samples_schema())) }.boxed()
     }
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
             let policy = resolve_policy(ctx, &self.spec.policy).await?;
-            let schema = ctx.input_schemas.iter().find(|(n, _)| *n == self.spec.prompts).map(|(_, s)| s.clone()).ok_or_else(|| self.fail(format!("prompts `{}` has no rows", self.spec.prompts)))?;
+            let prm = if self.spec.prm.is_empty() {
+                None
+            } else {
+                let prm = resolve_policy(ctx, &self.spec.prm).await?;
+                if !prm.cfg.is_prm() {
+                    return Err(self.fail(format!("the checkpoint of {:?} is a policy, not a process reward model (train it with objective: prm)", self.spec.prm)));
+                }
+                Some(prm)
+            };
+            let p = &self.spec.prompts;
+            let schema = ctx.input_schemas.iter().find(|(n, _)| n == p).map(|(_, s)| s.clone()).ok_or_else(|| self.fail(format!("prompts `{p}` has no rows")))?;
             let synth = schema.field_with_name("scene").is_ok() && schema.field_with_name("meta").is_ok();
-            let filter = ctx.this_iteration(&self.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
+            let split = match &self.spec.split {
+                Some(s) => format!("'{}'", s.replace('\'', "''")),
+                None if schema.field_with_name("split").is_ok() => "CAST(split AS VARCHAR)".into(),
+                None => return Err(self.fail(format!("prompts `{p}` have no `split` column; set `split:` on the stage"))),
+            };
+            let filter = ctx.this_iteration(p, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
             let limit = self.spec.limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
-            let extra = if synth { ", scene, meta" } else { ", CAST(NULL AS VARCHAR) AS scene, CAST(NULL AS VARCHAR) AS meta" };
+            let extra = if synth { ", CAST(scene AS VARCHAR) AS scene, CAST(meta AS VARCHAR) AS meta" } else { ", CAST(NULL AS VARCHAR) AS scene, CAST(NULL AS VARCHAR) AS meta" };
             let q = format!(
-                "SELECT CAST(prompt_id AS VARCHAR) AS prompt_id, CAST(question AS VARCHAR) AS question, images, CAST(answer AS VARCHAR) AS answer, CAST(answer_type AS VARCHAR) AS answer_type, CAST(precision AS INT) AS precision, choices{extra} FROM \"{}\"{filter} ORDER BY prompt_id{limit}",
-                self.spec.prompts
+                "SELECT CAST(prompt_id AS VARCHAR) AS prompt_id, CAST(question AS VARCHAR) AS question, images, CAST(answer AS VARCHAR) AS answer, CAST(answer_type AS VARCHAR) AS answer_type, CAST(precision AS INT) AS precision, choices{extra}, {split} AS split FROM \"{p}\"{filter} ORDER BY split, prompt_id{limit}"
             );
-            let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(e))?.collect().await?;
-            let mut items: Vec<(String, Vec<u32>, Vec<f32>, Gold)> = Vec::new();
+            let batches = crate::sql::query(&ctx.session, &q)
+                .await
+                .map_err(|e| self.fail(format!("prompts `{p}` need prompt_id, question, images, answer, answer_type, precision, choices: {e}")))?
+                .collect()
+                .await?;
+            let mut items: Vec<Item> = Vec::new();
             for b in &batches {
                 let s = |i: usize| super::strings(b.column(i));
-                let (ids, qs, answers, kinds, scenes, metas) = (s(0)?, s(1)?, s(3)?, s(4)?, s(7)?, s(8)?);
+                let (ids, qs, answers, kinds, scenes, metas, splits) = (s(0)?, s(1)?, s(3)?, s(4)?, s(7)?, s(8)?, s(9)?);
                 let prec = b.column(5).as_primitive::<arrow::datatypes::Int32Type>();
                 let choices = b.column(6);
+                let choices = if choices.data_type() == &DataType::Null {
+                    None
+                } else {
+                    Some(arrow::compute::cast(choices, &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))))?)
+                };
                 for i in 0..b.num_rows() {
                     let id = ids.value(i).to_string();
                     let img = first_image(b.column(2), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
-                    let ch = (!choices.is_null(i)).then(|| -> Option<Vec<String>> {
-                        let v = arrow::compute::cast(choices, &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))).ok()?;
-                        let v = v.as_list::<i32>().value(i);
-                        Some(v.as_string::<i32>().iter().map(|x| x.unwrap_or_default().to_string()).collect::<Vec<_>>())
+                    let ch = choices.as_ref().filter(|c| !c.is_null(i)).map(|c| {
+                        c.as_list::<i32>().value(i).as_string::<i32>().iter().map(|x| x.unwrap_or_default().to_string()).collect::<Vec<_>>()
                     });
-                    let kind = AnswerType::parse(if kinds.is_valid(i) { kinds.value(i) } else { "text" }).ok_or_else(|| self.fail(format!("prompt {id}: unknown answer_type")))?;
+                    let answer_type = AnswerType::parse(if kinds.is_valid(i) { kinds.value(i) } else { "text" }).ok_or_else(|| self.fail(format!("prompt {id}: unknown answer_type `{}`", kinds.value(i))))?;
                     let synth = if scenes.is_valid(i) && metas.is_valid(i) {
-                        Some((serde_json::from_str(scenes.value(i)).map_err(|e| self.fail(e))?, serde_json::from_str(metas.value(i)).map_err(|e| self.fail(e))?))
+                        Some((
+                            serde_json::from_str(scenes.value(i)).map_err(|e| self.fail(format!("prompt {id}: scene: {e}")))?,
+                            serde_json::from_str(metas.value(i)).map_err(|e| self.fail(format!("prompt {id}: meta: {e}")))?,
+                        ))
                     } else {
                         None
                     };
-                    let gold = Gold { answer: answers.is_valid(i).then(|| answers.value(i).to_string()), kind, precision: prec.is_valid(i).then(|| prec.value(i)), choices: ch.flatten().filter(|c| !c.is_empty()), synth };
-                    items.push((id, policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(e))?, image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?, gold));
+                    let gold = answers.is_valid(i).then(|| Gold { answer: answers.value(i).to_string(), answer_type, precision: prec.is_valid(i).then(|| prec.value(i)), choices: ch.filter(|c| !c.is_empty()) });
+                    let prompt = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                    let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                    items.push(Item { id, split: splits.value(i).to_string(), prompt, patches, gold, synth });
                 }
             }
             if items.is_empty() {
-                return Err(self.fail(format!("no prompts in `{}`", self.spec.prompts)));
+                return Err(self.fail(format!("no prompts in `{p}`")));
             }
-            let bucket = items.iter().map(|x| x.1.len()).max().unwrap_or(2);
-            let policy = Arc::new(policy);
+            let mut jobs: Vec<Job> = Vec::new();
+            for t in [None].into_iter().filter(|_| self.spec.greedy).chain(self.temperatures().into_iter().map(Some)) {
+                for item in 0..items.len() {
+                    match t {
+                        None => jobs.push(Job { item, greedy: true, temperature: 0.0, sample: 0 }),
+                        Some(temperature) => jobs.extend((0..self.spec.k).map(|sample| Job { item, greedy: false, temperature, sample })),
+                    }
+                }
+            }
             let (seed, iteration, bs) = (ctx.pipeline.seed, ctx.iteration, self.spec.batch_size.max(1));
-            let greedy = SamplingParams { temperature: 0.0, ..self.spec.sampling.clone() };
-            let sampled = self.spec.sampling.clone();
-            let k = self.spec.k;
-            let items = Arc::new(items);
+            let sampling = self.spec.sampling.clone();
             let started = std::time::Instant::now();
-            let (greedy_ok, steps_ok, pass_k, mean_acc) = {
-                let (policy, items) = (policy.clone(), items.clone());
-                tokio::task::spawn_blocking(move || -> std::result::Result<(f64, Option<f64>, Option<f64>, Option<f64>), String> {
-                    let n = items.len();
-                    let mut greedy_ok = 0usize;
-                    let mut steps_ok = 0usize;
-                    let reqs: Vec<Request> = items.iter().map(|x| Request { prompt: x.1.clone(), patches: x.2.clone(), seed: 0 }).collect();
-                    for (c, chunk) in reqs.chunks(bs).enumerate() {
-                        for (j, g) in generate(&policy, chunk, &greedy, bucket).map_err(|e| e.to_string())?.iter().enumerate() {
-                            let item = &items[c * bs + j];
-                            let text = policy.tokenizer.decode(&g.tokens).unwrap_or_default();
-                            if item.3.correct(&text) {
-                                greedy_ok += 1;
-                            }
-                            if let Some((scene, meta)) = &item.3.synth {
-                                steps_ok += crate::data::synth::judge(scene, meta, &text).steps_ok as usize;
-                            }
+            let rows = tokio::task::spawn_blocking(move || -> std::result::Result<(Vec<Row>, Vec<Item>), String> {
+                // one bucket for the stage: results do not depend on batching
+                let bucket = items.iter().map(|x| x.prompt.len()).max().unwrap_or(2);
+                let mut rows: Vec<Row> = Vec::with_capacity(jobs.len());
+                let mut i = 0;
+                while i < jobs.len() {
+                    // a chunk shares one temperature
+                    let t = jobs[i].temperature;
+                    let end = (i..jobs.len()).take(bs).take_while(|&j| jobs[j].temperature == t).last().unwrap_or(i) + 1;
+                    let chunk = &jobs[i..end];
+                    let params = SamplingParams { temperature: t, ..sampling.clone() };
+                    let reqs: Vec<Request> = chunk
+                        .iter()
+                        .map(|j| Request { prompt: items[j.item].prompt.clone(), patches: items[j.item].patches.clone(), seed: rollout_seed(seed, iteration, &items[j.item].id, j.sample) })
+                        .collect();
+                    for (job, g) in chunk.iter().zip(generate(&policy, &reqs, &params, bucket).map_err(|e| e.to_string())?) {
+                        let item = &items[job.item];
+                        let response = policy.tokenizer.decode(&g.tokens).unwrap_or_default();
+                        let correct = item.gold.as_ref().is_some_and(|gold| gold.accepts(&response));
+                        let steps_ok = item.synth.as_ref().map(|(scene, meta)| crate::data::synth::judge(scene, meta, &response).steps_ok);
+                        rows.push(Row { job: *job, pred: extract_answer(&response), num_tokens: g.tokens.len() as i32, response, correct, steps_ok, score: None });
+                    }
+                    i = end;
+                }
+                if let Some(prm) = &prm {
+                    let mut scorables = Vec::new();
+                    for (r, row) in rows.iter().enumerate() {
+                        let item = &items[row.job.item];
+                        if let Some(s) = scorable(prm, &item.prompt, &item.patches, &item.id, r as i32, &row.response).map_err(|e| format!("prompt {}: {e}", item.id))? {
+                            scorables.push(s);
                         }
                     }
-                    let any_synth = items.iter().any(|x| x.3.synth.is_some());
-                    let (mut any, mut acc) = (0usize, 0f64);
-                    if k > 0 {
-                        let work: Vec<(usize, u32)> = (0..n).flat_map(|p| (0..k).map(move |s| (p, s))).collect();
-                        let mut hits = vec![0u32; n];
-                        for chunk in work.chunks(bs) {
-                            let reqs: Vec<Request> = chunk.iter().map(|&(p, s)| Request { prompt: items[p].1.clone(), patches: items[p].2.clone(), seed: rollout_seed(seed, iteration, &items[p].0, s) }).collect();
-                            for (&(p, _), g) in chunk.iter().zip(generate(&policy, &reqs, &sampled, bucket).map_err(|e| e.to_string())?) {
-                                if items[p].3.correct(&policy.tokenizer.decode(&g.tokens).unwrap_or_default()) {
-                                    hits[p] += 1;
-                                }
-                            }
-                        }
-                        any = hits.iter().filter(|h| **h > 0).count();
-                        acc = hits.iter().map(|h| *h as f64 / k as f64).sum::<f64>() / n as f64;
+                    for row in rows.iter_mut() {
+                        row.score = Some(0.0); // no steps: the lowest score
                     }
-                    Ok((
-                        greedy_ok as f64 / n as f64,
-                        any_synth.then(|| steps_ok as f64 / n as f64),
-                        (k > 0).then(|| any as f64 / n as f64),
-                        (k > 0).then_some(acc),
-                    ))
-                })
-                .await
-                .map_err(|e| self.fail(e))?
-                .map_err(|e| self.fail(e))?
-            };
-            let mut names = vec!["greedy_accuracy".to_string(), "prompts".to_string()];
-            let mut values = vec![greedy_ok, items.len() as f64];
-            if let Some(s) = steps_ok {
-                names.push("greedy_steps_ok".into());
-                values.push(s);
-            }
-            if let (Some(p), Some(a)) = (pass_k, mean_acc) {
-                names.push(format!("pass@{k}"));
-                values.push(p);
-                names.push("sample_accuracy".into());
-                values.push(a);
-                names.push(format!("pass@{k}_minus_greedy"));
-                values.push(p - greedy_ok);
-            }
-            eprintln!(
-                "  eval {}: {}",
-                self.spec.split,
-                names.iter().zip(&values).map(|(n, v)| format!("{n} {v:.3}")).collect::<Vec<_>>().join(", ") + &format!(" ({:.1}s)", started.elapsed().as_secs_f64())
-            );
+                    for chunk in scorables.chunks(bs) {
+                        for (s, steps) in chunk.iter().zip(score_batch(prm, &chunk.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?) {
+                            rows[s.sample_idx as usize].score = Some(steps.into_iter().fold(f64::INFINITY, f64::min));
+                        }
+                    }
+                }
+                // a short summary per split and temperature
+                let mut keys: Vec<(String, bool, u64)> = rows.iter().map(|r| (items[r.job.item].split.clone(), r.job.greedy, r.job.temperature.to_bits())).collect();
+                keys.sort();
+                keys.dedup();
+                let parts: Vec<String> = keys
+                    .iter()
+                    .map(|(split, greedy, t)| {
+                        let sel: Vec<&Row> = rows.iter().filter(|r| items[r.job.item].split == *split && r.job.greedy == *greedy && r.job.temperature.to_bits() == *t).collect();
+                        let acc = sel.iter().filter(|r| r.correct).count() as f64 / sel.len().max(1) as f64;
+                        let what = if *greedy { "greedy".to_string() } else { format!("T={}", f64::from_bits(*t)) };
+                        format!("{split} {what} {acc:.3}")
+                    })
+                    .collect();
+                eprintln!("  eval: {} decodes of {} prompts; accuracy {}", rows.len(), items.len(), parts.join(", "));
+                Ok((rows, items))
+            })
+            .await
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(e))?;
+            let (rows, items) = rows;
+            eprintln!("  eval: {:.1}s", started.elapsed().as_secs_f64());
             let batch = RecordBatch::try_new(
-                metrics_schema(),
-                vec![Arc::new(StringArray::from(vec![self.spec.split.clone(); names.len()])), Arc::new(StringArray::from(names)), Arc::new(Float64Array::from(values))],
+                eval_samples_schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| items[r.job.item].split.clone()))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| items[r.job.item].id.clone()))),
+                    Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.job.greedy)))),
+                    Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.job.temperature))),
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.job.sample as i32))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.response.clone()))),
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.num_tokens))),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.pred.clone()))),
+                    Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.correct)))),
+                    Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.steps_ok))),
+                    Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.score))),
+                ],
             )?;
-            Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(metrics_schema(), futures::stream::iter(vec![Ok(batch)])))))
+            Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(eval_samples_schema(), futures::stream::iter(vec![Ok(batch)])))))
         }
         .boxed()
     }

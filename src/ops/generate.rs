@@ -106,7 +106,23 @@ impl Operator for GenerateOp {
             let total = work.len();
             let seed = ctx.pipeline.seed;
             let iteration = ctx.iteration;
-            let params = self.spec.sampling.clone();
+            let mut params = self.spec.sampling.clone();
+            if let Some(raw) = &self.spec.temperature_from {
+                let name = raw.strip_suffix("@prev").unwrap_or(raw);
+                if ctx.input_schemas.iter().any(|(n, _)| n == name) {
+                    let q = format!("SELECT CAST(temperature AS DOUBLE) AS t, iteration FROM \"{name}\" WHERE chosen ORDER BY iteration DESC LIMIT 1");
+                    let rows = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("temperature_from `{name}` needs `temperature` and `chosen` columns: {e}")))?.collect().await?;
+                    if let Some(b) = rows.iter().find(|b| b.num_rows() > 0) {
+                        use arrow::array::AsArray;
+                        params.temperature = b.column(0).as_primitive::<arrow::datatypes::Float64Type>().value(0);
+                        let at = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+                        eprintln!("  generate: temperature {} (chosen by `{name}` at iteration {at})", params.temperature);
+                    }
+                }
+            }
+            if !(params.temperature.is_finite() && params.temperature >= 0.0) {
+                return Err(self.fail(format!("temperature must be a finite number ≥ 0, got {}", params.temperature)));
+            }
             let batch_size = self.spec.batch_size.max(1);
             let tty = std::io::stderr().is_terminal();
             let started = std::time::Instant::now();

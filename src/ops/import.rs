@@ -25,6 +25,8 @@ pub struct ImportOp {
     format: Option<DatasetFormat>,
     /// The resolved options of a prompts format (MathVista, MathV360K, hf, verl).
     prompts: Option<crate::data::import::ImportOptions>,
+    /// A split of the synthetic task, generated here.
+    synth: Option<crate::spec::SynthSource>,
 }
 
 /// The files of a dataset, in the order they are read.
@@ -49,7 +51,7 @@ impl ImportOp {
             source: spec.dataset.clone(),
             columns: ds.columns.clone(),
         });
-        Ok(Self { dataset: spec.dataset.clone(), url, format: ds.format, prompts })
+        Ok(Self { dataset: spec.dataset.clone(), url, format: ds.format, prompts, synth: ds.synth.clone() })
     }
 
     fn fail(&self, msg: impl std::fmt::Display) -> OpError {
@@ -155,6 +157,9 @@ impl Operator for ImportOp {
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move {
+            if let Some(sy) = &self.synth {
+                return Ok(json!({ "synth": sy, "generator": crate::data::synth_dataset::GENERATOR_VERSION }));
+            }
             let f = self.files().await?;
             let files: Vec<Value> = f
                 .files
@@ -178,6 +183,9 @@ impl Operator for ImportOp {
             if self.prompts.is_some() {
                 return Ok(Some(crate::data::prompts::prompts_schema()));
             }
+            if self.synth.is_some() {
+                return Ok(Some(crate::data::synth_dataset::schema()));
+            }
             let f = self.files().await?;
             if f.format == DatasetFormat::Json {
                 return Ok(Some(self.json_array(&f).await?.0));
@@ -191,6 +199,20 @@ impl Operator for ImportOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
+            if let Some(sy) = self.synth.clone() {
+                // generated in chunks on the blocking pool; the same rows as `mstar data synth`
+                let sizes = crate::data::synth_dataset::SynthSizes { cot: sy.cot, ..Default::default() };
+                let chunks: Vec<std::ops::Range<u64>> = (0..sy.count).step_by(512).map(|lo| lo..(lo + 512).min(sy.count)).collect();
+                let stream = stream::iter(chunks).then(move |r| {
+                    let (split, sizes) = (sy.split.clone(), sizes.clone());
+                    async move {
+                        tokio::task::spawn_blocking(move || crate::data::synth_dataset::batch(sy.seed, &split, r, &sizes))
+                            .await
+                            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))
+                    }
+                });
+                return Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(crate::data::synth_dataset::schema(), stream))));
+            }
             if let Some(opts) = &self.prompts {
                 let sink = crate::data::import::QuarantineSink::default();
                 let stream = crate::data::import::import(opts.clone(), sink.clone()).await.map_err(|e| self.fail(e))?;

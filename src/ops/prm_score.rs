@@ -45,6 +45,17 @@ pub struct Scorable {
     pub ends: Vec<usize>,
 }
 
+/// A response as a [`Scorable`] for `prm` (None when it has no steps).
+pub fn scorable(prm: &Policy, prompt: &[u32], patches: &[f32], prompt_id: &str, sample_idx: i32, response: &str) -> crate::model::policy::Result<Option<Scorable>> {
+    let steps = split_steps(response);
+    if steps.is_empty() {
+        return Ok(None);
+    }
+    let (tokens, ends) = prm.encode_steps(&steps)?;
+    let example = Example { prompt: prompt.to_vec(), response: tokens, patches: patches.to_vec(), labels: vec![] };
+    Ok(Some(Scorable { prompt_id: prompt_id.to_string(), sample_idx, steps, example, ends }))
+}
+
 /// Sigmoid of the PRM's score logit at each step's last token, for a batch of responses.
 pub fn score_batch(prm: &Policy, items: &[&Scorable]) -> crate::model::policy::Result<Vec<Vec<f64>>> {
     let examples: Vec<&Example> = items.iter().map(|s| &s.example).collect();
@@ -103,14 +114,11 @@ impl Operator for PrmScoreOp {
                         let patches = image_patches(&img, &prm.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
                         images.insert(id.clone(), (prm.encode_prompt(qs.value(i)).map_err(|e| self.fail(e))?, Arc::new(patches)));
                     }
-                    let steps = if resp.is_valid(i) { split_steps(resp.value(i)) } else { vec![] };
-                    if steps.is_empty() {
-                        continue;
-                    }
-                    let (response, ends) = prm.encode_steps(&steps).map_err(|e| self.fail(format!("prompt {id} sample {}: {e}", samples.value(i))))?;
                     let (prompt, patches) = &images[&id];
-                    let example = Example { prompt: prompt.clone(), response, patches: patches.as_ref().clone(), labels: vec![] };
-                    items.push(Scorable { prompt_id: id, sample_idx: samples.value(i), steps, example, ends });
+                    let response = if resp.is_valid(i) { resp.value(i) } else { "" };
+                    if let Some(item) = scorable(&prm, prompt, patches, &id, samples.value(i), response).map_err(|e| self.fail(format!("prompt {id} sample {}: {e}", samples.value(i))))? {
+                        items.push(item);
+                    }
                 }
             }
             let started = std::time::Instant::now();

@@ -70,7 +70,7 @@ pub async fn build(p: &Pipeline, ops: &[Box<dyn Operator>]) -> Result<Plan, OpEr
     let per_iter = topo_order(p, Scope::Iteration);
     let mut order: Vec<(usize, u32)> = setup.iter().map(|&i| (i, 0)).collect();
     for it in 1..=p.iterations {
-        order.extend(per_iter.iter().map(|&i| (i, it)));
+        order.extend(per_iter.iter().filter(|&&i| p.stages[i].runs_at(it)).map(|&i| (i, it)));
     }
     let mut fps: HashMap<(String, u32), String> = HashMap::new();
     let mut instances = Vec::new();
@@ -82,8 +82,8 @@ pub async fn build(p: &Pipeline, ops: &[Box<dyn Operator>]) -> Result<Plan, OpEr
             let src = p.stage(&r.stage).expect("validated input");
             let iterations: Vec<u32> = match (src.scope, r.prev) {
                 (Scope::Setup, _) => vec![0],
-                (Scope::Iteration, false) => (1..=it).collect(),
-                (Scope::Iteration, true) => (1..it).collect(),
+                (Scope::Iteration, false) => (1..=it).filter(|&i| src.runs_at(i)).collect(),
+                (Scope::Iteration, true) => (1..it).filter(|&i| src.runs_at(i)).collect(),
             };
             let fingerprints = iterations
                 .iter()

@@ -59,7 +59,7 @@ pub fn fails(cmd: &mut Command) -> (i32, String, String) {
 }
 
 pub fn run_demo(project: &Path, store: &str, extra: &[&str]) -> (String, String) {
-    ok(bin().arg("run").arg(project.join("pipelines/demo.yaml")).args(["--store", store]).args(extra))
+    ok(bin().arg("run").arg(project.join("pipelines/recorded.yaml")).args(["--store", store]).args(extra))
 }
 
 pub fn sql_csv(store: &str, q: &str) -> String {

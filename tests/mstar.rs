@@ -1,0 +1,117 @@
+//! The M-STAR recipe end to end on a micro version of pipelines/mstar.yaml (tiny datasets,
+//! few steps): the tables agree with each other, temperatures are searched every 2 iterations
+//! and used, and a run killed during iteration 2 resumes to the same tables.
+
+mod common;
+use common::*;
+use std::process::Stdio;
+
+/// Shrinks pipelines/mstar.yaml to a minute: tiny splits, one epoch, few samples and tokens.
+const MICRO: &[&str] = &[
+    "iterations=3",
+    "datasets.train.synth.count=40",
+    "datasets.train.synth.cot=16",
+    "datasets.val.synth.count=6",
+    "datasets.test.synth.count=6",
+    "datasets.test_hard.synth.count=4",
+    "stages.init.vocab_size=320",
+    "stages.vision.epochs=1",
+    "stages.vision.micro_batch=8",
+    "stages.reader.epochs=1",
+    "stages.warmup.epochs=2",
+    "stages.label_samples.samples=2",
+    "stages.label_samples.sampling={temperature: 1.0, max_new_tokens: 24}",
+    "stages.step_labels.completions=2",
+    "stages.step_labels.sampling={temperature: 1.0, max_new_tokens: 24}",
+    "stages.prm.epochs=1",
+    "stages.eval_warmup.k=2",
+    "stages.eval_warmup.sampling={temperature: 1.0, max_new_tokens: 32}",
+    "stages.temperature_search.k=2",
+    "stages.temperature_search.sampling={max_new_tokens: 32}",
+    "stages.rollouts.samples=4",
+    "stages.rollouts.sampling={temperature: 1.0, max_new_tokens: 40}",
+    "stages.sft.micro_batch=4",
+    "stages.eval.k=2",
+    "stages.eval.sampling={temperature: 1.0, max_new_tokens: 32}",
+];
+
+fn run_args(store: &str, extra: &[&str]) -> std::process::Command {
+    let mut c = bin();
+    c.arg("run").arg(repo().join("pipelines/mstar.yaml")).args(["--store", store]);
+    for s in MICRO.iter().chain(extra) {
+        c.args(["--set", s]);
+    }
+    c
+}
+
+const TABLES: &[&str] = &["rollouts", "verified", "step_scores", "selected", "temperature", "eval", "eval_metrics", "train_metrics"];
+
+#[test]
+fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
+    let d = tempfile::tempdir().unwrap();
+    let store = |n: &str| d.path().join(n).to_string_lossy().into_owned();
+    let (summary, _) = ok(&mut run_args(&store("a"), &[]));
+    let s = store("a");
+    let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
+
+    // the summary: one row per iteration, the warm-up as iteration 0
+    assert!(summary.contains("test_greedy") && summary.contains("temperature"), "{summary}");
+    assert_eq!(one("SELECT count(DISTINCT iteration) FROM eval_metrics"), "3");
+    // Reward-Pass@2 ≤ Pass@K for every iteration and split; greedy accuracy in [0, 1]
+    let bad = "SELECT count(*) FROM (SELECT iteration, split, max(CASE WHEN name = 'reward_pass@2' THEN value END) AS r, max(CASE WHEN name = 'pass@k' THEN value END) AS p FROM {} GROUP BY iteration, split) WHERE r IS NULL OR p IS NULL OR r > p + 1e-12";
+    assert_eq!(one(&bad.replace("{}", "eval_metrics")), "0");
+    assert_eq!(one(&bad.replace("{}", "warmup_metrics")), "0");
+    assert_eq!(one("SELECT count(DISTINCT split) FROM eval_metrics"), "3", "val, test and test_hard");
+    // selected rows are correct, at most k = 2 per prompt, and are the top-scored correct ones
+    assert_eq!(one("SELECT count(*) FROM selected s JOIN scored v ON s.iteration = v.iteration AND s.prompt_id = v.prompt_id AND s.sample_idx = v.sample_idx WHERE NOT v.correct"), "0");
+    assert_eq!(one("SELECT count(*) FROM selected"), one("SELECT count(*) FROM selected s JOIN scored v ON s.iteration = v.iteration AND s.prompt_id = v.prompt_id AND s.sample_idx = v.sample_idx"));
+    assert_eq!(one("SELECT count(*) FROM (SELECT iteration, prompt_id, count(*) AS n FROM selected GROUP BY iteration, prompt_id) WHERE n > 2"), "0");
+    assert_eq!(
+        one("SELECT count(*) FROM selected s JOIN scored v ON s.iteration = v.iteration AND s.prompt_id = v.prompt_id AND v.correct AND v.score > s.score WHERE s.rank = 2 AND v.sample_idx <> (SELECT max(sample_idx) FROM selected t WHERE t.iteration = s.iteration AND t.prompt_id = s.prompt_id AND t.rank = 1)"),
+        "0",
+        "a correct rollout scored above the second pick was left out"
+    );
+    // the SFT data are the selected rows; the optimizer step carries on across iterations
+    assert_eq!(one("SELECT count(*) FROM sft_data"), one("SELECT count(*) FROM selected"));
+    let steps = sql_csv(&s, "SELECT iteration, min(step) AS first, max(step) AS last FROM train_log WHERE stage = 'sft' GROUP BY iteration ORDER BY iteration");
+    let rows: Vec<Vec<i64>> = steps.lines().skip(1).map(|l| l.split(',').filter_map(|x| x.parse().ok()).collect()).collect();
+    assert!(rows.windows(2).all(|w| w[0][2] + 1 == w[1][1]), "sft steps do not continue: {steps}");
+    // each iteration covers its own quarter of the pool
+    assert_eq!(one("SELECT count(*) FROM (SELECT prompt_id FROM batch GROUP BY prompt_id HAVING count(*) > 1)"), "0");
+
+    // temperature search at iterations 1 and 3: the whole grid, one choice, which the
+    // following rollouts use
+    assert_eq!(sql_csv(&s, "SELECT iteration, count(*) AS n, sum(CASE WHEN chosen THEN 1 ELSE 0 END) AS chosen FROM temperature GROUP BY iteration ORDER BY iteration"), "iteration,n,chosen\n1,14,1\n3,14,1\n");
+    assert_eq!(one("SELECT count(DISTINCT temperature) FROM temperature_search WHERE iteration = 1"), "14");
+    assert_eq!(
+        one("SELECT count(*) FROM rollouts r WHERE r.temperature <> (SELECT max(t.temperature) FROM temperature t WHERE t.chosen AND t.iteration = CASE WHEN r.iteration >= 3 THEN 3 ELSE 1 END)"),
+        "0",
+        "rollouts do not use the chosen temperature"
+    );
+    // the chosen temperature has the highest Reward-Pass@2
+    assert_eq!(one("SELECT count(*) FROM temperature c JOIN temperature o ON c.iteration = o.iteration WHERE c.chosen AND o.reward_pass_at_2 > c.reward_pass_at_2"), "0");
+
+    // Kill during iteration 2 (rollouts half written), resume, and end with the same tables.
+    let b = store("b");
+    let mut child = run_args(&b, &["rows_per_file=4"]).env("MSTAR_FAULT_PAUSE_MS", "rollouts:400").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let it2 = d.path().join("b/tables/rollouts/iteration=2");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&it2).map(|r| r.count()).unwrap_or(0) < 2 {
+        assert!(started.elapsed().as_secs() < 600, "iteration 2 never started");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("the run ended ({st}) before iteration 2's rollouts were half written");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(d.path().join("b/_manifests/iteration=1/sft.json").exists());
+    assert!(!d.path().join("b/_manifests/iteration=2/rollouts.json").exists());
+    let (_, stderr) = ok(&mut run_args(&b, &["rows_per_file=4"]));
+    let skipped = outcomes(&stderr, "skipped");
+    assert!(skipped.contains(&"0/prm".to_string()) && skipped.contains(&"1/sft".to_string()), "{stderr}");
+    assert!(outcomes(&stderr, "computed").contains(&"2/rollouts".to_string()), "{stderr}");
+    assert_eq!(dump_tables(&b, TABLES), dump_tables(&s, TABLES), "the resumed run differs from the uninterrupted one");
+    let batch = "SELECT iteration, prompt_id FROM batch ORDER BY iteration, prompt_id";
+    assert_eq!(sql_csv(&b, batch), sql_csv(&s, batch));
+}
