@@ -6,6 +6,7 @@ pub mod model;
 pub mod ops;
 pub mod plan;
 pub mod prm;
+pub mod report;
 pub mod runner;
 pub mod schemas;
 pub mod spec;

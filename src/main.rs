@@ -1,4 +1,4 @@
-//! The `mstar` command line: run, validate, status, sql and unlock.
+//! The `mstar` command line: run, validate, status, sql, report, data, model and unlock.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -62,6 +62,19 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
         query: Option<String>,
+    },
+    /// Compare M-STAR runs: report.md (tables, mean ± spread over seeds) and PNG/SVG charts of
+    /// the per-iteration metrics, every number from SQL over the run stores.
+    Report {
+        /// Run stores (several runs of one pipeline with different seeds are averaged)
+        #[arg(required = true)]
+        stores: Vec<String>,
+        /// Folder for report.md and the charts
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the SQL the report runs
+        #[arg(long)]
+        explain: bool,
     },
     /// Break a run store's lock (after a run died without releasing it).
     Unlock { store: String },
@@ -272,6 +285,17 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             };
             let r = tokio::task::spawn_blocking(move || mstar::model::bench::bench(&size, &out, batch, new_tokens, sft_steps, &dev)).await??;
             println!("{r}");
+            Ok(0)
+        }
+        Cmd::Report { stores, out, explain } => {
+            let r = mstar::report::report(&stores, &out).await?;
+            if explain {
+                for q in &r.queries {
+                    println!("{}\n", q.trim_end());
+                }
+            }
+            print!("{}", r.markdown);
+            eprintln!("mstar: wrote {} to {}", r.files.join(", "), out.display());
             Ok(0)
         }
         Cmd::Unlock { store } => {

@@ -1,6 +1,7 @@
 //! The M-STAR recipe end to end on a micro version of pipelines/mstar.yaml (tiny datasets,
 //! few steps): the tables agree with each other, temperatures are searched every 2 iterations
-//! and used, and a run killed during iteration 2 resumes to the same tables.
+//! and used, a run killed during iteration 2 resumes to the same tables, and `mstar report`
+//! compares the runs.
 
 mod common;
 use common::*;
@@ -114,4 +115,21 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
     assert_eq!(dump_tables(&b, TABLES), dump_tables(&s, TABLES), "the resumed run differs from the uninterrupted one");
     let batch = "SELECT iteration, prompt_id FROM batch ORDER BY iteration, prompt_id";
     assert_eq!(sql_csv(&b, batch), sql_csv(&s, batch));
+
+    // the report over both runs (one pipeline, two runs): tables, charts, the SQL with --explain
+    let out = d.path().join("report");
+    let (md, _) = ok(bin().arg("report").args([&s, &b]).arg("--out").arg(&out).arg("--explain"));
+    assert!(md.contains("FROM eval_metrics") && md.contains("stddev(value)"), "--explain prints the queries: {md}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| warm-up | 2 | 0 |") && report.contains("| mstar | 2 | 3 |"), "{report}");
+    let greedy = one("SELECT round(100 * avg(value), 1) FROM eval_metrics WHERE iteration = 3 AND split = 'test' AND name = 'greedy_accuracy'");
+    let row = report.lines().find(|l| l.starts_with("| mstar | 2 | 3 |")).unwrap();
+    assert!(row.contains(&format!("| {:.1} ± 0.0 |", greedy.parse::<f64>().unwrap())), "the table's test greedy is the runs' mean: {row} vs {greedy}");
+    for stem in ["test_accuracy", "val_reward_pass_at_2", "temperature"] {
+        let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{stem}.svg");
+        assert!(std::fs::read(out.join(format!("{stem}.png"))).unwrap().starts_with(b"\x89PNG"), "{stem}.png");
+    }
+    let (_, _, err) = fails(bin().arg("report").arg(d.path().join("nowhere")).arg("--out").arg(&out));
+    assert!(err.contains("nowhere"), "{err}");
 }

@@ -150,3 +150,58 @@ fn yaml_syntax_error_has_a_position() {
     assert!(err.contains("YAML syntax"), "{err}");
     assert!(err.contains("p.yaml:"), "{err}");
 }
+
+#[test]
+fn every_pipeline_in_the_repository_validates() {
+    let mut files = vec![];
+    for dir in ["pipelines", "pipelines/ablations"] {
+        for e in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 12, "{files:?}");
+    for f in files {
+        let (o, _) = ok(bin().arg("validate").arg(&f));
+        assert!(o.contains("ok"), "{}: {o}", f.display());
+    }
+    // an ablation is M-STAR with a few keys changed (and stages removed)
+    let (o, _) = ok(bin().arg("validate").arg(repo().join("pipelines/ablations/rest_em.yaml")));
+    let (m, _) = ok(bin().arg("validate").arg(repo().join("pipelines/mstar.yaml")));
+    assert!(o.contains("pipeline `rest_em`, 32 stage(s)") && m.contains("pipeline `mstar`, 34 stage(s)"), "{o}{m}");
+}
+
+#[test]
+fn extends_and_every_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/d.jsonl"), "{\"a\":1}\n").unwrap();
+    std::fs::write(dir.path().join("base.yaml"), format!("{GOOD}iterations: 3\n")).unwrap();
+    let check = |name: &str, yaml: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, yaml).unwrap();
+        let out = bin().arg("validate").arg(&f).output().unwrap();
+        (out.status.code().unwrap_or(-1), text(&out.stdout) + &text(&out.stderr))
+    };
+    // a child replaces top-level keys and sets nested ones; a stage set to null is removed
+    let (code, o) = check("child.yaml", "extends: base.yaml\nname: child\nset:\n  stages.b.query: SELECT a + 1 AS a FROM raw\n  stages.b.every: 2\n");
+    assert_eq!(code, 0, "{o}");
+    assert!(o.contains("pipeline `child`, 2 stage(s), 3 iteration(s), 3 stage runs"), "{o}");
+    let (code, o) = check("gone.yaml", "extends: child.yaml\nname: gone\nset:\n  stages.b: null\n");
+    assert_eq!(code, 0, "{o}");
+    assert!(o.contains("pipeline `gone`, 1 stage(s)"), "{o}");
+    let (code, o) = check("missing.yaml", "extends: nowhere.yaml\nname: x\n");
+    assert_eq!(code, 2);
+    assert!(o.contains("extends") && o.contains("nowhere.yaml"), "{o}");
+    let (code, o) = check("loop.yaml", "extends: loop.yaml\nname: x\n");
+    assert_eq!(code, 2);
+    assert!(o.contains("loops"), "{o}");
+    let (code, o) = check("bad_set.yaml", "extends: base.yaml\nset:\n  stages.nope.query: SELECT 1\n");
+    assert_eq!(code, 2);
+    assert!(o.contains("no item with id `nope`"), "{o}");
+    let (code, o) = check("every.yaml", "extends: base.yaml\nset:\n  stages.b.every: 0\n  stages.raw.every: 2\n");
+    assert_eq!(code, 2);
+    assert!(o.contains("every must be at least 1") && o.contains("`every: 2` applies to iteration stages"), "{o}");
+}

@@ -618,34 +618,9 @@ pub fn load_str(
         errors: vec![SpecError { path: path.to_string(), origin, message }],
     };
     let mut root = yaml::parse(text).map_err(|(m, o)| fail("", o, format!("YAML syntax: {m}")))?;
-    // `extends: BASE.yaml`: the base spec, with this file's other top-level keys replacing the
-    // base's and its `set:` entries applied like `--set` (chains of up to 8 files)
-    let mut seen = vec![file.to_string()];
-    while let Some(ext) = root.get("extends").cloned() {
-        let yaml::YValue::Str(rel) = &ext.value else {
-            return Err(fail("extends", ext.origin, "extends names a pipeline file".into()));
-        };
-        let path = resolve_against(base_dir, rel);
-        if seen.contains(&path) || seen.len() > 8 {
-            return Err(fail("extends", ext.origin, format!("`{rel}`: extends chain loops or is deeper than 8 files ({})", seen.join(" → "))));
-        }
-        let base_text = std::fs::read_to_string(&path).map_err(|e| fail("extends", ext.origin.clone(), format!("cannot read `{path}`: {e}")))?;
-        let mut base = yaml::parse(&base_text).map_err(|(m, o)| fail("", o, format!("YAML syntax in `{path}`: {m}")))?;
-        seen.push(path);
-        let yaml::YValue::Map(items) = &root.value else { unreachable!("a map has `extends`") };
-        for (k, v) in items.iter().filter(|(k, _)| k != "extends" && k != "set") {
-            base.set_path(k, v.clone()).map_err(|m| fail(k, v.origin.clone(), m))?;
-        }
-        if let Some(set) = root.get("set") {
-            let yaml::YValue::Map(entries) = &set.value else {
-                return Err(fail("set", set.origin.clone(), "set is a mapping of dotted paths to values (like --set)".into()));
-            };
-            for (k, v) in entries {
-                base.set_path(k, v.clone()).map_err(|m| fail(&format!("set.{k}"), v.origin.clone(), m.replace("--set ", "set: ")))?;
-            }
-        }
-        root = base;
-    }
+    // `extends: BASE.yaml`: the base spec (itself resolved first), with this file's other
+    // top-level keys replacing the base's and its `set:` entries applied like `--set`
+    root = resolve_extends(root, base_dir, &mut vec![file.to_string()]).map_err(|(path, origin, message)| fail(&path, origin, message))?;
     for ov in overrides {
         let Some((key, value)) = ov.split_once('=') else {
             return Err(fail(ov, Origin::Override(ov.clone()), "expected KEY=VALUE".into()));
@@ -666,6 +641,38 @@ pub fn load_str(
         Some(p) if errors.is_empty() => Ok(p),
         _ => Err(SpecErrors { file: file.to_string(), errors }),
     }
+}
+
+/// The spec `root` with its `extends:` chain resolved (at most 8 files deep).
+fn resolve_extends(root: YNode, base_dir: &Path, seen: &mut Vec<String>) -> Result<YNode, (String, Origin, String)> {
+    let Some(ext) = root.get("extends").cloned() else {
+        return Ok(root);
+    };
+    let yaml::YValue::Str(rel) = &ext.value else {
+        return Err(("extends".into(), ext.origin, "extends names a pipeline file".into()));
+    };
+    let path = resolve_against(base_dir, rel);
+    if seen.contains(&path) || seen.len() > 8 {
+        return Err(("extends".into(), ext.origin, format!("`{rel}`: the extends chain loops or is deeper than 8 files ({})", seen.join(" → "))));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ("extends".to_string(), ext.origin.clone(), format!("cannot read `{path}`: {e}")))?;
+    let base = yaml::parse(&text).map_err(|(m, o)| (String::new(), o, format!("YAML syntax in `{path}`: {m}")))?;
+    seen.push(path.clone());
+    let dir = Path::new(&path).parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut base = resolve_extends(base, &dir, seen)?;
+    let yaml::YValue::Map(items) = &root.value else { unreachable!("a map has `extends`") };
+    for (k, v) in items.iter().filter(|(k, _)| k != "extends" && k != "set") {
+        base.set_path(k, v.clone()).map_err(|m| (k.clone(), v.origin.clone(), m))?;
+    }
+    if let Some(set) = root.get("set") {
+        let yaml::YValue::Map(entries) = &set.value else {
+            return Err(("set".into(), set.origin.clone(), "set is a mapping of dotted paths to values (like --set)".into()));
+        };
+        for (k, v) in entries {
+            base.set_path(k, v.clone()).map_err(|m| (format!("set.{k}"), v.origin.clone(), m.replace("--set ", "set: ")))?;
+        }
+    }
+    Ok(base)
 }
 
 struct Validator<'a> {
@@ -692,6 +699,9 @@ impl Validator<'_> {
         let mut stages: Vec<(usize, StageCommon, Option<OpSpec>, Value)> = Vec::new();
         for (i, raw) in top.stages.iter().enumerate() {
             let at = vec![key("stages"), Seg::Index(i)];
+            if raw.is_null() {
+                continue; // a stage removed by an override (`--set stages.ID=null`)
+            }
             let Some(obj) = raw.as_object() else {
                 self.dec.error(&at, "a stage is a mapping with id, op, …");
                 continue;
