@@ -18,7 +18,6 @@ const MICRO: &[&str] = &[
     "stages.init.vocab_size=320",
     "stages.vision.epochs=1",
     "stages.vision.micro_batch=8",
-    "stages.reader.epochs=1",
     "stages.warmup.epochs=2",
     "stages.label_samples.samples=2",
     "stages.label_samples.sampling={temperature: 1.0, max_new_tokens: 24}",
@@ -37,8 +36,12 @@ const MICRO: &[&str] = &[
 ];
 
 fn run_args(store: &str, extra: &[&str]) -> std::process::Command {
+    run_pipeline("pipelines/mstar.yaml", store, extra)
+}
+
+fn run_pipeline(file: &str, store: &str, extra: &[&str]) -> std::process::Command {
     let mut c = bin();
-    c.arg("run").arg(repo().join("pipelines/mstar.yaml")).args(["--store", store]);
+    c.arg("run").arg(repo().join(file)).args(["--store", store]);
     for s in MICRO.iter().chain(extra) {
         c.args(["--set", s]);
     }
@@ -132,4 +135,27 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
     }
     let (_, _, err) = fails(bin().arg("report").arg(d.path().join("nowhere")).arg("--out").arg(&out));
     assert!(err.contains("nowhere"), "{err}");
+}
+
+#[test]
+fn micro_mixin_pseudo_labels_unlabeled_prompts_from_t_mixin_on() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("m").to_string_lossy().into_owned();
+    ok(&mut run_pipeline("pipelines/ablations/mixin.yaml", &s, &["iterations=2", "datasets.unlabeled.synth.count=8", "params.mixin_from=2"]));
+    let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
+    // unlabeled prompts join at iteration 2 (T_mixin), a quarter of them
+    assert_eq!(sql_csv(&s, "SELECT iteration, sum(CASE WHEN answer IS NULL THEN 1 ELSE 0 END) AS unlabeled FROM batch GROUP BY iteration ORDER BY iteration"), "iteration,unlabeled\n1,0\n2,2\n");
+    // their answers are the weighted-vote pseudo-labels, and verify judges against them
+    assert_eq!(one("SELECT count(*) FROM labeled_batch l LEFT JOIN pseudo p ON l.prompt_id = p.prompt_id AND p.iteration = l.iteration WHERE l.pseudo AND l.answer IS DISTINCT FROM p.pseudo_answer"), "0");
+    assert_eq!(one("SELECT count(*) FROM labeled_batch WHERE NOT pseudo AND answer IS NULL"), "0");
+    assert_eq!(
+        one("SELECT count(*) FROM verified v JOIN labeled_batch l ON v.prompt_id = l.prompt_id AND v.iteration = l.iteration WHERE l.pseudo AND v.correct <> coalesce(answer_match(v.pred, l.answer, l.answer_type, l.precision, l.choices), false)"),
+        "0"
+    );
+    // the pseudo-label is the answer with the largest summed PRM score
+    assert_eq!(
+        one("SELECT count(*) FROM pseudo p JOIN (SELECT r.prompt_id, extract_answer(r.response) AS pred, sum(coalesce(m.score, 0)) AS w FROM rollouts r LEFT JOIN (SELECT iteration, prompt_id, sample_idx, min(score) AS score FROM step_scores GROUP BY 1, 2, 3) m ON r.iteration = m.iteration AND r.prompt_id = m.prompt_id AND r.sample_idx = m.sample_idx WHERE r.iteration = 2 GROUP BY 1, 2) o ON o.prompt_id = p.prompt_id WHERE o.pred IS NOT NULL AND o.w > p.weight + 1e-9"),
+        "0"
+    );
+    assert!(sql_csv(&s, "SELECT name FROM pseudo_metrics WHERE iteration = 2").contains("pseudo_label_accuracy") || one("SELECT count(*) FROM pseudo WHERE iteration = 2") == "0");
 }

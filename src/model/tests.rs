@@ -387,7 +387,8 @@ fn prm_training_reaches_every_weight_and_fits_step_labels() {
 /// Perception probe: can the vision encoder alone learn each grid cell's digit when it is
 /// supervised directly (cell features = mean of the patches centred in the cell → linear →
 /// empty | 0..9)? Prints train steps and test digit accuracy on occupied cells.
-/// `MSTAR_PROBE_STEPS`, `MSTAR_PROBE_STEM` (channels), `MSTAR_PROBE_PATCH` tune it.
+/// `MSTAR_PROBE_STEPS`, `MSTAR_PROBE_TRAIN` (images), `MSTAR_PROBE_STEM` (channels),
+/// `MSTAR_PROBE_PATCH` tune it.
 #[test]
 #[ignore = "an experiment (about a minute): cargo test --lib digit_probe -- --ignored --nocapture"]
 fn digit_probe_on_the_vision_encoder() {
@@ -439,7 +440,7 @@ fn digit_probe_on_the_vision_encoder() {
             })
             .collect()
     };
-    let (train, test) = (data("train", 4000), data("test", 500));
+    let (train, test) = (data("train", env("MSTAR_PROBE_TRAIN", 4000) as u64), data("test", 500));
     let batch = |xs: &[(Vec<f32>, Vec<u32>)]| {
         let p: Vec<f32> = xs.iter().flat_map(|x| x.0.iter().copied()).collect();
         let y: Vec<u32> = xs.iter().flat_map(|x| x.1.iter().copied()).collect();
@@ -451,7 +452,7 @@ fn digit_probe_on_the_vision_encoder() {
         head.forward(&cells).unwrap().reshape(((), 11)).unwrap()
     };
     let vars: Vec<_> = varmap.all_vars();
-    let mut opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: 1e-3, weight_decay: 0.01, ..Default::default() }).unwrap();
+    let mut opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: env("MSTAR_PROBE_LR_E4", 10) as f64 * 1e-4, weight_decay: 0.01, ..Default::default() }).unwrap();
     let steps = env("MSTAR_PROBE_STEPS", 1500);
     let started = std::time::Instant::now();
     for step in 0..steps {
@@ -478,4 +479,25 @@ fn digit_probe_on_the_vision_encoder() {
     }
     eprintln!("test: digit accuracy on occupied cells {:.3} ({right}/{occupied}), empty cells right {empty_right}", right as f64 / occupied as f64);
     assert!(occupied > 0);
+}
+
+#[test]
+fn frozen_weights_stay_and_the_rest_train() {
+    let (policy, ex) = setup(4);
+    let refs: Vec<_> = ex.iter().collect();
+    let before: Vec<(String, Vec<f32>)> = policy.named_vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let mut opt = AdamW::new(AdamWConfig { freeze: vec!["vision.".into()], ..Default::default() });
+    let mut st = state();
+    train_step(&policy, &mut opt, &mut st, &[refs], Some(1.0)).unwrap();
+    let (mut frozen, mut moved) = (0, 0);
+    for ((name, old), (_, var)) in before.iter().zip(policy.named_vars()) {
+        let new: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        if name.starts_with("vision.") {
+            assert_eq!(&new, old, "{name} changed although frozen");
+            frozen += 1;
+        } else if &new != old {
+            moved += 1;
+        }
+    }
+    assert!(frozen > 5 && moved > 10, "{frozen} frozen, {moved} trained");
 }

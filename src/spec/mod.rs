@@ -619,7 +619,8 @@ pub fn load_str(
     };
     let mut root = yaml::parse(text).map_err(|(m, o)| fail("", o, format!("YAML syntax: {m}")))?;
     // `extends: BASE.yaml`: the base spec (itself resolved first), with this file's other
-    // top-level keys replacing the base's and its `set:` entries applied like `--set`
+    // top-level keys replacing the base's (its `stages` merged by id) and its `set:` entries
+    // applied like `--set`
     root = resolve_extends(root, base_dir, &mut vec![file.to_string()]).map_err(|(path, origin, message)| fail(&path, origin, message))?;
     for ov in overrides {
         let Some((key, value)) = ov.split_once('=') else {
@@ -662,6 +663,10 @@ fn resolve_extends(root: YNode, base_dir: &Path, seen: &mut Vec<String>) -> Resu
     let mut base = resolve_extends(base, &dir, seen)?;
     let yaml::YValue::Map(items) = &root.value else { unreachable!("a map has `extends`") };
     for (k, v) in items.iter().filter(|(k, _)| k != "extends" && k != "set") {
+        if k == "stages" {
+            merge_stages(&mut base, v).map_err(|m| (k.clone(), v.origin.clone(), m))?;
+            continue;
+        }
         base.set_path(k, v.clone()).map_err(|m| (k.clone(), v.origin.clone(), m))?;
     }
     if let Some(set) = root.get("set") {
@@ -673,6 +678,31 @@ fn resolve_extends(root: YNode, base_dir: &Path, seen: &mut Vec<String>) -> Resu
         }
     }
     Ok(base)
+}
+
+/// A child's `stages:` merged into its base's: a stage with a base stage's id replaces it,
+/// the others are appended.
+fn merge_stages(base: &mut YNode, child: &YNode) -> Result<(), String> {
+    let yaml::YValue::Seq(new) = &child.value else {
+        return Err("stages is a list of stages".into());
+    };
+    let id_of = |n: &YNode| match n.get("id") {
+        Some(YNode { value: yaml::YValue::Str(s), .. }) => Some(s.clone()),
+        _ => None,
+    };
+    if base.get("stages").is_none() {
+        return base.set_path("stages", child.clone());
+    }
+    let yaml::YValue::Map(items) = &mut base.value else { return Err("the base spec is not a mapping".into()) };
+    let Some((_, stages)) = items.iter_mut().find(|(k, _)| k == "stages") else { unreachable!("checked above") };
+    let yaml::YValue::Seq(old) = &mut stages.value else { return Err("the base's stages is not a list".into()) };
+    for stage in new {
+        match id_of(stage).and_then(|id| old.iter().position(|o| id_of(o).as_deref() == Some(id.as_str()))) {
+            Some(i) => old[i] = stage.clone(),
+            None => old.push(stage.clone()),
+        }
+    }
+    Ok(())
 }
 
 struct Validator<'a> {

@@ -116,3 +116,69 @@ async fn reward_pass_at_2_best_of_n_and_votes() {
     assert_eq!(labels.len(), 2);
     assert!(labels[0].starts_with("a 5 3 1.4 0.595744680851063") && labels[1].starts_with("b 3 1 0.8 0.88888888888888"), "{labels:?}");
 }
+
+#[tokio::test]
+async fn pseudo_answers_are_prm_weighted_votes_of_unlabeled_prompts_only() {
+    let ctx = session().await;
+    // a is labeled (ignored); b is unlabeled: "3" weighs 0.8 (sample 0's min), "4" weighs
+    // 0.1 + 0 (sample 1's min; sample 2 has no steps) → 3 with share 0.8 / 0.9; c has no answer.
+    for stmt in [
+        "CREATE TABLE rollouts (iteration INT, prompt_id VARCHAR, sample_idx INT, response VARCHAR) AS VALUES \
+         (1, 'a', 0, 'Answer: 7'), (1, 'b', 0, 'Step 1: x\nAnswer: 3'), (1, 'b', 1, 'Answer: 4'), (1, 'b', 2, 'Answer: 4'), (1, 'c', 0, 'no idea'), (0, 'b', 0, 'Answer: 9')",
+        "CREATE TABLE batch (iteration INT, prompt_id VARCHAR, answer VARCHAR, question VARCHAR) AS VALUES (1, 'a', '7', 'q'), (1, 'b', NULL, 'q'), (1, 'c', NULL, 'q')",
+    ] {
+        ctx.sql(stmt).await.unwrap().collect().await.unwrap();
+    }
+    let rows = run(&ctx, "pseudo_answers", &[("iteration", "1"), ("prompts", "batch")], "prompt_id").await;
+    assert_eq!(rows, vec!["b 3 1 0.8 0.888888888888889"]);
+    let text = std::fs::read_to_string(format!("{}/sql/pseudo_answers.sql", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut p = ParamSet::new();
+    p.insert("iteration", "1".into());
+    p.insert("prompts", "batch".into());
+    ctx.sql(&format!("CREATE TABLE pseudo AS SELECT 1 AS iteration, * FROM ({})", substitute(&text, &p).unwrap())).await.unwrap().collect().await.unwrap();
+    let labeled = run(&ctx, "labeled_batch", &[("iteration", "1"), ("prompts", "batch")], "prompt_id").await;
+    // columns: prompt_id question answer pseudo
+    assert_eq!(labeled, vec!["a q 7 false", "b q 3 true", "c q  true"]);
+}
+
+#[tokio::test]
+async fn eval_metrics_and_the_temperature_choice() {
+    let ctx = super::new_session();
+    // prompt p: greedy right; samples at T 0.5: [wrong 0.9, right 0.8, wrong 0.1]; at T 1.0:
+    // [wrong 0.9, wrong 0.8, right 0.7]. prompt q: greedy wrong; T 0.5: [right 0.2, wrong 0.3,
+    // wrong 0.1]; T 1.0: [right 0.9, wrong 0.1, wrong 0.0].
+    // T 0.5: Reward-Pass@2 p 1 (top-2 0.9, 0.8), q 1 (0.3, 0.2) → 1.0; Pass@3 1.0.
+    // T 1.0: p 0 (0.9, 0.8 wrong), q 1 → 0.5; Pass@3 1.0. Chosen: 0.5.
+    ctx.sql(
+        "CREATE TABLE s (iteration INT, split VARCHAR, prompt_id VARCHAR, greedy BOOLEAN, temperature DOUBLE, sample_idx INT, correct BOOLEAN, steps_ok BOOLEAN, score DOUBLE) AS VALUES \
+         (1, 'val', 'p', true, 0.0, 0, true, true, 0.5), (1, 'val', 'q', true, 0.0, 0, false, false, 0.5), \
+         (1, 'val', 'p', false, 0.5, 0, false, NULL, 0.9), (1, 'val', 'p', false, 0.5, 1, true, NULL, 0.8), (1, 'val', 'p', false, 0.5, 2, false, NULL, 0.1), \
+         (1, 'val', 'q', false, 0.5, 0, true, NULL, 0.2), (1, 'val', 'q', false, 0.5, 1, false, NULL, 0.3), (1, 'val', 'q', false, 0.5, 2, false, NULL, 0.1), \
+         (1, 'val', 'p', false, 1.0, 0, false, NULL, 0.9), (1, 'val', 'p', false, 1.0, 1, false, NULL, 0.8), (1, 'val', 'p', false, 1.0, 2, true, NULL, 0.7), \
+         (1, 'val', 'q', false, 1.0, 0, true, NULL, 0.9), (1, 'val', 'q', false, 1.0, 1, false, NULL, 0.1), (1, 'val', 'q', false, 1.0, 2, false, NULL, 0.0)",
+    )
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap();
+    let t = run(&ctx, "pick_temperature", &[("iteration", "1"), ("samples", "s")], "temperature").await;
+    // temperature reward_pass_at_2 pass_at_k sample_accuracy prompts k chosen
+    assert_eq!(t, vec!["0.5 1.0 1.0 0.3333333333333333 2 3 true", "1.0 0.5 1.0 0.3333333333333333 2 3 false"]);
+    // eval_metrics over the T = 1.0 samples only (one temperature, as an eval stage has)
+    ctx.sql("CREATE TABLE e AS SELECT * FROM s WHERE greedy OR temperature = 1.0").await.unwrap().collect().await.unwrap();
+    let m = run(&ctx, "eval_metrics", &[("iteration", "1"), ("samples", "e")], "name").await;
+    assert_eq!(
+        m,
+        vec![
+            "val greedy_accuracy 0.5",
+            "val greedy_steps_ok 0.5",
+            "val k 3.0",
+            "val pass@k 1.0",
+            "val pass@k_minus_greedy 0.5",
+            "val prompts 2.0",
+            "val reward_pass@2 0.5",
+            "val sample_accuracy 0.3333333333333333",
+        ]
+    );
+}

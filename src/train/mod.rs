@@ -48,6 +48,10 @@ pub struct AdamWConfig {
     pub eps: f64,
     #[serde(default)]
     pub weight_decay: f64,
+    /// Weight-name prefixes that are not trained (e.g. `vision.`: a pretrained encoder kept
+    /// as it is); their gradients are dropped before clipping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
 }
 
 fn beta1() -> f64 {
@@ -62,7 +66,7 @@ fn eps() -> f64 {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: beta1(), beta2: beta2(), eps: eps(), weight_decay: 0.0 }
+        Self { beta1: beta1(), beta2: beta2(), eps: eps(), weight_decay: 0.0, freeze: vec![] }
     }
 }
 
@@ -76,6 +80,11 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(cfg: AdamWConfig) -> Self {
         Self { cfg, m: BTreeMap::new(), v: BTreeMap::new() }
+    }
+
+    /// Whether `name` is excluded from training by `freeze`.
+    pub fn frozen(&self, name: &str) -> bool {
+        self.cfg.freeze.iter().any(|p| name.starts_with(p.as_str()))
     }
 
     /// One update of every variable with a gradient. `t` is the 1-based step (bias correction).
@@ -263,6 +272,9 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
         loss_sum += l * share;
         let g = (loss * share)?.backward()?;
         for (name, var) in &vars {
+            if opt.frozen(name) {
+                continue;
+            }
             if let Some(gt) = g.get(var.as_tensor()) {
                 let acc = match grads.remove(name) {
                     Some(prev) => (prev + gt)?,
