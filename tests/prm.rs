@@ -7,11 +7,8 @@ use common::*;
 use std::path::Path;
 
 fn pipeline(dir: &Path) -> std::path::PathBuf {
-    ok(bin().args(["data", "synth", "--out"]).arg(dir.join("synth")).args(["--seed", "5", "--train", "24", "--cot", "16", "--unlabeled", "0", "--val", "0", "--test", "6", "--test-hard", "0"]));
     let f = dir.join("p.yaml");
-    let mut text = std::fs::read_to_string(repo().join("pipelines/prm.yaml")).unwrap();
-    text = text.replace("data/synth/", "synth/");
-    std::fs::write(&f, text).unwrap();
+    std::fs::write(&f, std::fs::read_to_string(repo().join("pipelines/prm.yaml")).unwrap()).unwrap();
     // the repository's sql/ next to the pipeline
     let sql = dir.join("sql");
     std::fs::create_dir_all(&sql).unwrap();
@@ -24,6 +21,8 @@ fn pipeline(dir: &Path) -> std::path::PathBuf {
 
 /// Shrinks pipelines/prm.yaml to seconds: fewer prompts, samples, completions and steps.
 const MICRO: &[&str] = &[
+    "datasets.train.synth={split: train, count: 24, cot: 16, seed: 5}",
+    "datasets.test.synth={split: test, count: 6, seed: 5}",
     "stages.init.vocab_size=320",
     "stages.warmup.epochs=2",
     "stages.label_prompts.query=SELECT * FROM train_prompts WHERE gold_cot IS NULL ORDER BY prompt_id",
