@@ -39,6 +39,30 @@ fn a_convolutional_stem_trains_and_decodes() {
     cached_step_equals_full_forward_with(&Device::Cpu, &stem);
 }
 
+#[test]
+fn pooled_regions_train_and_decode() {
+    let pooled = serde_json::json!({"vision_config": {"pool_grid": 3}});
+    gradients_reach_every_weight_with(&Device::Cpu, &pooled);
+    cached_step_equals_full_forward_with(&Device::Cpu, &pooled);
+    // each of the 9 image tokens is the projection of its region's mean patch feature
+    let (policy, ex) = setup_with(1, &Device::Cpu, &pooled);
+    let v = policy.cfg.vision_config.clone();
+    let patches = candle_core::Tensor::from_vec(ex[0].patches.clone(), (1, v.num_patches(), v.patch_dim()), &Device::Cpu).unwrap();
+    let f: Vec<Vec<f32>> = policy.model.vision_features(&patches).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    let regions = v.patch_regions(3);
+    let members: Vec<usize> = (0..regions.len()).filter(|&i| regions[i] == 4).collect();
+    assert_eq!(members, vec![16, 17, 18, 23, 24, 25, 30, 31, 32], "the centre region is the middle 3×3 patches");
+    let mean: Vec<f32> = (0..v.hidden_size).map(|c| members.iter().map(|&i| f[i][c]).sum::<f32>() / members.len() as f32).collect();
+    let pooled = crate::model::tiny_vlm::model::pool_regions(
+        &crate::model::tiny_vlm::model::region_pool(&v, 3, &Device::Cpu).unwrap(),
+        &policy.model.vision_features(&patches).unwrap(),
+    )
+    .unwrap();
+    let got: Vec<f32> = pooled.squeeze(0).unwrap().get(4).unwrap().to_vec1().unwrap();
+    assert!(got.iter().zip(&mean).all(|(a, b)| (a - b).abs() < 1e-5));
+    assert_eq!(policy.model.encode_images(&patches).unwrap().dims3().unwrap(), (1, 9, policy.cfg.hidden_size));
+}
+
 fn gradients_reach_every_weight(dev: &Device) {
     gradients_reach_every_weight_with(dev, &serde_json::json!({}));
 }

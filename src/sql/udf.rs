@@ -20,6 +20,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(SynthCaption::default()));
     ctx.register_udf(ScalarUDF::from(SynthCaption { grid: true, ..Default::default() }));
     ctx.register_udf(ScalarUDF::from(SynthCellLabels::default()));
+    ctx.register_udf(ScalarUDF::from(SynthCellLabels { full: true, ..Default::default() }));
 }
 
 fn utf8_list() -> DataType {
@@ -310,21 +311,27 @@ impl ScalarUDFImpl for SynthCaption {
 }
 
 /// `synth_cell_labels(scene)`: per grid cell in reading order, the digit (0–9) or 10 when the
-/// cell is empty, as a list of Int32. NULL when scene is NULL.
+/// cell is empty, as a list of Int32. NULL when scene is NULL. `synth_cell_classes(scene)`:
+/// the same with one class per (shape, colour, digit) and 0 for empty (`Scene::cell_classes`).
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SynthCellLabels {
     signature: Signature,
+    full: bool,
 }
 
 impl Default for SynthCellLabels {
     fn default() -> Self {
-        Self { signature: Signature::user_defined(Volatility::Immutable) }
+        Self { signature: Signature::user_defined(Volatility::Immutable), full: false }
     }
 }
 
 impl ScalarUDFImpl for SynthCellLabels {
     fn name(&self) -> &str {
-        "synth_cell_labels"
+        if self.full {
+            "synth_cell_classes"
+        } else {
+            "synth_cell_labels"
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -345,8 +352,8 @@ impl ScalarUDFImpl for SynthCellLabels {
                 continue;
             }
             let s: crate::data::synth::Scene = serde_json::from_str(scene.value(i))
-                .map_err(|e| DataFusionError::Execution(format!("synth_cell_labels: bad scene JSON in row {i}: {e}")))?;
-            b.values().append_slice(&s.cell_labels());
+                .map_err(|e| DataFusionError::Execution(format!("{}: bad scene JSON in row {i}: {e}", self.name())))?;
+            b.values().append_slice(&if self.full { s.cell_classes() } else { s.cell_labels() });
             b.append(true);
         }
         Ok(ColumnarValue::Array(Arc::new(b.finish())))

@@ -24,23 +24,11 @@ impl RegionTrainer {
     /// A fresh head (seeded) and AdamW over the vision encoder's weights and the head.
     pub fn new(policy: &Policy, grid: usize, classes: usize, weight_decay: f64, seed: u64) -> Result<Self> {
         let v = &policy.cfg.vision_config;
-        let (n, dev) = (v.grid(), &policy.device);
+        let dev = &policy.device;
         if grid == 0 || classes < 2 {
             return Err(ModelError::Invalid(format!("regions: grid {grid} and {classes} classes")));
         }
-        let mut pool = vec![0f32; grid * grid * n * n];
-        for py in 0..n {
-            for px in 0..n {
-                let region = |c: usize| ((c * v.patch_size + v.patch_size / 2) * grid / v.image_size).min(grid - 1);
-                pool[(region(py) * grid + region(px)) * n * n + py * n + px] = 1.0;
-            }
-        }
-        let pool = Tensor::from_vec(pool, (grid * grid, n * n), dev)?;
-        let counts = pool.sum_keepdim(1)?;
-        if counts.min_all()?.to_scalar::<f32>()? == 0.0 {
-            return Err(ModelError::Invalid(format!("regions: a {grid}×{grid} grid has regions with no patch centre ({n}×{n} patches)")));
-        }
-        let pool = pool.broadcast_div(&counts)?;
+        let pool = crate::model::tiny_vlm::model::region_pool(v, grid, dev).map_err(|e| ModelError::Invalid(format!("regions: {e}")))?;
         let h = v.hidden_size;
         let mut rng = Normal::new(seed ^ 0x4e61);
         let w: Vec<f32> = (0..classes * h).map(|_| rng.sample() * 0.02).collect();
@@ -56,9 +44,9 @@ impl RegionTrainer {
     /// Region logits (B·g², classes) of a batch of patches (B, P, patch_dim).
     pub fn logits(&self, policy: &Policy, patches: &Tensor) -> Result<Tensor> {
         let f = policy.model.vision_features(patches)?;
-        let (b, p, h) = f.dims3()?;
+        let (b, _, h) = f.dims3()?;
         let r = self.pool.dim(0)?;
-        let cells = self.pool.unsqueeze(0)?.broadcast_as((b, r, p))?.contiguous()?.matmul(&f)?;
+        let cells = crate::model::tiny_vlm::model::pool_regions(&self.pool, &f)?;
         Ok(cells.reshape((b * r, h))?.matmul(&self.head_w.as_tensor().t()?)?.broadcast_add(self.head_b.as_tensor())?)
     }
 

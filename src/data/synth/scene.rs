@@ -224,6 +224,18 @@ impl Scene {
         out
     }
 
+    /// Per grid cell in reading order: 0 when empty, else 1 + (shape·4 + colour)·10 + digit
+    /// (121 classes) — vision pretraining labels that ask for everything a cell shows.
+    pub fn cell_classes(&self) -> Vec<i32> {
+        let mut out = vec![0; (GRID * GRID) as usize];
+        for o in &self.objects {
+            let shape = Shape::ALL.iter().position(|&s| s == o.shape).unwrap_or(0) as i32;
+            let colour = Colour::ALL.iter().position(|&c| c == o.colour).unwrap_or(0) as i32;
+            out[(o.row * GRID + o.col) as usize] = 1 + (shape * 4 + colour) * 10 + i32::from(o.digit);
+        }
+        out
+    }
+
     /// Every cell of the 3×3 grid in reading order, one line each: "top left: red circle 7" or
     /// "centre: empty". The fixed layout ties each line to one image region, which makes
     /// perception easier to learn than from `caption`.
@@ -359,6 +371,9 @@ mod tests {
             scene.grid_caption(),
             "top left: empty\ntop middle: empty\ntop right: red triangle 1\nmiddle left: blue circle 4\ncentre: empty\nmiddle right: empty\nbottom left: empty\nbottom middle: empty\nbottom right: empty"
         );
+        assert_eq!(scene.cell_labels(), vec![10, 10, 1, 4, 10, 10, 10, 10, 10]);
+        // triangle (2) red (0) 1 → 1 + 80 + 1; circle (0) blue (2) 4 → 1 + 20 + 4
+        assert_eq!(scene.cell_classes(), vec![0, 0, 82, 25, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub struct VisionConfig {
     /// resolution) before the patch embedding; absent: the patch embedding reads raw pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stem_channels: Option<usize>,
+    /// Image tokens per side after the encoder: each of the `pool_grid`² regions of the image
+    /// becomes one decoder token, the mean of the patch features whose centres lie in it
+    /// (adaptive average pooling); absent: one token per (merged) patch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_grid: Option<usize>,
 }
 
 fn one() -> usize {
@@ -39,9 +44,18 @@ impl VisionConfig {
     pub fn num_patches(&self) -> usize {
         self.grid().pow(2)
     }
-    /// Tokens an image takes in the decoder: patches after merging.
+    /// Tokens an image takes in the decoder: pooled regions, or patches after merging.
     pub fn image_tokens(&self) -> usize {
-        self.num_patches() / (self.merge_size * self.merge_size)
+        match self.pool_grid {
+            Some(g) => g * g,
+            None => self.num_patches() / (self.merge_size * self.merge_size),
+        }
+    }
+    /// Region (row-major over a `g`×`g` grid) of each patch: the one its centre lies in.
+    pub fn patch_regions(&self, g: usize) -> Vec<usize> {
+        let region = |c: usize| ((c * self.patch_size + self.patch_size / 2) * g / self.image_size).min(g - 1);
+        let n = self.grid();
+        (0..n * n).map(|i| region(i / n) * g + region(i % n)).collect()
     }
     pub fn patch_dim(&self) -> usize {
         self.num_channels * self.patch_size * self.patch_size
@@ -104,6 +118,7 @@ impl Config {
                 intermediate_size: vinter,
                 merge_size: 1,
                 stem_channels: None,
+                pool_grid: None,
             },
             bos_token_id: 1,
             eos_token_id: 2,
@@ -158,6 +173,15 @@ impl Config {
         if v.merge_size == 0 || v.grid() % v.merge_size != 0 {
             return Err(format!("vision_config.merge_size {} must divide the {} patches per side", v.merge_size, v.grid()));
         }
+        if let Some(g) = v.pool_grid {
+            if v.merge_size != 1 {
+                return Err("vision_config.pool_grid and merge_size > 1 cannot be combined".into());
+            }
+            let regions = if g == 0 { vec![] } else { v.patch_regions(g) };
+            if g == 0 || (0..g * g).any(|r| !regions.contains(&r)) {
+                return Err(format!("vision_config.pool_grid {g}: every one of the {g}×{g} regions needs a patch centre ({} patches per side)", v.grid()));
+            }
+        }
         for id in [self.bos_token_id, self.eos_token_id, self.pad_token_id, self.image_token_id] {
             if id as usize >= self.vocab_size {
                 return Err(format!("special token id {id} ≥ vocab_size {}", self.vocab_size));
@@ -181,5 +205,11 @@ mod tests {
         assert!(c.with_overrides(&serde_json::json!({"vision_config": {"merge_size": 2}})).unwrap_err().contains("merge_size 2 must divide the 7"));
         let m = c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 4, "merge_size": 2}})).unwrap();
         assert_eq!((m.vision_config.num_patches(), m.vision_config.image_tokens()), (196, 49));
+        let p = c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 3}})).unwrap();
+        assert_eq!((p.vision_config.num_patches(), p.vision_config.image_tokens()), (49, 9));
+        // 7 patches of 8 px over 3 regions of 56/3 px: centres 4, 12 | 20, 28, 36 | 44, 52
+        assert_eq!(&p.vision_config.patch_regions(3)[..7], &[0, 0, 1, 1, 1, 2, 2]);
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 8}})).unwrap_err().contains("needs a patch centre"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 0}})).unwrap_err().contains("pool_grid 0"));
     }
 }

@@ -1,7 +1,7 @@
 //! The tiny VLM's forward pass, written only with differentiable candle ops (no fused
 //! rms_norm / softmax_last_dim / rope kernels, which have no backward).
 
-use super::config::Config;
+use super::config::{Config, VisionConfig};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 use super::decode_cpu::{CpuDecoder, LayerWeights};
@@ -370,6 +370,8 @@ pub struct TinyVlm {
     /// PRM only: hidden state → step score logit.
     score_head: Option<Lin>,
     rotary: Rotary,
+    /// `vision_config.pool_grid`: the (g², P) averaging matrix from patches to regions.
+    pool: Option<Tensor>,
     device: Device,
     /// The CPU sampling path (a weight snapshot), set by `use_inference_kernels` on the CPU.
     cpu: Option<Arc<CpuDecoder>>,
@@ -402,6 +404,7 @@ impl TinyVlm {
             lm_head,
             score_head: if cfg.is_prm() { Some(linear(h, 1, vb.pp("score_head"))?) } else { None },
             rotary: Rotary::new(cfg, vb.device())?,
+            pool: cfg.vision_config.pool_grid.map(|g| region_pool(&cfg.vision_config, g, vb.device())).transpose()?,
             device: vb.device().clone(),
             cpu: None,
         })
@@ -476,7 +479,11 @@ impl TinyVlm {
 
     /// Image features in the text embedding space: (B, P, patch_dim) → (B, image_tokens, hidden).
     pub fn encode_images(&self, patches: &Tensor) -> Result<Tensor> {
-        let v = merge_patches(&self.vision.forward(patches)?, self.cfg.vision_config.grid(), self.cfg.vision_config.merge_size)?;
+        let f = self.vision.forward(patches)?;
+        let v = match &self.pool {
+            Some(pool) => pool_regions(pool, &f)?,
+            None => merge_patches(&f, self.cfg.vision_config.grid(), self.cfg.vision_config.merge_size)?,
+        };
         self.proj2.forward(&self.proj1.forward(&v)?.silu()?)
     }
 
@@ -555,6 +562,29 @@ pub fn merge_patches(x: &Tensor, n: usize, m: usize) -> Result<Tensor> {
     }
     let (b, _, c) = x.dims3()?;
     x.reshape((b, n / m, m, n / m, m, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?.reshape((b, (n / m) * (n / m), m * m * c))
+}
+
+/// The (g², P) matrix that averages the patches of each of `g`×`g` regions (a patch belongs
+/// to the region its centre lies in; `VisionConfig::patch_regions`).
+pub fn region_pool(v: &VisionConfig, g: usize, dev: &Device) -> Result<Tensor> {
+    let regions = v.patch_regions(g);
+    let p = regions.len();
+    let mut m = vec![0f32; g * g * p];
+    for (i, &r) in regions.iter().enumerate() {
+        m[r * p + i] = 1.0;
+    }
+    let m = Tensor::from_vec(m, (g * g, p), dev)?;
+    let counts = m.sum_keepdim(1)?;
+    if counts.min_all()?.to_scalar::<f32>()? == 0.0 {
+        candle_core::bail!("a {g}×{g} grid has regions with no patch centre ({} patches per side)", v.grid());
+    }
+    m.broadcast_div(&counts)
+}
+
+/// Features (B, P, C) → region means (B, R, C) through a (R, P) pooling matrix.
+pub fn pool_regions(pool: &Tensor, f: &Tensor) -> Result<Tensor> {
+    let (b, p, _) = f.dims3()?;
+    pool.unsqueeze(0)?.broadcast_as((b, pool.dim(0)?, p))?.contiguous()?.matmul(&f.contiguous()?)
 }
 
 /// (1, 1, T, T) additive causal mask.
