@@ -78,6 +78,9 @@ enum Cmd {
     },
     /// Break a run store's lock (after a run died without releasing it).
     Unlock { store: String },
+    /// Print the device, dtype, threads and kernels the model operators will use, and run a
+    /// one-step training smoke test there (exit code 1 if it fails).
+    Doctor,
     /// Make or import datasets.
     Data {
         #[command(subcommand)]
@@ -278,6 +281,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Data { cmd } => data(cmd).await,
+        Cmd::Doctor => {
+            let d = tokio::task::spawn_blocking(mstar::model::doctor::doctor).await?;
+            print!("{}", d.render());
+            Ok(if d.failure.is_some() { 1 } else { 0 })
+        }
         Cmd::Model { cmd: ModelCmd::Bench { size, out, batch, new_tokens, sft_steps, device } } => {
             let dev = match device.as_str() {
                 "cuda" => candle_core::Device::new_cuda(0)?,

@@ -226,3 +226,10 @@ fn unlock_breaks_a_lock() {
     run_demo(p.path(), store_s, &[]);
     assert!(!store.join("_lock").exists());
 }
+
+#[test]
+fn doctor_names_the_device_and_its_smoke_test_passes() {
+    let (out, _) = ok(bin().arg("doctor").env("MSTAR_DEVICE", "cpu"));
+    assert!(out.contains("device") && out.contains("cpu (MSTAR_DEVICE=cpu)"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("smoke test") && l.contains("ok")), "{out}");
+}

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod doctor;
 pub mod generate;
 pub mod policy;
 pub mod tiny_vlm;
