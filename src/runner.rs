@@ -9,6 +9,7 @@ use crate::store::manifest::{ManifestInput, OutputKind, SideTable, MANIFEST_FORM
 use crate::store::writer::{self, WriteOptions};
 use crate::store::{Manifest, RunStore, PLAN_FILE, RUN_FILE, SPEC_FILE};
 use crate::Error;
+use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
@@ -86,12 +87,31 @@ pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<Ru
     if let Some(h) = broke {
         eprintln!("mstar: removed a stale lock of pid {} on {} (that process is gone)", h.pid, h.host);
     }
+    // A stage that computes on this task (a training loop) cannot be cancelled at an await; a
+    // watcher on another worker raises the flag that such loops check between steps.
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let watcher = tokio::spawn(async {
+        shutdown_signal().await;
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    });
     let result = tokio::select! {
         r = run_locked(p, store, opts, &ops, &plan) => r,
         _ = shutdown_signal() => Err(Error::Interrupted),
     };
+    watcher.abort();
     lock.release().await?;
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
     result
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// True once Ctrl-C or SIGTERM reached a running `run`: long computations stop at their next
+/// step (the stage fails uncommitted; committed stages and checkpoints stay).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 async fn shutdown_signal() {

@@ -110,3 +110,48 @@ fn a_diverging_loss_stops_the_stage_and_keeps_the_last_checkpoint() {
     let (_, err) = ok(bin().arg("run").arg(&f).arg("--store").arg(&store));
     assert!(outcomes(&err, "skipped").contains(&"0/warmup".to_string()), "{err}");
 }
+
+#[test]
+fn sigterm_stops_a_training_stage_between_steps_and_releases_the_lock() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let d = tempfile::tempdir().unwrap();
+    let f = pipeline(d.path());
+    let store = d.path().join("s");
+    // a warm-up of 100,000 epochs would run for hours
+    let mut child = bin()
+        .arg("run")
+        .arg(&f)
+        .arg("--store")
+        .arg(&store)
+        .args(["--set", "stages.warmup.epochs=100000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !store.join("_manifests/iteration=0/init.json").exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "init was not committed within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // well inside the warm-up's training loop
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the run was still going 10 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success() && err.contains("interrupted"), "{status:?}\n{err}");
+    assert!(!store.join("_lock").exists(), "the lock must be released");
+    assert!(!store.join("_manifests/iteration=0/warmup.json").exists());
+}

@@ -151,6 +151,9 @@ impl Operator for TrainOp {
                 shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
                 for chunk in order.chunks(per_step) {
                     let micro: Vec<Vec<&Example>> = chunk.chunks(self.spec.micro_batch).map(|c| c.iter().map(|&i| &examples[i]).collect()).collect();
+                    if crate::runner::interrupted() {
+                        return Err(self.fail(format!("interrupted at step {} of {total_steps}; nothing of this stage was committed", losses.len())));
+                    }
                     let lr = state.schedule.lr_at(state.step);
                     let loss = train_step(&policy, &mut opt, &mut state, &micro, self.spec.clip).map_err(|e| self.fail(e))?;
                     steps.push(state.step as i64);
@@ -222,6 +225,9 @@ impl TrainOp {
             let mut order: Vec<usize> = (0..examples.len()).collect();
             shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
             for chunk in order.chunks(mb) {
+                if crate::runner::interrupted() {
+                    return Err(self.fail(format!("interrupted at step {} of {total}; nothing of this stage was committed", losses.len())));
+                }
                 let lr = state.schedule.lr_at(state.step);
                 let batch: Vec<&RegionExample> = chunk.iter().map(|&i| &examples[i]).collect();
                 let loss = trainer.step(&policy, &batch, lr).map_err(|e| self.fail(e))?;
