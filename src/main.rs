@@ -79,7 +79,7 @@ enum Cmd {
     /// Break a run store's lock (after a run died without releasing it).
     Unlock { store: String },
     /// Print the device, dtype, threads and kernels the model operators will use, and run a
-    /// one-step training smoke test there (exit code 1 if it fails).
+    /// forward + backward smoke test there (exit code 1 if it fails).
     Doctor,
     /// Make or import datasets.
     Data {

@@ -90,13 +90,13 @@ pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<Ru
     // A stage that computes on this task (a training loop) cannot be cancelled at an await; a
     // watcher on another worker raises the flag that such loops check between steps.
     INTERRUPTED.store(false, Ordering::SeqCst);
-    let watcher = tokio::spawn(async {
+    let mut watcher = tokio::spawn(async {
         shutdown_signal().await;
         INTERRUPTED.store(true, Ordering::SeqCst);
     });
     let result = tokio::select! {
         r = run_locked(p, store, opts, &ops, &plan) => r,
-        _ = shutdown_signal() => Err(Error::Interrupted),
+        _ = &mut watcher => Err(Error::Interrupted),
     };
     watcher.abort();
     lock.release().await?;

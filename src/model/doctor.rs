@@ -1,5 +1,5 @@
 //! `mstar doctor`: which device, dtype, threads and kernels the model operators will use, and a
-//! smoke test (one training step of a tiny random policy) on that device.
+//! smoke test (SFT loss and gradients of a tiny random policy) on that device.
 
 use super::policy::Policy;
 use super::tokenizer::TextTokenizer;
@@ -50,8 +50,8 @@ fn cpu_features() -> String {
     }
 }
 
-/// Inspects the build and the environment, then runs one forward + backward + AdamW step of a
-/// tiny random policy on the device the operators would pick (`model::device()`).
+/// Inspects the build and the environment, then runs one forward + backward pass of a tiny
+/// random policy on the device the operators would pick (`model::device()`).
 pub fn doctor() -> Doctor {
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
@@ -101,8 +101,8 @@ fn cuda_error() -> String {
     String::new()
 }
 
-/// One SFT step of a tiny random policy on a synthetic example: every weight gets a finite,
-/// non-zero gradient and the loss is finite.
+/// The SFT loss and its gradients for a tiny random policy on a synthetic example: the loss is
+/// finite and every weight gets a finite, non-zero gradient.
 fn smoke(dev: &Device) -> Result<String, String> {
     let t0 = std::time::Instant::now();
     let ex = crate::data::synth::generate(0, "doctor", 0, false);
@@ -111,10 +111,8 @@ fn smoke(dev: &Device) -> Result<String, String> {
     let mut cfg = super::tiny_vlm::Config::preset("tiny", tok.vocab_size()).ok_or("no tiny preset")?;
     cfg.num_hidden_layers = 2;
     let policy = Policy::new_random(&cfg, tok, 1, dev).map_err(|e| e.to_string())?;
-    let mut prompt = vec![cfg.bos_token_id, cfg.image_token_id];
-    prompt.extend(policy.tokenizer.encode(&format!("{}\n", ex.question)).map_err(|e| e.to_string())?);
-    let mut response = policy.tokenizer.encode(&ex.gold_cot).map_err(|e| e.to_string())?;
-    response.push(cfg.eos_token_id);
+    let prompt = policy.encode_prompt(&ex.question).map_err(|e| e.to_string())?;
+    let response = policy.encode_response(&ex.gold_cot).map_err(|e| e.to_string())?;
     let patches = super::tiny_vlm::image_patches(&ex.image_png, &cfg.vision_config).map_err(|e| e.to_string())?;
     let example = crate::train::Example { prompt, response, patches, labels: vec![] };
     let (loss, _) = crate::train::batch_loss(&policy, &[&example]).map_err(|e| e.to_string())?;
@@ -137,7 +135,7 @@ fn smoke(dev: &Device) -> Result<String, String> {
     if !missing.is_empty() {
         return Err(format!("no finite non-zero gradient for {}", missing.join(", ")));
     }
-    Ok(format!("ok — one SFT step of a {}-parameter policy, loss {l:.3}, {} of {} weights got gradients, {:.0} ms", policy.num_params(), vars.len(), vars.len(), t0.elapsed().as_secs_f64() * 1e3))
+    Ok(format!("ok — SFT loss and gradients of a {}-parameter policy, loss {l:.3}, all {} weights got gradients, {:.0} ms", policy.num_params(), vars.len(), t0.elapsed().as_secs_f64() * 1e3))
 }
 
 #[cfg(test)]
