@@ -76,10 +76,10 @@ pub fn rollout_seed(run_seed: u64, iteration: u32, prompt_id: &str, sample_idx: 
     h
 }
 
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -90,7 +90,7 @@ impl SplitMix {
 }
 
 /// Picks the next token from one row of logits; returns (token, log-prob at temperature 1).
-fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix) -> (u32, f64) {
+pub(crate) fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix) -> (u32, f64) {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
     let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
     let greedy = || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0;

@@ -5,7 +5,9 @@ pub mod bench;
 pub mod checkpoint;
 pub mod doctor;
 pub mod generate;
+pub mod hf;
 pub mod policy;
+pub mod qwen2_5_vl;
 pub mod tiny_vlm;
 pub mod tokenizer;
 

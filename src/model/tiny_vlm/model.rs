@@ -41,6 +41,10 @@ impl RmsNorm {
 pub struct Lin(Linear);
 
 impl Lin {
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Lin(Linear::new(weight, bias))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.0.weight();
         let dims = x.dims().to_vec();
@@ -57,16 +61,16 @@ impl Lin {
     }
 }
 
-fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Lin> {
+pub(crate) fn linear(i: usize, o: usize, vb: VarBuilder) -> Result<Lin> {
     Ok(Lin(candle_nn::linear(i, o, vb)?))
 }
 
-fn linear_no_bias(i: usize, o: usize, vb: VarBuilder) -> Result<Lin> {
+pub(crate) fn linear_no_bias(i: usize, o: usize, vb: VarBuilder) -> Result<Lin> {
     Ok(Lin(candle_nn::linear_no_bias(i, o, vb)?))
 }
 
 /// Rotates the two halves of the last dimension: (a, b) → (-b, a).
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn rotate_half(x: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
     let a = x.narrow(D::Minus1, 0, half)?;
     let b = x.narrow(D::Minus1, half, half)?;
@@ -134,7 +138,7 @@ pub enum Mask<'a> {
 
 /// Multi-head attention over (B, H, T, Dh). `fused` uses candle's softmax kernel, which has
 /// no backward (inference only); a causal mask on the CPU uses the fused causal softmax.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, fused: bool) -> Result<Tensor> {
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, fused: bool) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let causal;
     let mask = match mask {

@@ -1,0 +1,163 @@
+//! Qwen2.5-VL's language model: a Qwen2 decoder (GQA attention with q/k/v biases, SwiGLU,
+//! RMSNorm) with multimodal RoPE, whose (temporal, height, width) positions come from `rope_index`.
+
+use super::config::{Config, TextConfig};
+use crate::model::tiny_vlm::model::{attention, linear, linear_no_bias, Lin, Mask, RmsNorm, Rotary};
+use candle_core::{Device, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: RmsNorm,
+    q: Lin,
+    k: Lin,
+    v: Lin,
+    o: Lin,
+    post_norm: RmsNorm,
+    gate: Lin,
+    up: Lin,
+    down: Lin,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl Layer {
+    fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
+        let kv = c.num_key_value_heads * hd;
+        Ok(Self {
+            input_norm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
+            q: linear(h, c.num_attention_heads * hd, vb.pp("self_attn.q_proj"))?,
+            k: linear(h, kv, vb.pp("self_attn.k_proj"))?,
+            v: linear(h, kv, vb.pp("self_attn.v_proj"))?,
+            o: linear_no_bias(c.num_attention_heads * hd, h, vb.pp("self_attn.o_proj"))?,
+            post_norm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            gate: linear_no_bias(h, i, vb.pp("mlp.gate_proj"))?,
+            up: linear_no_bias(h, i, vb.pp("mlp.up_proj"))?,
+            down: linear_no_bias(i, h, vb.pp("mlp.down_proj"))?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+        })
+    }
+
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let rep = self.heads / self.kv_heads;
+        if rep == 1 {
+            return Ok(x);
+        }
+        let (b, kvh, t, d) = x.dims4()?;
+        x.unsqueeze(2)?.expand((b, kvh, rep, t, d))?.reshape((b, kvh * rep, t, d))
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Mask, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let hd = c / self.heads;
+        let h = self.input_norm.forward(x)?;
+        let q = Rotary::apply(&self.q.forward(&h)?.reshape((b, t, self.heads, hd))?, cos, sin)?.transpose(1, 2)?;
+        let mut k = Rotary::apply(&self.k.forward(&h)?.reshape((b, t, self.kv_heads, hd))?, cos, sin)?.transpose(1, 2)?;
+        let mut v = self.v.forward(&h)?.reshape((b, t, self.kv_heads, hd))?.transpose(1, 2)?;
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = cache.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let a = attention(&q, &self.repeat_kv(k)?, &self.repeat_kv(v)?, mask, false)?;
+        let x = (x + self.o.forward(&a.transpose(1, 2)?.reshape((b, t, self.heads * hd))?)?)?;
+        let h = self.post_norm.forward(&x)?;
+        x + self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    pub(crate) embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Lin,
+    inv_freq: Vec<f32>,
+    /// For each rotary frequency: 0 temporal, 1 height, 2 width.
+    axis: Vec<usize>,
+}
+
+/// Per-layer key/value cache for incremental decoding.
+#[derive(Debug, Default, Clone)]
+pub struct Cache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl TextModel {
+    /// `vb` at the checkpoint root (`model.*`, `lm_head.*`).
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let c = &cfg.text;
+        let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("model.embed_tokens"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Lin::from_weight(embed.embeddings().clone(), None)
+        } else {
+            linear_no_bias(c.hidden_size, c.vocab_size, vb.pp("lm_head"))?
+        };
+        let half = c.head_dim() / 2;
+        let inv_freq = (0..half).map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim() as f32)).collect();
+        let mut axis = Vec::with_capacity(half);
+        for (a, &n) in cfg.mrope_section.iter().enumerate() {
+            axis.extend(std::iter::repeat_n(a, n));
+        }
+        Ok(Self {
+            embed,
+            layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, vb.pp(format!("model.layers.{i}")))).collect::<Result<_>>()?,
+            norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, vb.pp("model.norm"))?,
+            lm_head,
+            inv_freq,
+            axis,
+        })
+    }
+
+    /// cos, sin tables (B, T, head_dim) for positions `[b][t] = (temporal, height, width)`.
+    pub fn rope_tables(&self, positions: &[Vec<[i64; 3]>], dev: &Device) -> Result<(Tensor, Tensor)> {
+        let (b, t) = (positions.len(), positions.first().map_or(0, |p| p.len()));
+        let d = self.inv_freq.len() * 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(b * t * d), Vec::with_capacity(b * t * d));
+        for row in positions {
+            if row.len() != t {
+                candle_core::bail!("position rows of different lengths ({} vs {t})", row.len());
+            }
+            for p in row {
+                let angles: Vec<f32> = self.inv_freq.iter().zip(&self.axis).map(|(f, &a)| p[a] as f32 * f).collect();
+                for _ in 0..2 {
+                    cos.extend(angles.iter().map(|a| a.cos()));
+                    sin.extend(angles.iter().map(|a| a.sin()));
+                }
+            }
+        }
+        Ok((Tensor::from_vec(cos, (b, t, d), dev)?, Tensor::from_vec(sin, (b, t, d), dev)?))
+    }
+
+    /// Hidden states after the final norm for embeddings x (B, T, C).
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Mask, mut cache: Option<&mut Cache>) -> Result<Tensor> {
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(self.layers.len(), None);
+        }
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x, &cos, &sin, mask, cache.as_deref_mut().map(|c| &mut c.layers[i]))?;
+        }
+        self.norm.forward(&x)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+}
+
+impl Cache {
+    /// Keys cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
