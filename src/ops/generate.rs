@@ -19,16 +19,40 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 pub struct GenerateOp {
-    spec: GenerateSpec,
+    pub(crate) spec: GenerateSpec,
+    /// `model.path` resolved against the pipeline's folder.
+    model_dir: Option<String>,
 }
 
 impl GenerateOp {
-    pub fn new(spec: &GenerateSpec) -> Self {
-        Self { spec: spec.clone() }
+    pub fn new(pipeline: &crate::spec::Pipeline, spec: &GenerateSpec) -> Self {
+        Self { spec: spec.clone(), model_dir: spec.model.as_ref().map(|m| pipeline.resolve_path(&m.path)) }
     }
 
-    fn fail(&self, e: impl std::fmt::Display) -> OpError {
+    pub(crate) fn fail(&self, e: impl std::fmt::Display) -> OpError {
         OpError::Invalid(format!("generate: {e}"))
+    }
+
+    /// The sampling parameters, with the temperature `temperature_from` chose, if any.
+    pub(crate) async fn sampling(&self, ctx: &OpContext<'_>) -> Result<crate::model::generate::SamplingParams> {
+        let mut params = self.spec.sampling.clone();
+        if let Some(raw) = &self.spec.temperature_from {
+            let name = raw.strip_suffix("@prev").unwrap_or(raw);
+            if ctx.input_schemas.iter().any(|(n, _)| n == name) {
+                let q = format!("SELECT CAST(temperature AS DOUBLE) AS t, iteration FROM \"{name}\" WHERE chosen ORDER BY iteration DESC LIMIT 1");
+                let rows = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("temperature_from `{name}` needs `temperature` and `chosen` columns: {e}")))?.collect().await?;
+                if let Some(b) = rows.iter().find(|b| b.num_rows() > 0) {
+                    use arrow::array::AsArray;
+                    params.temperature = b.column(0).as_primitive::<arrow::datatypes::Float64Type>().value(0);
+                    let at = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+                    eprintln!("  generate: temperature {} (chosen by `{name}` at iteration {at})", params.temperature);
+                }
+            }
+        }
+        if !(params.temperature.is_finite() && params.temperature >= 0.0) {
+            return Err(self.fail(format!("temperature must be a finite number ≥ 0, got {}", params.temperature)));
+        }
+        Ok(params)
     }
 }
 
@@ -67,7 +91,8 @@ impl Operator for GenerateOp {
     }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
-        async move { Ok(json!({})) }.boxed()
+        // a checkpoint folder is an input: its files' names, sizes and mtimes
+        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
@@ -76,6 +101,9 @@ impl Operator for GenerateOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
+            if let Some(dir) = &self.model_dir {
+                return super::generate_hf::execute(self, ctx, dir).await;
+            }
             let policy = resolve_policy(ctx, &self.spec.policy).await?;
             let filter = ctx.this_iteration(&self.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
             let q = format!(
@@ -106,23 +134,7 @@ impl Operator for GenerateOp {
             let total = work.len();
             let seed = ctx.pipeline.seed;
             let iteration = ctx.iteration;
-            let mut params = self.spec.sampling.clone();
-            if let Some(raw) = &self.spec.temperature_from {
-                let name = raw.strip_suffix("@prev").unwrap_or(raw);
-                if ctx.input_schemas.iter().any(|(n, _)| n == name) {
-                    let q = format!("SELECT CAST(temperature AS DOUBLE) AS t, iteration FROM \"{name}\" WHERE chosen ORDER BY iteration DESC LIMIT 1");
-                    let rows = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("temperature_from `{name}` needs `temperature` and `chosen` columns: {e}")))?.collect().await?;
-                    if let Some(b) = rows.iter().find(|b| b.num_rows() > 0) {
-                        use arrow::array::AsArray;
-                        params.temperature = b.column(0).as_primitive::<arrow::datatypes::Float64Type>().value(0);
-                        let at = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().value(0);
-                        eprintln!("  generate: temperature {} (chosen by `{name}` at iteration {at})", params.temperature);
-                    }
-                }
-            }
-            if !(params.temperature.is_finite() && params.temperature >= 0.0) {
-                return Err(self.fail(format!("temperature must be a finite number ≥ 0, got {}", params.temperature)));
-            }
+            let params = self.sampling(ctx).await?;
             let batch_size = self.spec.batch_size.max(1);
             let tty = std::io::stderr().is_terminal();
             let started = std::time::Instant::now();

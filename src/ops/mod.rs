@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod generate;
+pub mod generate_hf;
 pub mod import;
 pub mod model_init;
 pub mod prm_label;
@@ -134,7 +135,7 @@ pub fn build(pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>
         OpSpec::Verify(spec) => Box::new(verify::VerifyOp::new(spec)),
         OpSpec::ModelInit(spec) => Box::new(model_init::ModelInitOp::new(spec)),
         OpSpec::Train(spec) => Box::new(train::TrainOp::new(&stage.id, spec)),
-        OpSpec::Generate(spec) => Box::new(generate::GenerateOp::new(spec)),
+        OpSpec::Generate(spec) => Box::new(generate::GenerateOp::new(pipeline, spec)),
         OpSpec::Eval(spec) => Box::new(eval::EvalOp::new(spec)),
         OpSpec::PrmLabel(spec) => Box::new(prm_label::PrmLabelOp::new(spec)),
         OpSpec::PrmScore(spec) => Box::new(prm_score::PrmScoreOp::new(spec)),

@@ -372,6 +372,13 @@ fn default_accum() -> usize {
     1
 }
 
+/// A Hugging Face checkpoint folder on local disk (relative paths: against the pipeline's folder).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPath {
+    pub path: String,
+}
+
 /// generate: K rollouts per prompt from a policy checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,7 +387,11 @@ pub struct GenerateSpec {
     pub prompts: String,
     /// Checkpoint stages, most preferred first (e.g. `[train@prev, warmup]`): the newest
     /// committed checkpoint of the first one that has any is used.
+    #[serde(default)]
     pub policy: Vec<String>,
+    /// Instead of `policy`: a Hugging Face checkpoint folder (Qwen2.5-VL).
+    #[serde(default)]
+    pub model: Option<ModelPath>,
     #[serde(default = "default_samples")]
     pub samples: u32,
     #[serde(default)]
@@ -919,8 +930,13 @@ impl Validator<'_> {
                                 }
                             }
                         }
-                        if ck.is_empty() {
-                            self.dec.error(&at(ck_field), "name at least one checkpoint stage");
+                        match op {
+                            OpSpec::Generate(GenerateSpec { model: Some(_), policy, .. }) if !policy.is_empty() => {
+                                self.dec.error(&at("model"), "give either `policy` (checkpoint stages) or `model` (a checkpoint folder), not both");
+                            }
+                            OpSpec::Generate(GenerateSpec { model: Some(_), .. }) => {}
+                            _ if ck.is_empty() => self.dec.error(&at(ck_field), "name at least one checkpoint stage"),
+                            _ => {}
                         }
                         let more: Vec<(&str, &String)> = match op {
                             OpSpec::Generate(GenerateSpec { temperature_from: Some(t), .. }) => vec![("temperature_from", t)],

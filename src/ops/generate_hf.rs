@@ -1,0 +1,141 @@
+//! `generate` with `model: {path: DIR}`: rollouts from a Hugging Face checkpoint folder
+//! (Qwen2.5-VL). Each prompt's images and question are rendered with the checkpoint's chat
+//! template; sample k of prompt p is seeded from (run seed, iteration, prompt_id, k) as always.
+
+use super::generate::{rollouts_schema, GenerateOp};
+use super::{OpContext, OpOutput, Result};
+use crate::model::generate::rollout_seed;
+use crate::model::hf::chat::user_turn;
+use crate::model::qwen2_5_vl::generate::{generate, Prompt};
+use crate::model::qwen2_5_vl::Checkpoint;
+use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
+use candle_core::{DType, Tensor};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Names, sizes and modification times of the folder's files: a changed checkpoint recomputes.
+pub fn folder_fingerprint(dir: &str) -> Value {
+    let mut files: Vec<Value> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as u64;
+                    m.is_file().then(|| json!([e.file_name().to_string_lossy(), m.len(), mtime]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_by_key(|v| v[0].as_str().unwrap_or_default().to_string());
+    json!({ "model_dir": dir, "files": files })
+}
+
+/// Every image of row `i` of an `images` column (list of {bytes, …}).
+fn all_images(col: &arrow::array::ArrayRef, i: usize) -> Vec<Vec<u8>> {
+    if col.is_null(i) {
+        return vec![];
+    }
+    let list = col.as_list::<i32>().value(i);
+    let Some(b) = list.as_struct().column_by_name("bytes") else { return vec![] };
+    let b = b.as_binary::<i32>();
+    (0..b.len()).filter(|&j| !b.is_null(j)).map(|j| b.value(j).to_vec()).collect()
+}
+
+/// End-of-turn tokens: generation_config.json's `eos_token_id` (one or a list), else config.json's.
+fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
+    let from_gen = std::fs::read(dir.join("generation_config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).and_then(|v| match v.get("eos_token_id")? {
+        Value::Number(n) => Some(vec![n.as_u64()? as u32]),
+        Value::Array(a) => Some(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),
+        _ => None,
+    });
+    from_gen.filter(|v| !v.is_empty()).unwrap_or_else(|| ck.model.cfg.eos_token_ids.clone())
+}
+
+pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &str) -> Result<OpOutput> {
+    let dev = crate::model::device();
+    let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
+    let dir_p = Path::new(dir).to_path_buf();
+    let (ck, dev) = tokio::task::spawn_blocking(move || Checkpoint::load(&dir_p, dtype, &dev).map(|c| (c, dev)))
+        .await
+        .map_err(|e| op.fail(e))?
+        .map_err(|e| op.fail(format!("model {dir}: {e}")))?;
+    let eos = eos_ids(Path::new(dir), &ck);
+    if eos.is_empty() {
+        return Err(op.fail(format!("model {dir}: no eos_token_id in generation_config.json or config.json")));
+    }
+    let params = op.sampling(ctx).await?;
+    let filter = ctx.this_iteration(&op.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
+    let q = format!(
+        "SELECT CAST(prompt_id AS VARCHAR) AS prompt_id, CAST(question AS VARCHAR) AS question, images FROM \"{}\"{filter} ORDER BY prompt_id",
+        op.spec.prompts
+    );
+    let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| op.fail(format!("prompts `{}` need prompt_id, question, images: {e}", op.spec.prompts)))?.collect().await?;
+    let mut prompts: Vec<(String, Prompt)> = Vec::new();
+    for b in &batches {
+        let (ids, qs, imgs) = (super::strings(b.column(0))?, super::strings(b.column(1))?, b.column(2));
+        for i in 0..b.num_rows() {
+            let id = ids.value(i).to_string();
+            let images = all_images(imgs, i);
+            let mut values = Vec::new();
+            let mut grids = Vec::new();
+            for (j, bytes) in images.iter().enumerate() {
+                let p = ck.processor.preprocess_bytes(bytes).map_err(|e| op.fail(format!("prompt {id}, image {j}: {e}")))?;
+                grids.push(p.grid);
+                values.extend(p.values);
+            }
+            let text = ck.chat.render(&user_turn(images.len(), qs.value(i)), true).map_err(|e| op.fail(format!("prompt {id}: {e}")))?;
+            let text = ck.expand_image_pads(&text, &grids).map_err(|e| op.fail(format!("prompt {id}: {e}")))?;
+            let tokens = ck.encode(&text).map_err(|e| op.fail(format!("prompt {id}: {e}")))?;
+            let pixels = if grids.is_empty() {
+                None
+            } else {
+                let cols = values_cols(&ck);
+                Some(Tensor::from_vec(values.clone(), (values.len() / cols, cols), &dev).map_err(|e| op.fail(e))?)
+            };
+            prompts.push((id, Prompt { ids: tokens, pixels, grids }));
+        }
+    }
+    let (seed, iteration, k) = (ctx.pipeline.seed, ctx.iteration, op.spec.samples);
+    let total = prompts.len();
+    let ck = Arc::new(ck);
+    let eos = Arc::new(eos);
+    let started = std::time::Instant::now();
+    let stream = futures::stream::iter(prompts.into_iter().enumerate()).then(move |(n, (id, prompt))| {
+        let (ck, eos, params) = (ck.clone(), eos.clone(), params.clone());
+        async move {
+            let seeds: Vec<u64> = (0..k).map(|s| rollout_seed(seed, iteration, &id, s)).collect();
+            let (ck2, seeds2, params2) = (ck.clone(), seeds.clone(), params.clone());
+            let gens = tokio::task::spawn_blocking(move || generate(&ck2.model, &prompt, &seeds2, &params2, &eos))
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?
+                .map_err(|e| datafusion::error::DataFusionError::Execution(format!("generate: prompt {id}: {e}")))?;
+            let texts: Vec<String> = gens.iter().map(|g| ck.tokenizer.decode(&g.tokens, true).unwrap_or_default()).collect();
+            if (n + 1) * 10 / total.max(1) != n * 10 / total.max(1) || n + 1 == total {
+                eprintln!("  generate: {}/{total} prompts × {k} samples, {:.1}s", n + 1, started.elapsed().as_secs_f64());
+            }
+            let rows = k as usize;
+            RecordBatch::try_new(
+                rollouts_schema(),
+                vec![
+                    Arc::new(StringArray::from(vec![id.clone(); rows])),
+                    Arc::new(Int32Array::from_iter_values(0..k as i32)),
+                    Arc::new(Float64Array::from(vec![params.temperature; rows])),
+                    Arc::new(UInt64Array::from(seeds)),
+                    Arc::new(StringArray::from(texts)),
+                    Arc::new(Int32Array::from_iter_values(gens.iter().map(|g| g.tokens.len() as i32))),
+                    Arc::new(Float64Array::from_iter_values(gens.iter().map(|g| g.logprob))),
+                    Arc::new(StringArray::from_iter_values(gens.iter().map(|g| g.finish_reason))),
+                ],
+            )
+            .map_err(Into::into)
+        }
+    });
+    Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(rollouts_schema(), stream))))
+}
+
+fn values_cols(ck: &Checkpoint) -> usize {
+    3 * ck.processor.temporal_patch_size * ck.processor.patch_size * ck.processor.patch_size
+}

@@ -1,0 +1,99 @@
+//! A Hugging Face checkpoint folder as the policy of `generate`: the tiny random Qwen2.5-VL of
+//! tests/model/qwen2_5_vl samples rollouts for synthetic prompts (image + question) through the
+//! real binary; reruns skip, a changed checkpoint recomputes, and bad specs and folders say why.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn write_pipeline(dir: &Path, model: &str, extra: &str) -> std::path::PathBuf {
+    let f = dir.join("p.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            r#"name: hf
+seed: 4
+iterations: 1
+datasets:
+  train: {{synth: {{split: train, count: 3, seed: 9}}}}
+stages:
+  - {{id: prompts, op: import, dataset: train}}
+  - id: rollouts
+    op: generate
+    prompts: prompts
+    model: {{path: {model}}}
+    samples: 2
+    sampling: {{temperature: 1.0, top_p: 0.95, max_new_tokens: 6}}
+{extra}"#
+        ),
+    )
+    .unwrap();
+    f
+}
+
+#[test]
+fn generate_from_a_qwen2_5_vl_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a copy, so the test can touch it
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(repo().join("tests/model/qwen2_5_vl")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let p = write_pipeline(tmp.path(), "qwen", "");
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
+    assert_eq!(outcomes(&err, "computed"), vec!["0/prompts", "1/rollouts"], "{err}");
+    let csv = sql_csv(store, "SELECT prompt_id, sample_idx, num_tokens, finish_reason, temperature FROM rollouts ORDER BY prompt_id, sample_idx");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 6, "{csv}");
+    for r in &rows {
+        let f: Vec<&str> = r.split(',').collect();
+        let n: i32 = f[2].parse().unwrap();
+        assert!((0..=6).contains(&n), "{r}");
+        assert!(f[3] == "stop" || (f[3] == "length" && n == 6), "{r}");
+        assert_eq!(f[4], "1.0");
+    }
+    let before = sql_csv(store, "SELECT prompt_id, sample_idx, response, logprob FROM rollouts ORDER BY prompt_id, sample_idx");
+    // a rerun skips; the same seeds give the same rollouts in a fresh store
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
+    assert!(outcomes(&err, "computed").is_empty(), "{err}");
+    let store2 = tmp.path().join("store2");
+    ok(bin().arg("run").arg(&p).args(["--store", store2.to_str().unwrap()]));
+    assert_eq!(sql_csv(store2.to_str().unwrap(), "SELECT prompt_id, sample_idx, response, logprob FROM rollouts ORDER BY prompt_id, sample_idx"), before);
+    // a changed checkpoint file recomputes the stage
+    let gen = model.join("generation_config.json");
+    let text = std::fs::read_to_string(&gen).unwrap();
+    std::fs::write(&gen, text.replace('}', " }")).unwrap();
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
+    assert_eq!(outcomes(&err, "computed"), vec!["1/rollouts"], "{err}");
+}
+
+#[test]
+fn bad_model_specs_and_folders_say_what_and_where() {
+    let tmp = tempfile::tempdir().unwrap();
+    // both a policy and a model
+    let p = write_pipeline(tmp.path(), "qwen", "    policy: [warmup]\n");
+    let (_, _, err) = fails(bin().arg("validate").arg(&p));
+    assert!(err.contains("either `policy`") && err.contains("p.yaml:11:12: stages.rollouts.model"), "{err}");
+    // a folder without a checkpoint
+    std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
+    let p = write_pipeline(tmp.path(), "empty", "");
+    let store = tmp.path().join("s");
+    let (_, _, err) = fails(bin().arg("run").arg(&p).args(["--store", store.to_str().unwrap()]));
+    assert!(err.contains("config.json") && err.contains("empty"), "{err}");
+    // weights that do not fit the config name the weight
+    let model = tmp.path().join("broken");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(repo().join("tests/model/qwen2_5_vl")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap();
+    std::fs::write(model.join("config.json"), cfg.replace("\"intermediate_size\": 96", "\"intermediate_size\": 80")).unwrap();
+    let p = write_pipeline(tmp.path(), "broken", "");
+    let (_, _, err) = fails(bin().arg("run").arg(&p).args(["--store", store.to_str().unwrap()]));
+    assert!(err.contains("mlp.gate_proj.weight") && err.contains("shape"), "{err}");
+}
