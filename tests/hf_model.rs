@@ -31,16 +31,23 @@ stages:
     f
 }
 
+/// The fixture checkpoint's files (not its lora/ folder) into `to`.
+fn copy_fixture(to: &Path) {
+    for e in std::fs::read_dir(repo().join("tests/model/qwen2_5_vl")).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn generate_from_a_qwen2_5_vl_folder() {
     let tmp = tempfile::tempdir().unwrap();
     // a copy, so the test can touch it
     let model = tmp.path().join("qwen");
     std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(repo().join("tests/model/qwen2_5_vl")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
+    copy_fixture(&model);
     let p = write_pipeline(tmp.path(), "qwen", "");
     let store = tmp.path().join("store");
     let store = store.to_str().unwrap();
@@ -87,10 +94,7 @@ fn bad_model_specs_and_folders_say_what_and_where() {
     // weights that do not fit the config name the weight
     let model = tmp.path().join("broken");
     std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(repo().join("tests/model/qwen2_5_vl")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
+    copy_fixture(&model);
     let cfg = std::fs::read_to_string(model.join("config.json")).unwrap();
     std::fs::write(model.join("config.json"), cfg.replace("\"intermediate_size\": 96", "\"intermediate_size\": 80")).unwrap();
     let p = write_pipeline(tmp.path(), "broken", "");

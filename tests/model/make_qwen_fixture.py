@@ -129,3 +129,34 @@ save_file(tensors, os.path.join(OUT, "expected.safetensors"))
 with open(os.path.join(OUT, "expected.json"), "w") as f:
     json.dump(meta, f, indent=1)
 print({k: tuple(v.shape) for k, v in tensors.items()})
+
+# --- LoRA: one training step's loss and gradients with peft (tests/model/qwen2_5_vl/lora/) ---
+from peft import LoraConfig, get_peft_model  # noqa: E402
+
+LORA = os.path.join(OUT, "lora")
+torch.manual_seed(1)
+lora_cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", init_lora_weights=False,
+                      target_modules=["q_proj", "v_proj", "gate_proj", "qkv"])
+peft_model = get_peft_model(model, lora_cfg)
+peft_model.train()
+messages, imgs = cases["one_image"]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+answer = "The answer is 5.<|im_end|>"
+inputs = processor(text=[prompt + answer], images=[Image.open(os.path.join(OUT, i)) for i in imgs],
+                   return_tensors="pt")
+n_prompt = processor(text=[prompt], images=[Image.open(os.path.join(OUT, i)) for i in imgs],
+                     return_tensors="pt")["input_ids"].shape[1]
+labels = inputs["input_ids"].clone()
+labels[:, :n_prompt] = -100
+out = peft_model(**inputs, labels=labels)
+out.loss.backward()
+peft_model.save_pretrained(LORA)
+grads = {"loss": out.loss.detach().reshape(1), "labels": labels[0].contiguous(),
+         "input_ids": inputs["input_ids"][0].contiguous()}
+for name, p in peft_model.named_parameters():
+    if p.requires_grad:
+        key = name.replace("base_model.model.", "", 1).replace(".default", "")
+        grads["grad." + key] = p.grad.detach().float().contiguous()
+save_file(grads, os.path.join(LORA, "expected.safetensors"))
+os.remove(os.path.join(LORA, "README.md"))  # peft's model card template
+print("lora loss", out.loss.item(), "trainable", sum(1 for k in grads if k.startswith("grad.")))

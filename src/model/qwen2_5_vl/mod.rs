@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod generate;
+pub mod lora;
 #[cfg(test)]
 mod parity;
 pub mod text;
@@ -13,10 +14,11 @@ pub use config::Config;
 use crate::model::hf::{self, chat::ChatTemplate, processor::ImageProcessor, HfError};
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
+use lora::LoraConfig;
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use text::{Cache, TextModel};
 use vision::VisionTower;
 
@@ -39,7 +41,7 @@ pub struct Checkpoint {
 /// Hands out the loaded tensors by name, checking shapes and remembering which were asked for.
 struct Weights {
     tensors: HashMap<String, Tensor>,
-    used: Mutex<HashSet<String>>,
+    used: Arc<Mutex<HashSet<String>>>,
 }
 
 impl SimpleBackend for Weights {
@@ -63,19 +65,29 @@ impl SimpleBackend for Weights {
 }
 
 impl Qwen25Vl {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { cfg: cfg.clone(), vision: VisionTower::new(&cfg.vision, vb.pp("visual"))?, text: TextModel::new(cfg, vb)? })
+    /// The model over `vb` (the checkpoint's root); with `lora`, the targeted linear layers
+    /// also read `…lora_A.weight` / `…lora_B.weight`.
+    pub fn new(cfg: &Config, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
+        Ok(Self { cfg: cfg.clone(), vision: VisionTower::new(&cfg.vision, vb.pp("visual"), lora)?, text: TextModel::new(cfg, vb, lora)? })
     }
 
     /// Builds the model over `tensors` (canonical names) as trainable variables. Every weight the
     /// config needs must be there with its shape; weights nobody reads are an error too.
-    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, dtype: DType, dev: &Device) -> Result<(Self, VarMap)> {
+    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, lora: Option<&LoraConfig>, dtype: DType, dev: &Device) -> Result<(Self, VarMap)> {
         let names: HashSet<String> = tensors.keys().cloned().collect();
-        let backend = Weights { tensors, used: Mutex::new(HashSet::new()) };
+        let used = Arc::new(Mutex::new(HashSet::new()));
+        let backend = Weights { tensors, used: used.clone() };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, dev.clone());
         // first pass: names and shapes, reading only
-        let probe = Self::new(cfg, vb.clone())?;
+        let probe = Self::new(cfg, vb.clone(), lora)?;
         drop(probe);
+        let used = used.lock().expect("not poisoned").clone();
+        let mut unused: Vec<&String> = names.iter().filter(|n| !used.contains(*n)).collect();
+        unused.sort();
+        if !unused.is_empty() {
+            let more = if unused.len() > 5 { format!(" and {} more", unused.len() - 5) } else { String::new() };
+            candle_core::bail!("the checkpoint has weights this config does not use: {:?}{more}", &unused[..unused.len().min(5)]);
+        }
         let varmap = VarMap::new();
         {
             let mut data = varmap.data().lock().expect("not poisoned");
@@ -84,7 +96,7 @@ impl Qwen25Vl {
                 data.insert(name.clone(), Var::from_tensor(&t)?);
             }
         }
-        let model = Self::new(cfg, VarBuilder::from_varmap(&varmap, dtype, dev))?;
+        let model = Self::new(cfg, VarBuilder::from_varmap(&varmap, dtype, dev), lora)?;
         let n = varmap.all_vars().len();
         if n != names.len() {
             candle_core::bail!("the model created {} weights the checkpoint does not have", n - names.len());
@@ -177,6 +189,11 @@ impl Checkpoint {
     /// Loads a Qwen2.5-VL folder: config.json, weights, tokenizer.json, preprocessor_config.json
     /// and the chat template.
     pub fn load(dir: &Path, dtype: DType, dev: &Device) -> hf::Result<Self> {
+        Self::load_with_adapter(dir, None, dtype, dev)
+    }
+
+    /// `load`, plus a peft LoRA adapter folder whose weights join the model's.
+    pub fn load_with_adapter(dir: &Path, adapter: Option<&Path>, dtype: DType, dev: &Device) -> hf::Result<Self> {
         let cfg_path = dir.join("config.json");
         let raw = hf::read_json(&cfg_path)?;
         match hf::architecture(&raw) {
@@ -186,8 +203,16 @@ impl Checkpoint {
             }
         }
         let cfg = Config::from_value(&raw, &cfg_path)?;
-        let tensors = hf::weights::load(dir, dtype, dev)?;
-        let (model, varmap) = Qwen25Vl::from_tensors(&cfg, tensors, dtype, dev).map_err(|e| hf::invalid(dir, e.to_string()))?;
+        let mut tensors = hf::weights::load(dir, dtype, dev)?;
+        let lora = match adapter {
+            Some(a) => {
+                let (lc, extra) = lora::load_adapter(a, dtype, dev)?;
+                tensors.extend(extra);
+                Some(lc)
+            }
+            None => None,
+        };
+        let (model, varmap) = Qwen25Vl::from_tensors(&cfg, tensors, lora.as_ref(), dtype, dev).map_err(|e| hf::invalid(adapter.unwrap_or(dir), e.to_string()))?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| hf::invalid(&tok_path, e.to_string()))?;
         let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;

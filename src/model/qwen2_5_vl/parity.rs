@@ -59,3 +59,58 @@ fn processor_tokens_and_logits_match_transformers() {
         assert!(d <= 1e-4, "{case}: max |Δlogit| = {d}");
     }
 }
+
+/// A LoRA training step (adapters on q_proj, v_proj, gate_proj and the vision qkv, from peft's
+/// adapter folder): the loss and every adapter gradient match peft's; merging the adapters
+/// into the weights gives the adapted model's logits.
+#[test]
+fn lora_step_matches_peft_and_merges() {
+    use crate::model::tiny_vlm::masked_cross_entropy;
+    let dir = fixture();
+    let dev = Device::Cpu;
+    let ck = Checkpoint::load_with_adapter(&dir, Some(&dir.join("lora")), DType::F32, &dev).unwrap();
+    let exp = candle_core::safetensors::load(dir.join("lora/expected.safetensors"), &dev).unwrap();
+    let ids: Vec<u32> = exp["input_ids"].to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
+    let labels: Vec<i64> = exp["labels"].to_vec1().unwrap();
+    let img = ck.processor.preprocess_bytes(&std::fs::read(dir.join("b.png")).unwrap()).unwrap();
+    let n = img.num_patches();
+    let pixels = Tensor::from_vec(img.values.clone(), (n, img.values.len() / n), &dev).unwrap();
+    let logits = ck.model.forward(&ids, Some(&pixels), &[img.grid]).unwrap();
+    // position t predicts label t + 1
+    let t = ids.len() - 1;
+    let targets: Vec<u32> = labels[1..].iter().map(|&l| l.max(0) as u32).collect();
+    let weights: Vec<f32> = labels[1..].iter().map(|&l| (l >= 0) as u8 as f32).collect();
+    let loss = masked_cross_entropy(
+        &logits.narrow(1, 0, t).unwrap(),
+        &Tensor::from_vec(targets, (1, t), &dev).unwrap(),
+        &Tensor::from_vec(weights, (1, t), &dev).unwrap(),
+    )
+    .unwrap();
+    let want = exp["loss"].to_vec1::<f32>().unwrap()[0];
+    let got = loss.to_scalar::<f32>().unwrap();
+    assert!((got - want).abs() < 1e-5, "loss {got} vs peft {want}");
+    let grads = loss.backward().unwrap();
+    let vars = ck.varmap.data().lock().unwrap();
+    let (mut checked, mut worst) = (0, 0f32);
+    for (name, want) in exp.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n, v))) {
+        let name = crate::model::hf::weights::canonical_name(name);
+        let var = vars.get(&name).unwrap_or_else(|| panic!("no variable {name}"));
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let d = max_abs(g, want);
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-5 + 1e-4 * scale, "{name}: max |Δgrad| {d} (grad up to {scale})");
+        worst = worst.max(d / scale);
+        checked += 1;
+    }
+    eprintln!("LoRA: loss {got} (peft {want}), worst |Δgrad| / max |grad| = {worst:.1e}");
+    assert_eq!(checked, 20, "adapter tensors with gradients");
+    // merged weights, no adapters, same logits
+    let all: std::collections::HashMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    drop(vars);
+    let lc = super::lora::LoraConfig::from_file(&dir.join("lora/adapter_config.json")).unwrap();
+    let merged = super::lora::merge(&all, &lc).unwrap();
+    assert!(merged.keys().all(|k| !k.contains("lora_")));
+    let (plain, _) = super::Qwen25Vl::from_tensors(&ck.model.cfg, merged, None, DType::F32, &dev).unwrap();
+    let d = max_abs(&plain.forward(&ids, Some(&pixels), &[img.grid]).unwrap(), &logits);
+    assert!(d < 1e-4, "merged logits differ by {d}");
+}

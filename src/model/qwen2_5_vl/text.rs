@@ -2,39 +2,41 @@
 //! RMSNorm) with multimodal RoPE, whose (temporal, height, width) positions come from `rope_index`.
 
 use super::config::{Config, TextConfig};
-use crate::model::tiny_vlm::model::{attention, linear, linear_no_bias, Lin, Mask, RmsNorm, Rotary};
+use super::lora::{LoraConfig, LoraLinear};
+use crate::model::tiny_vlm::model::{attention, linear_no_bias, Lin, Mask, RmsNorm, Rotary};
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 #[derive(Debug, Clone)]
 struct Layer {
     input_norm: RmsNorm,
-    q: Lin,
-    k: Lin,
-    v: Lin,
-    o: Lin,
+    q: LoraLinear,
+    k: LoraLinear,
+    v: LoraLinear,
+    o: LoraLinear,
     post_norm: RmsNorm,
-    gate: Lin,
-    up: Lin,
-    down: Lin,
+    gate: LoraLinear,
+    up: LoraLinear,
+    down: LoraLinear,
     heads: usize,
     kv_heads: usize,
 }
 
 impl Layer {
-    fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(c: &TextConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let kv = c.num_key_value_heads * hd;
+        let lin = |i, o, bias, path: &str| LoraLinear::new(i, o, bias, path.rsplit('.').next().unwrap_or(path), vb.pp(path), lora);
         Ok(Self {
             input_norm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
-            q: linear(h, c.num_attention_heads * hd, vb.pp("self_attn.q_proj"))?,
-            k: linear(h, kv, vb.pp("self_attn.k_proj"))?,
-            v: linear(h, kv, vb.pp("self_attn.v_proj"))?,
-            o: linear_no_bias(c.num_attention_heads * hd, h, vb.pp("self_attn.o_proj"))?,
+            q: lin(h, c.num_attention_heads * hd, true, "self_attn.q_proj")?,
+            k: lin(h, kv, true, "self_attn.k_proj")?,
+            v: lin(h, kv, true, "self_attn.v_proj")?,
+            o: lin(c.num_attention_heads * hd, h, false, "self_attn.o_proj")?,
             post_norm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
-            gate: linear_no_bias(h, i, vb.pp("mlp.gate_proj"))?,
-            up: linear_no_bias(h, i, vb.pp("mlp.up_proj"))?,
-            down: linear_no_bias(i, h, vb.pp("mlp.down_proj"))?,
+            gate: lin(h, i, false, "mlp.gate_proj")?,
+            up: lin(h, i, false, "mlp.up_proj")?,
+            down: lin(i, h, false, "mlp.down_proj")?,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
         })
@@ -89,7 +91,7 @@ pub struct Cache {
 
 impl TextModel {
     /// `vb` at the checkpoint root (`model.*`, `lm_head.*`).
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let c = &cfg.text;
         let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("model.embed_tokens"))?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -105,7 +107,7 @@ impl TextModel {
         }
         Ok(Self {
             embed,
-            layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, vb.pp(format!("model.layers.{i}")))).collect::<Result<_>>()?,
+            layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, vb.pp(format!("model.layers.{i}")), lora)).collect::<Result<_>>()?,
             norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, vb.pp("model.norm"))?,
             lm_head,
             inv_freq,

@@ -2,7 +2,8 @@
 //! attention in `fullatt_block_indexes`), SwiGLU blocks, and the 2×2 patch merger.
 
 use super::config::VisionConfig;
-use crate::model::tiny_vlm::model::{attention, linear, rotate_half, Lin, Mask, RmsNorm};
+use super::lora::{LoraConfig, LoraLinear};
+use crate::model::tiny_vlm::model::{attention, rotate_half, Mask, RmsNorm};
 use crate::model::tiny_vlm::fused::RopeOp;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -10,12 +11,12 @@ use candle_nn::VarBuilder;
 #[derive(Debug, Clone)]
 struct Block {
     norm1: RmsNorm,
-    qkv: Lin,
-    proj: Lin,
+    qkv: LoraLinear,
+    proj: LoraLinear,
     norm2: RmsNorm,
-    gate: Lin,
-    up: Lin,
-    down: Lin,
+    gate: LoraLinear,
+    up: LoraLinear,
+    down: LoraLinear,
     heads: usize,
 }
 
@@ -29,16 +30,17 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 impl Block {
-    fn new(c: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(c: &VisionConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
+        let lin = |i, o, leaf: &str, path: &str| LoraLinear::new(i, o, true, leaf, vb.pp(path), lora);
         Ok(Self {
             norm1: RmsNorm::new(h, 1e-6, vb.pp("norm1"))?,
-            qkv: linear(h, 3 * h, vb.pp("attn.qkv"))?,
-            proj: linear(h, h, vb.pp("attn.proj"))?,
+            qkv: lin(h, 3 * h, "qkv", "attn.qkv")?,
+            proj: lin(h, h, "proj", "attn.proj")?,
             norm2: RmsNorm::new(h, 1e-6, vb.pp("norm2"))?,
-            gate: linear(h, i, vb.pp("mlp.gate_proj"))?,
-            up: linear(h, i, vb.pp("mlp.up_proj"))?,
-            down: linear(i, h, vb.pp("mlp.down_proj"))?,
+            gate: lin(h, i, "gate_proj", "mlp.gate_proj")?,
+            up: lin(h, i, "up_proj", "mlp.up_proj")?,
+            down: lin(i, h, "down_proj", "mlp.down_proj")?,
             heads: c.num_heads,
         })
     }
@@ -79,22 +81,22 @@ pub struct VisionTower {
     patch_embed: Tensor,
     blocks: Vec<Block>,
     merger_norm: RmsNorm,
-    merger_fc1: Lin,
-    merger_fc2: Lin,
+    merger_fc1: LoraLinear,
+    merger_fc2: LoraLinear,
     cfg: VisionConfig,
 }
 
 impl VisionTower {
-    pub fn new(c: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(c: &VisionConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
         let (d, ps, tps) = (c.hidden_size, c.patch_size, c.temporal_patch_size);
         let w = vb.get((d, c.in_channels, tps, ps, ps), "patch_embed.proj.weight")?;
         let merged = d * c.spatial_merge_size * c.spatial_merge_size;
         Ok(Self {
             patch_embed: w.reshape((d, c.in_channels * tps * ps * ps))?,
-            blocks: (0..c.depth).map(|i| Block::new(c, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?,
+            blocks: (0..c.depth).map(|i| Block::new(c, vb.pp(format!("blocks.{i}")), lora)).collect::<Result<_>>()?,
             merger_norm: RmsNorm::new(d, 1e-6, vb.pp("merger.ln_q"))?,
-            merger_fc1: linear(merged, merged, vb.pp("merger.mlp.0"))?,
-            merger_fc2: linear(merged, c.out_hidden_size, vb.pp("merger.mlp.2"))?,
+            merger_fc1: LoraLinear::new(merged, merged, true, "0", vb.pp("merger.mlp.0"), lora)?,
+            merger_fc2: LoraLinear::new(merged, c.out_hidden_size, true, "2", vb.pp("merger.mlp.2"), lora)?,
             cfg: c.clone(),
         })
     }
