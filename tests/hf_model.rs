@@ -33,7 +33,11 @@ stages:
 
 /// The fixture checkpoint's files (not its lora/ folder) into `to`.
 fn copy_fixture(to: &Path) {
-    for e in std::fs::read_dir(repo().join("tests/model/qwen2_5_vl")).unwrap() {
+    copy_model("qwen2_5_vl", to)
+}
+
+fn copy_model(name: &str, to: &Path) {
+    for e in std::fs::read_dir(repo().join("tests/model").join(name)).unwrap() {
         let e = e.unwrap();
         if e.path().is_file() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
@@ -76,6 +80,20 @@ fn generate_from_a_qwen2_5_vl_folder() {
     std::fs::write(&gen, text.replace('}', " }")).unwrap();
     let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
     assert_eq!(outcomes(&err, "computed"), vec!["1/rollouts"], "{err}");
+}
+
+#[test]
+fn generate_from_a_qwen3_vl_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen3");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_model("qwen3_vl", &model);
+    let p = write_pipeline(tmp.path(), "qwen3", "");
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    ok(bin().arg("run").arg(&p).args(["--store", store]));
+    let csv = sql_csv(store, "SELECT count(*) AS n, count(DISTINCT prompt_id) AS p, min(num_tokens) >= 0 AS ok FROM rollouts");
+    assert_eq!(csv.lines().nth(1), Some("6,3,true"), "{csv}");
 }
 
 #[test]

@@ -8,6 +8,8 @@ pub mod generate;
 pub mod hf;
 pub mod policy;
 pub mod qwen2_5_vl;
+pub mod qwen3_vl;
+pub mod qwen_vl;
 pub mod tiny_vlm;
 pub mod tokenizer;
 

@@ -7,7 +7,7 @@ use super::{OpContext, OpOutput, Result};
 use crate::model::generate::rollout_seed;
 use crate::model::hf::chat::user_turn;
 use crate::model::qwen2_5_vl::generate::{generate, Prompt};
-use crate::model::qwen2_5_vl::Checkpoint;
+use crate::model::qwen_vl::Checkpoint;
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use candle_core::{DType, Tensor};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -44,14 +44,24 @@ fn all_images(col: &arrow::array::ArrayRef, i: usize) -> Vec<Vec<u8>> {
     (0..b.len()).filter(|&j| !b.is_null(j)).map(|j| b.value(j).to_vec()).collect()
 }
 
-/// End-of-turn tokens: generation_config.json's `eos_token_id` (one or a list), else config.json's.
+/// End-of-turn tokens: generation_config.json's `eos_token_id` (one or a list), else
+/// config.json's, else tokenizer_config.json's `eos_token`.
 fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
     let from_gen = std::fs::read(dir.join("generation_config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).and_then(|v| match v.get("eos_token_id")? {
         Value::Number(n) => Some(vec![n.as_u64()? as u32]),
         Value::Array(a) => Some(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),
         _ => None,
     });
-    from_gen.filter(|v| !v.is_empty()).unwrap_or_else(|| ck.model.cfg.eos_token_ids.clone())
+    let from_tok = || -> Vec<u32> {
+        let tc = std::fs::read(dir.join("tokenizer_config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        let tok = tc.as_ref().and_then(|v| match v.get("eos_token")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+            _ => None,
+        });
+        tok.and_then(|t| ck.tokenizer.token_to_id(&t)).into_iter().collect()
+    };
+    from_gen.filter(|v| !v.is_empty()).or_else(|| Some(ck.model.eos_token_ids().to_vec()).filter(|v| !v.is_empty())).unwrap_or_else(from_tok)
 }
 
 pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &str) -> Result<OpOutput> {
@@ -64,7 +74,7 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &str) -> Result<
         .map_err(|e| op.fail(format!("model {dir}: {e}")))?;
     let eos = eos_ids(Path::new(dir), &ck);
     if eos.is_empty() {
-        return Err(op.fail(format!("model {dir}: no eos_token_id in generation_config.json or config.json")));
+        return Err(op.fail(format!("model {dir}: no eos_token_id in generation_config.json or config.json, nor eos_token in tokenizer_config.json")));
     }
     let params = op.sampling(ctx).await?;
     let filter = ctx.this_iteration(&op.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();

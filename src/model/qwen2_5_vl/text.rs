@@ -1,7 +1,7 @@
 //! Qwen2.5-VL's language model: a Qwen2 decoder (GQA attention with q/k/v biases, SwiGLU,
 //! RMSNorm) with multimodal RoPE, whose (temporal, height, width) positions come from `rope_index`.
 
-use super::config::{Config, TextConfig};
+use super::config::DecoderSpec;
 use super::lora::{LoraConfig, LoraLinear};
 use crate::model::tiny_vlm::model::{attention, linear_no_bias, Lin, Mask, RmsNorm, Rotary};
 use candle_core::{Device, Result, Tensor};
@@ -10,6 +10,8 @@ use candle_nn::{Embedding, VarBuilder};
 #[derive(Debug, Clone)]
 struct Layer {
     input_norm: RmsNorm,
+    /// Qwen3: per-head RMSNorm of queries and keys.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     q: LoraLinear,
     k: LoraLinear,
     v: LoraLinear,
@@ -23,16 +25,23 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(c: &TextConfig, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
+    fn new(spec: &DecoderSpec, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
+        let c = &spec.text;
         let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let kv = c.num_key_value_heads * hd;
         let lin = |i, o, bias, path: &str| LoraLinear::new(i, o, bias, path.rsplit('.').next().unwrap_or(path), vb.pp(path), lora);
+        let qk_norm = if spec.qk_norm {
+            Some((RmsNorm::new(hd, c.rms_norm_eps, vb.pp("self_attn.q_norm"))?, RmsNorm::new(hd, c.rms_norm_eps, vb.pp("self_attn.k_norm"))?))
+        } else {
+            None
+        };
         Ok(Self {
             input_norm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
-            q: lin(h, c.num_attention_heads * hd, true, "self_attn.q_proj")?,
-            k: lin(h, kv, true, "self_attn.k_proj")?,
-            v: lin(h, kv, true, "self_attn.v_proj")?,
-            o: lin(c.num_attention_heads * hd, h, false, "self_attn.o_proj")?,
+            qk_norm,
+            q: lin(h, c.num_attention_heads * hd, spec.qkv_bias, "self_attn.q_proj")?,
+            k: lin(h, kv, spec.qkv_bias, "self_attn.k_proj")?,
+            v: lin(h, kv, spec.qkv_bias, "self_attn.v_proj")?,
+            o: lin(c.num_attention_heads * hd, h, spec.o_bias, "self_attn.o_proj")?,
             post_norm: RmsNorm::new(h, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
             gate: lin(h, i, false, "mlp.gate_proj")?,
             up: lin(h, i, false, "mlp.up_proj")?,
@@ -52,11 +61,17 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Mask, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let hd = c / self.heads;
+        let (b, t, _) = x.dims3()?;
+        let hd = cos.dim(2)?;
         let h = self.input_norm.forward(x)?;
-        let q = Rotary::apply(&self.q.forward(&h)?.reshape((b, t, self.heads, hd))?, cos, sin)?.transpose(1, 2)?;
-        let mut k = Rotary::apply(&self.k.forward(&h)?.reshape((b, t, self.kv_heads, hd))?, cos, sin)?.transpose(1, 2)?;
+        let mut q = self.q.forward(&h)?.reshape((b, t, self.heads, hd))?;
+        let mut k = self.k.forward(&h)?.reshape((b, t, self.kv_heads, hd))?;
+        if let Some((qn, kn)) = &self.qk_norm {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = Rotary::apply(&q, cos, sin)?.transpose(1, 2)?;
+        let mut k = Rotary::apply(&k, cos, sin)?.transpose(1, 2)?;
         let mut v = self.v.forward(&h)?.reshape((b, t, self.kv_heads, hd))?.transpose(1, 2)?;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = cache.as_ref() {
@@ -91,23 +106,20 @@ pub struct Cache {
 
 impl TextModel {
     /// `vb` at the checkpoint root (`model.*`, `lm_head.*`).
-    pub fn new(cfg: &Config, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
-        let c = &cfg.text;
+    pub fn new(spec: &DecoderSpec, vb: VarBuilder, lora: Option<&LoraConfig>) -> Result<Self> {
+        let c = &spec.text;
         let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("model.embed_tokens"))?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = if spec.tie_word_embeddings {
             Lin::from_weight(embed.embeddings().clone(), None)
         } else {
             linear_no_bias(c.hidden_size, c.vocab_size, vb.pp("lm_head"))?
         };
         let half = c.head_dim() / 2;
         let inv_freq = (0..half).map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim() as f32)).collect();
-        let mut axis = Vec::with_capacity(half);
-        for (a, &n) in cfg.mrope_section.iter().enumerate() {
-            axis.extend(std::iter::repeat_n(a, n));
-        }
+        let axis = spec.axes();
         Ok(Self {
             embed,
-            layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, vb.pp(format!("model.layers.{i}")), lora)).collect::<Result<_>>()?,
+            layers: (0..c.num_hidden_layers).map(|i| Layer::new(spec, vb.pp(format!("model.layers.{i}")), lora)).collect::<Result<_>>()?,
             norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, vb.pp("model.norm"))?,
             lm_head,
             inv_freq,
@@ -136,7 +148,13 @@ impl TextModel {
     }
 
     /// Hidden states after the final norm for embeddings x (B, T, C).
-    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Mask, mut cache: Option<&mut Cache>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Mask, cache: Option<&mut Cache>) -> Result<Tensor> {
+        self.forward_deepstack(x, cos, sin, mask, cache, &[])
+    }
+
+    /// `forward`, adding `deepstack[i]` (B·T, C) to the hidden states after layer i (Qwen3-VL
+    /// feeds intermediate vision features to its first layers this way).
+    pub fn forward_deepstack(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Mask, mut cache: Option<&mut Cache>, deepstack: &[Tensor]) -> Result<Tensor> {
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.layers.len(), None);
@@ -144,6 +162,10 @@ impl TextModel {
         let mut x = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
             x = l.forward(&x, &cos, &sin, mask, cache.as_deref_mut().map(|c| &mut c.layers[i]))?;
+            if let Some(d) = deepstack.get(i) {
+                let d = d.reshape(x.shape())?;
+                x = (x + d)?;
+            }
         }
         self.norm.forward(&x)
     }
