@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod model;
+pub mod openai;
 pub mod ops;
 pub mod plan;
 pub mod prm;

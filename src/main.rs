@@ -78,6 +78,19 @@ enum Cmd {
     },
     /// Break a run store's lock (after a run died without releasing it).
     Unlock { store: String },
+    /// Serve a Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL) with the OpenAI
+    /// chat-completions API: POST /v1/chat/completions, GET /v1/models.
+    Serve {
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port (printed on start).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The model name clients use (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Print the device, dtype, threads and kernels the model operators will use, and run a
     /// forward + backward smoke test there (exit code 1 if it fails).
     Doctor,
@@ -281,6 +294,18 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Data { cmd } => data(cmd).await,
+        Cmd::Serve { dir, host, port, name } => {
+            let dev = mstar::model::device();
+            let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+            let ck = mstar::model::qwen_vl::Checkpoint::load(&dir, dtype, &dev)?;
+            let eos = mstar::ops::generate_hf::eos_ids(&dir, &ck);
+            anyhow::ensure!(!eos.is_empty(), "{}: no end-of-turn token (generation_config.json, config.json or tokenizer_config.json)", dir.display());
+            let name = name.unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+            eprintln!("mstar serve: {name} on http://{}/v1 ({dev:?}, {dtype:?})", listener.local_addr()?);
+            mstar::openai::server::Server::new(ck, name, eos, dev).run(listener).await?;
+            Ok(0)
+        }
         Cmd::Doctor => {
             let d = tokio::task::spawn_blocking(mstar::model::doctor::doctor).await?;
             print!("{}", d.render());

@@ -7,6 +7,10 @@ use common::*;
 use std::path::Path;
 
 fn write_pipeline(dir: &Path, model: &str, extra: &str) -> std::path::PathBuf {
+    write_with_backend(dir, &format!("model: {{path: {model}}}"), extra)
+}
+
+fn write_with_backend(dir: &Path, backend: &str, extra: &str) -> std::path::PathBuf {
     let f = dir.join("p.yaml");
     std::fs::write(
         &f,
@@ -21,7 +25,7 @@ stages:
   - id: rollouts
     op: generate
     prompts: prompts
-    model: {{path: {model}}}
+    {backend}
     samples: 2
     sampling: {{temperature: 1.0, top_p: 0.95, max_new_tokens: 6}}
 {extra}"#
@@ -102,7 +106,7 @@ fn bad_model_specs_and_folders_say_what_and_where() {
     // both a policy and a model
     let p = write_pipeline(tmp.path(), "qwen", "    policy: [warmup]\n");
     let (_, _, err) = fails(bin().arg("validate").arg(&p));
-    assert!(err.contains("either `policy`") && err.contains("p.yaml:11:12: stages.rollouts.model"), "{err}");
+    assert!(err.contains("give one of `policy`") && err.contains("p.yaml:11:12: stages.rollouts.model"), "{err}");
     // a folder without a checkpoint
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
     let p = write_pipeline(tmp.path(), "empty", "");
@@ -118,4 +122,56 @@ fn bad_model_specs_and_folders_say_what_and_where() {
     let p = write_pipeline(tmp.path(), "broken", "");
     let (_, _, err) = fails(bin().arg("run").arg(&p).args(["--store", store.to_str().unwrap()]));
     assert!(err.contains("mlp.gate_proj.weight") && err.contains("shape"), "{err}");
+}
+
+/// `mstar serve` on the fixture folder, and the `openai` backend against it: the rollouts equal
+/// those of `model: {path}` (same seeds, same code); bad requests get a 400 that says why; an
+/// unreachable endpoint gives `error` rows and `generate_errors`, not a failed stage.
+#[test]
+fn serve_and_the_openai_backend() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    /// Kills the server however the test ends.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Guard(bin().args(["serve"]).arg(&model).args(["--port", "0", "--name", "tiny"]).stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.split("http://").nth(1).and_then(|r| r.split("/v1").next()).unwrap_or_else(|| panic!("no address in {first:?}")).to_string();
+    std::thread::spawn(move || for _ in lines {});
+    let run = |backend: &str, store: &str| {
+        let p = write_with_backend(tmp.path(), backend, "");
+        ok(bin().arg("run").arg(&p).args(["--store", store]))
+    };
+    let (s1, s2) = (tmp.path().join("via_local"), tmp.path().join("via_http"));
+    run("model: {path: qwen}", s1.to_str().unwrap());
+    run(&format!("openai: {{base_url: 'http://{addr}/v1', model: tiny, retries: 0, concurrency: 3}}"), s2.to_str().unwrap());
+    let q = "SELECT prompt_id, sample_idx, seed, response, num_tokens, logprob, finish_reason FROM rollouts ORDER BY prompt_id, sample_idx";
+    let (a, b) = (sql_csv(s1.to_str().unwrap(), q), sql_csv(s2.to_str().unwrap(), q));
+    assert_eq!(sql_csv(s2.to_str().unwrap(), "SELECT count(*) FROM rollouts WHERE finish_reason <> 'error'").lines().nth(1), Some("6"));
+    assert_eq!(a, b, "local and served rollouts differ");
+    // a bad request: an image by URL (the server cannot fetch)
+    let body = r#"{"model":"tiny","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}"#;
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    write!(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("not a data: URL"), "{resp}");
+    drop(server);
+    // nobody listens any more: every row is an error row, the stage commits
+    let s3 = tmp.path().join("down");
+    let (_, err) = run(&format!("openai: {{base_url: 'http://{addr}/v1', model: tiny, retries: 1}}"), s3.to_str().unwrap());
+    assert!(err.contains("6 failed"), "{err}");
+    let s3 = s3.to_str().unwrap();
+    assert_eq!(sql_csv(s3, "SELECT count(*) FROM rollouts WHERE finish_reason = 'error' AND response = ''").lines().nth(1), Some("6"));
+    let e = sql_csv(s3, "SELECT count(*) AS n, min(attempts) AS a, bool_and(error LIKE '%request to%') AS msg FROM generate_errors");
+    assert_eq!(e.lines().nth(1), Some("6,2,true"), "{e}");
 }

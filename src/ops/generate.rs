@@ -104,6 +104,9 @@ impl Operator for GenerateOp {
             if let Some(dir) = &self.model_dir {
                 return super::generate_hf::execute(self, ctx, dir).await;
             }
+            if let Some(o) = &self.spec.openai {
+                return super::generate_openai::execute(self, ctx, o).await;
+            }
             let policy = resolve_policy(ctx, &self.spec.policy).await?;
             let filter = ctx.this_iteration(&self.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
             let q = format!(

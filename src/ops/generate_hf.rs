@@ -46,7 +46,7 @@ fn all_images(col: &arrow::array::ArrayRef, i: usize) -> Vec<Vec<u8>> {
 
 /// End-of-turn tokens: generation_config.json's `eos_token_id` (one or a list), else
 /// config.json's, else tokenizer_config.json's `eos_token`.
-fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
+pub fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
     let from_gen = std::fs::read(dir.join("generation_config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).and_then(|v| match v.get("eos_token_id")? {
         Value::Number(n) => Some(vec![n.as_u64()? as u32]),
         Value::Array(a) => Some(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),

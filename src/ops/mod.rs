@@ -4,6 +4,7 @@
 pub mod eval;
 pub mod generate;
 pub mod generate_hf;
+pub mod generate_openai;
 pub mod import;
 pub mod model_init;
 pub mod prm_label;

@@ -379,6 +379,40 @@ pub struct ModelPath {
     pub path: String,
 }
 
+/// The `openai` generate backend: one request per rollout (n = 1, seed = the rollout's seed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiBackend {
+    /// e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The served model's name.
+    pub model: String,
+    /// Environment variable holding the API key (none sent when unset or empty).
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Retries of a transient failure (connection, 408, 429, 5xx), with backoff 0.5 s, 1 s, 2 s, ….
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+}
+
+fn default_api_key_env() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_timeout_s() -> u64 {
+    600
+}
+
 /// generate: K rollouts per prompt from a policy checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -389,9 +423,13 @@ pub struct GenerateSpec {
     /// committed checkpoint of the first one that has any is used.
     #[serde(default)]
     pub policy: Vec<String>,
-    /// Instead of `policy`: a Hugging Face checkpoint folder (Qwen2.5-VL).
+    /// Instead of `policy`: a Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL).
     #[serde(default)]
     pub model: Option<ModelPath>,
+    /// Instead of `policy`: an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
+    /// `mstar serve`, …).
+    #[serde(default)]
+    pub openai: Option<OpenAiBackend>,
     #[serde(default = "default_samples")]
     pub samples: u32,
     #[serde(default)]
@@ -931,10 +969,13 @@ impl Validator<'_> {
                             }
                         }
                         match op {
-                            OpSpec::Generate(GenerateSpec { model: Some(_), policy, .. }) if !policy.is_empty() => {
-                                self.dec.error(&at("model"), "give either `policy` (checkpoint stages) or `model` (a checkpoint folder), not both");
+                            OpSpec::Generate(g) if (!g.policy.is_empty()) as u8 + g.model.is_some() as u8 + g.openai.is_some() as u8 > 1 => {
+                                self.dec.error(&at(if g.model.is_some() { "model" } else { "openai" }), "give one of `policy` (checkpoint stages), `model` (a checkpoint folder) or `openai` (an endpoint), not several");
                             }
-                            OpSpec::Generate(GenerateSpec { model: Some(_), .. }) => {}
+                            OpSpec::Generate(GenerateSpec { openai: Some(o), .. }) if o.concurrency == 0 => {
+                                self.dec.error(&at("openai"), "concurrency must be at least 1");
+                            }
+                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. }) => {}
                             _ if ck.is_empty() => self.dec.error(&at(ck_field), "name at least one checkpoint stage"),
                             _ => {}
                         }
