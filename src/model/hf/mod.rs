@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 /// What went wrong reading a checkpoint folder, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not valid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    // `err`, not `source`: the message already says it (no repeated cause in error chains)
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{path}: not valid JSON: {err}")]
+    Json { path: PathBuf, err: serde_json::Error },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
     #[error("chat template: {0}")]
@@ -32,11 +33,11 @@ pub(crate) fn invalid(path: &Path, msg: impl Into<String>) -> HfError {
 }
 
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| HfError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|err| HfError::Io { path: path.to_path_buf(), err })
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    serde_json::from_slice(&read(path)?).map_err(|source| HfError::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(&read(path)?).map_err(|err| HfError::Json { path: path.to_path_buf(), err })
 }
 
 /// `config.json`'s model class: `architectures[0]` at the top level, else in `text_config`
