@@ -108,6 +108,21 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ModelCmd {
+    /// Write a stage's checkpoint as a plain Hugging Face folder (LoRA adapters merged, the
+    /// base's dtype) that transformers, vLLM or `mstar serve` load
+    Export {
+        /// Run store
+        store: String,
+        /// The train stage
+        #[arg(long)]
+        stage: String,
+        /// Its checkpoint of this iteration (default: the newest)
+        #[arg(long)]
+        iteration: Option<u32>,
+        /// A new or empty folder
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Generation and SFT throughput of a random policy (writes its weights and inputs to --out)
     Bench {
         #[arg(long, default_value = "tiny")]
@@ -318,6 +333,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             };
             let r = tokio::task::spawn_blocking(move || mstar::model::bench::bench(&size, &out, batch, new_tokens, sft_steps, &dev)).await??;
             println!("{r}");
+            Ok(0)
+        }
+        Cmd::Model { cmd: ModelCmd::Export { store, stage, iteration, out } } => {
+            let rs = RunStore::open_existing(&store)?;
+            let (it, files) = mstar::model::checkpoint::export(&rs, &stage, iteration, &out).await?;
+            eprintln!("mstar: exported `{stage}` (iteration {it}) to {}: {}", out.display(), files.join(", "));
             Ok(0)
         }
         Cmd::Report { stores, out, explain } => {

@@ -3,7 +3,9 @@
 
 use crate::store::{FileEntry, Manifest, RunStore, StoreError};
 use object_store::ObjectStoreExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use super::policy::ModelError;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -31,10 +33,90 @@ pub async fn read(store: &RunStore, m: &Manifest) -> Result<BTreeMap<String, Vec
     Ok(out)
 }
 
-/// The newest committed checkpoint among `manifests`.
+/// The newest committed checkpoint among `manifests` (model weights or a LoRA adapter).
 pub fn latest(manifests: &[Manifest]) -> Option<&Manifest> {
     manifests
         .iter()
-        .filter(|m| m.kind == crate::store::manifest::OutputKind::Files && m.files.iter().any(|f| f.path.ends_with(super::policy::WEIGHTS_FILE)))
+        .filter(|m| {
+            m.kind == crate::store::manifest::OutputKind::Files
+                && m.files.iter().any(|f| f.path.ends_with(super::policy::WEIGHTS_FILE) || f.path.ends_with(super::qwen_vl::ADAPTER_WEIGHTS))
+        })
         .max_by_key(|m| m.iteration)
+}
+
+/// Whether a checkpoint is a Hugging Face folder (an image processor or a LoRA adapter) rather
+/// than a policy of mstar's own.
+pub fn is_hf(m: &Manifest) -> bool {
+    m.files.iter().any(|f| f.path.ends_with("/preprocessor_config.json") || f.path.ends_with(super::qwen_vl::ADAPTER_CONFIG))
+}
+
+/// A local folder holding the checkpoint's files, for loaders that read folders: the files
+/// themselves in a local store; otherwise a copy under the system's temporary folder
+/// (`mstar-checkpoints/<hash>`), made once and reused while the sizes match.
+pub async fn local_dir(store: &RunStore, m: &Manifest) -> Result<PathBuf, StoreError> {
+    let dirs: BTreeSet<&str> = m.files.iter().map(|f| f.path.rsplit_once('/').map_or("", |(d, _)| d)).collect();
+    let [dir] = dirs.into_iter().collect::<Vec<_>>()[..] else {
+        return Err(StoreError::Other(format!("checkpoint of `{}` (iteration {}) spans several folders", m.stage, m.iteration)));
+    };
+    if store.loc.url_root.scheme() == "file" {
+        return Ok(PathBuf::from(format!("/{}", store.loc.path(dir))));
+    }
+    let key = format!("{}/{}", store.display(), dir);
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let local = std::env::temp_dir().join("mstar-checkpoints").join(format!("{hash:016x}"));
+    std::fs::create_dir_all(&local).map_err(|e| StoreError::Other(format!("{}: {e}", local.display())))?;
+    for f in &m.files {
+        let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+        let target = local.join(name);
+        if std::fs::metadata(&target).is_ok_and(|md| md.len() == f.bytes) {
+            continue;
+        }
+        let bytes = store.loc.store.get(&store.loc.path(&f.path)).await?.bytes().await?;
+        let tmp = local.join(format!(".{name}.part"));
+        std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &target)).map_err(|e| StoreError::Other(format!("{}: {e}", target.display())))?;
+    }
+    Ok(local)
+}
+
+/// Writes the checkpoint a stage committed (the newest, or the one of `iteration`) to the new or
+/// empty folder `out` as a plain model folder other tools load: a Qwen-VL checkpoint with its
+/// LoRA adapters merged into the weights, in the dtype its config.json names (`torch_dtype` /
+/// `dtype`, else the training dtype); a policy of mstar's own as it is. Returns the iteration
+/// and the file names written.
+pub async fn export(store: &RunStore, stage: &str, iteration: Option<u32>, out: &Path) -> Result<(u32, Vec<String>), ModelError> {
+    let bad = |m: String| ModelError::Invalid(m);
+    let all = store.manifests().await.map_err(|e| bad(e.to_string()))?;
+    let mine: Vec<Manifest> = all.into_iter().filter(|m| m.stage == stage && iteration.is_none_or(|i| m.iteration == i)).collect();
+    let m = latest(&mine).ok_or_else(|| {
+        bad(format!("stage `{stage}` has no committed checkpoint{} in {}", iteration.map(|i| format!(" at iteration {i}")).unwrap_or_default(), store.display()))
+    })?;
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        return Err(bad(format!("{} is not empty; export writes a new folder", out.display())));
+    }
+    let files: Vec<(String, Vec<u8>)> = if is_hf(m) {
+        let dir = local_dir(store, m).await.map_err(|e| bad(e.to_string()))?;
+        tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, ModelError> {
+            let dev = candle_core::Device::Cpu;
+            let ck = super::qwen_vl::Checkpoint::open(&dir, super::qwen_vl::Trainable::Nothing, candle_core::DType::F32, &dev).map_err(|e| bad(e.to_string()))?;
+            let cfg = super::hf::read_json(&ck.dir.join("config.json")).map_err(|e| bad(e.to_string()))?;
+            let named = ["torch_dtype", "dtype"].iter().find_map(|k| cfg.get(*k).or_else(|| cfg.get("text_config").and_then(|t| t.get(*k))).and_then(|v| v.as_str()).map(str::to_string));
+            let dtype = match named.as_deref() {
+                Some("bfloat16") => candle_core::DType::BF16,
+                Some("float16") => candle_core::DType::F16,
+                _ => candle_core::DType::F32,
+            };
+            ck.merged_files(dtype).map_err(|e| bad(e.to_string()))
+        })
+        .await
+        .map_err(|e| bad(e.to_string()))??
+    } else {
+        read(store, m).await.map_err(|e| bad(e.to_string()))?.into_iter().filter(|(n, _)| n != OPTIMIZER_FILE && n != STATE_FILE).collect()
+    };
+    std::fs::create_dir_all(out)?;
+    let mut names = Vec::new();
+    for (name, bytes) in files {
+        std::fs::write(out.join(&name), bytes)?;
+        names.push(name);
+    }
+    Ok((m.iteration, names))
 }

@@ -5,9 +5,23 @@ use super::hf::{self, chat::ChatTemplate, processor::ImageProcessor, HfError};
 use super::qwen2_5_vl::{self, lora, text::TextModel, Qwen25Vl};
 use super::qwen3_vl::{self, Qwen3Vl};
 use super::tiny_vlm::Mask;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// peft's adapter files.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+/// The decoder's inputs for a batch of rows (see `QwenVl::decoder_inputs`).
+pub struct DecoderInputs {
+    pub x: Tensor,
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// DeepStack features (B·T, C), added after the first layers (Qwen3-VL; empty otherwise).
+    pub deep: Vec<Tensor>,
+}
 
 /// A Qwen-VL model of either generation.
 #[derive(Debug, Clone)]
@@ -56,9 +70,33 @@ impl QwenVl {
     /// Hidden states (1, T, C) of a prompt with its images, filling `cache`; and the next
     /// text position (one past the largest M-RoPE position).
     pub fn prefill(&self, ids: &[u32], pixels: Option<&Tensor>, grids: &[[usize; 3]], cache: Option<&mut qwen2_5_vl::text::Cache>) -> Result<(Tensor, i64)> {
+        let pos = qwen2_5_vl::rope_index(ids, grids, self.image_token_id(), self.merge_size())?;
+        let next = pos.iter().flat_map(|p| p.iter().copied()).max().map_or(0, |m| m + 1);
+        Ok((self.hidden(&[ids.to_vec()], pixels, grids, vec![pos], cache)?, next))
+    }
+
+    /// Hidden states (B, T, C) of equally long rows (right-padded with any non-image token;
+    /// causal attention keeps the pads out of the real tokens' states). `pixels` holds every
+    /// image of every row in row order and `grids[r]` row r's image grids.
+    pub fn hidden_batch(&self, rows: &[Vec<u32>], pixels: Option<&Tensor>, grids: &[Vec<[usize; 3]>]) -> Result<Tensor> {
+        self.hidden(rows, pixels, &grids.concat(), self.positions(rows, grids)?, None)
+    }
+
+    fn hidden(&self, rows: &[Vec<u32>], pixels: Option<&Tensor>, grids: &[[usize; 3]], pos: Vec<Vec<[i64; 3]>>, cache: Option<&mut qwen2_5_vl::text::Cache>) -> Result<Tensor> {
+        let d = self.decoder_inputs(rows, pixels, grids, pos)?;
+        self.text().forward_deepstack(&d.x, &d.cos, &d.sin, Mask::Causal, cache, &d.deep)
+    }
+
+    /// What the decoder layers take: embeddings with the image features in place, the M-RoPE
+    /// tables of `pos`, and (Qwen3-VL) the DeepStack features per token row.
+    pub fn decoder_inputs(&self, rows: &[Vec<u32>], pixels: Option<&Tensor>, grids: &[[usize; 3]], pos: Vec<Vec<[i64; 3]>>) -> Result<DecoderInputs> {
         let text = self.text();
         let dev = text.embed.embeddings().device().clone();
-        let id_t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &dev)?;
+        let t = rows.first().map_or(0, |r| r.len());
+        if rows.iter().any(|r| r.len() != t) {
+            candle_core::bail!("rows of different lengths in one batch");
+        }
+        let id_t = Tensor::from_vec(rows.concat(), (rows.len(), t), &dev)?;
         let (feats, deep) = match (self, pixels) {
             (QwenVl::Qwen25(m), Some(p)) => (Some(m.vision.forward(p, grids)?), vec![]),
             (QwenVl::Qwen3(m), Some(p)) => {
@@ -69,10 +107,21 @@ impl QwenVl {
             (_, None) => (None, vec![]),
         };
         let x = qwen2_5_vl::embed_with_images(text, &id_t, feats.as_ref(), self.image_token_id())?;
-        let pos = qwen2_5_vl::rope_index(ids, grids, self.image_token_id(), self.merge_size())?;
-        let next = pos.iter().flat_map(|p| p.iter().copied()).max().map_or(0, |m| m + 1);
-        let (cos, sin) = text.rope_tables(&[pos], &dev)?;
-        Ok((text.forward_deepstack(&x, &cos, &sin, Mask::Causal, cache, &deep)?, next))
+        let (cos, sin) = text.rope_tables(&pos, &dev)?;
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        Ok(DecoderInputs { x, cos, sin, deep })
+    }
+
+    /// M-RoPE positions of each row (its images' grids in `grids[r]`).
+    pub fn positions(&self, rows: &[Vec<u32>], grids: &[Vec<[usize; 3]>]) -> Result<Vec<Vec<[i64; 3]>>> {
+        rows.iter().zip(grids).map(|(r, g)| qwen2_5_vl::rope_index(r, g, self.image_token_id(), self.merge_size())).collect()
+    }
+
+    pub fn architecture(&self) -> &'static str {
+        match self {
+            QwenVl::Qwen25(_) => "Qwen2_5_VLForConditionalGeneration",
+            QwenVl::Qwen3(_) => "Qwen3VLForConditionalGeneration",
+        }
     }
 
     /// Logits (1, T, V) of one sequence with its images.
@@ -82,46 +131,123 @@ impl QwenVl {
     }
 }
 
-/// A checkpoint folder: model, weights as variables (for training), processor, tokenizer, template.
+/// Which weights a loaded checkpoint holds as variables (the others are constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trainable {
+    /// Inference: no variables, no backward graphs.
+    Nothing,
+    /// LoRA training: the adapters only.
+    Adapters,
+    /// Full fine-tuning: every weight.
+    All,
+}
+
+impl Trainable {
+    fn names(self, name: &str) -> bool {
+        match self {
+            Trainable::Nothing => false,
+            Trainable::Adapters => name.contains(".lora_"),
+            Trainable::All => true,
+        }
+    }
+}
+
+/// A checkpoint folder: model, weights (variables and constants), processor, tokenizer, template.
 pub struct Checkpoint {
     pub model: QwenVl,
+    /// The trainable weights.
     pub varmap: VarMap,
+    /// The other weights.
+    pub frozen: HashMap<String, Tensor>,
     pub processor: ImageProcessor,
     pub tokenizer: tokenizers::Tokenizer,
     pub chat: ChatTemplate,
+    /// The folder the model was read from (the base folder of an adapter).
+    pub dir: PathBuf,
+    /// The LoRA adapters' settings when the model has them.
+    pub lora: Option<lora::LoraConfig>,
 }
 
 impl Checkpoint {
-    /// Loads a Qwen2.5-VL or Qwen3-VL folder (by config.json's `architectures`): config.json,
-    /// weights, tokenizer.json, preprocessor_config.json and the chat template.
+    /// Loads a Qwen2.5-VL or Qwen3-VL folder (by config.json's `architectures`) for inference:
+    /// config.json, weights, tokenizer.json, preprocessor_config.json and the chat template.
     pub fn load(dir: &Path, dtype: DType, dev: &Device) -> hf::Result<Self> {
-        Self::load_with_adapter(dir, None, dtype, dev)
+        Self::load_parts(dir, None, Trainable::Nothing, dtype, dev)
     }
 
-    /// `load`, plus a peft LoRA adapter folder whose weights join the model's.
-    pub fn load_with_adapter(dir: &Path, adapter: Option<&Path>, dtype: DType, dev: &Device) -> hf::Result<Self> {
+    /// A checkpoint folder of either kind: a model folder, or a peft adapter folder over the
+    /// base folder its adapter_config.json names (`base_model_name_or_path`, a local path).
+    /// `trainable`: which weights become variables (`Adapters` needs an adapter, `All` none).
+    pub fn open(dir: &Path, trainable: Trainable, dtype: DType, dev: &Device) -> hf::Result<Self> {
+        let ac = dir.join(ADAPTER_CONFIG);
+        if !ac.exists() {
+            if trainable == Trainable::Adapters {
+                return Err(hf::invalid(dir, "LoRA training continues from an adapter folder, but this is a full checkpoint"));
+            }
+            return Self::load_parts(dir, None, trainable, dtype, dev);
+        }
+        if trainable == Trainable::All {
+            return Err(hf::invalid(dir, "full fine-tuning continues from a model folder, but this is a LoRA adapter"));
+        }
+        let v = hf::read_json(&ac)?;
+        let base = v.get("base_model_name_or_path").and_then(|b| b.as_str()).ok_or_else(|| hf::invalid(&ac, "no `base_model_name_or_path`: the base folder is unknown"))?;
+        let base = PathBuf::from(base);
+        if !base.join("config.json").exists() {
+            return Err(hf::invalid(&ac, format!("the base folder {} (base_model_name_or_path) has no config.json", base.display())));
+        }
+        Self::load_with_adapter(&base, dir, trainable == Trainable::Adapters, dtype, dev)
+    }
+
+    /// `load`, plus a peft LoRA adapter folder whose weights join the model's (as variables
+    /// when `train`).
+    pub fn load_with_adapter(dir: &Path, adapter: &Path, train: bool, dtype: DType, dev: &Device) -> hf::Result<Self> {
+        let loaded = lora::load_adapter(adapter, dtype, dev)?;
+        let trainable = if train { Trainable::Adapters } else { Trainable::Nothing };
+        let base = hf::weights::load(dir, dtype, dev)?;
+        Self::from_weights(dir, base, Some(loaded), adapter, trainable, dtype, dev)
+    }
+
+    /// `dir` with fresh trainable LoRA adapters (peft's initialization, seeded): the model to
+    /// start LoRA training from, equal to the base until trained.
+    pub fn load_with_new_adapter(dir: &Path, cfg: lora::LoraConfig, seed: u64, dtype: DType, dev: &Device) -> hf::Result<Self> {
+        let base = hf::weights::load(dir, dtype, dev)?;
+        let adapters = lora::init_adapters(&base, &cfg, seed).map_err(|e| hf::invalid(dir, e.to_string()))?;
+        Self::from_weights(dir, base, Some((cfg, adapters)), dir, Trainable::Adapters, dtype, dev)
+    }
+
+    /// `dir`'s model with `adapter` (settings, canonical-named tensors) joined to its weights.
+    pub fn load_parts(dir: &Path, adapter: Option<(lora::LoraConfig, HashMap<String, Tensor>)>, trainable: Trainable, dtype: DType, dev: &Device) -> hf::Result<Self> {
+        let base = hf::weights::load(dir, dtype, dev)?;
+        Self::from_weights(dir, base, adapter, dir, trainable, dtype, dev)
+    }
+
+    fn from_weights(
+        dir: &Path,
+        mut tensors: HashMap<String, Tensor>,
+        adapter: Option<(lora::LoraConfig, HashMap<String, Tensor>)>,
+        errors_at: &Path,
+        trainable: Trainable,
+        dtype: DType,
+        dev: &Device,
+    ) -> hf::Result<Self> {
         let cfg_path = dir.join("config.json");
         let raw = hf::read_json(&cfg_path)?;
-        let mut tensors = hf::weights::load(dir, dtype, dev)?;
-        let lora = match adapter {
-            Some(a) => {
-                let (lc, extra) = lora::load_adapter(a, dtype, dev)?;
-                tensors.extend(extra);
-                Some(lc)
-            }
-            None => None,
-        };
-        let at = |e: candle_core::Error| hf::invalid(adapter.unwrap_or(dir), e.to_string());
-        let (model, varmap) = match hf::architecture(&raw) {
+        let lora = adapter.map(|(lc, extra)| {
+            tensors.extend(extra);
+            lc
+        });
+        let at = |e: candle_core::Error| hf::invalid(errors_at, e.to_string());
+        let pick = |n: &str| trainable.names(n);
+        let (model, varmap, frozen) = match hf::architecture(&raw) {
             Some("Qwen2_5_VLForConditionalGeneration") => {
                 let cfg = qwen2_5_vl::Config::from_value(&raw, &cfg_path)?;
-                let (m, v) = Qwen25Vl::from_tensors(&cfg, tensors, lora.as_ref(), dtype, dev).map_err(at)?;
-                (QwenVl::Qwen25(m), v)
+                let (m, v, f) = Qwen25Vl::from_tensors(&cfg, tensors, lora.as_ref(), &pick, dtype, dev).map_err(at)?;
+                (QwenVl::Qwen25(m), v, f)
             }
             Some("Qwen3VLForConditionalGeneration") => {
                 let cfg = qwen3_vl::Config::from_value(&raw, &cfg_path)?;
-                let (m, v) = Qwen3Vl::from_tensors(&cfg, tensors, lora.as_ref(), dtype, dev).map_err(at)?;
-                (QwenVl::Qwen3(m), v)
+                let (m, v, f) = Qwen3Vl::from_tensors(&cfg, tensors, lora.as_ref(), &pick, dtype, dev).map_err(at)?;
+                (QwenVl::Qwen3(m), v, f)
             }
             other => {
                 return Err(hf::invalid(&cfg_path, format!("architecture {other:?} is not supported (Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration are)")));
@@ -134,7 +260,82 @@ impl Checkpoint {
             return Err(hf::invalid(dir, "preprocessor_config.json's patch, merge or temporal sizes differ from config.json's vision_config"));
         }
         let chat = ChatTemplate::from_dir(dir)?;
-        Ok(Self { model, varmap, processor, tokenizer, chat })
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        Ok(Self { model, varmap, frozen, processor, tokenizer, chat, dir, lora })
+    }
+
+    /// The variables training updates, by name.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("not poisoned");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Every weight by canonical name (adapters included).
+    pub fn all_tensors(&self) -> HashMap<String, Tensor> {
+        let data = self.varmap.data().lock().expect("not poisoned");
+        let mut out: HashMap<String, Tensor> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        out.extend(self.frozen.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out
+    }
+
+    fn tensors(&self, adapters: bool) -> HashMap<String, Tensor> {
+        self.all_tensors().into_iter().filter(|(k, _)| k.contains(".lora_") == adapters).collect()
+    }
+
+    /// The checkpoint as files in Hugging Face's layout. With adapters: `adapter_config.json`
+    /// (pointing at the base folder) and `adapter_model.safetensors`, as peft saves them;
+    /// without: `model.safetensors` (hub names, the training dtype) and the folder's other files.
+    pub fn to_files(&self) -> hf::Result<Vec<(String, Vec<u8>)>> {
+        let err = |e: crate::model::policy::ModelError| hf::invalid(&self.dir, e.to_string());
+        match &self.lora {
+            Some(lc) => {
+                let named: HashMap<String, Tensor> = self.tensors(true).into_iter().map(|(k, t)| (lora::peft_name(&k), t)).collect();
+                let cfg = lora::adapter_config_json(lc, &self.dir.to_string_lossy(), self.model.architecture());
+                Ok(vec![
+                    (ADAPTER_CONFIG.to_string(), serde_json::to_vec_pretty(&cfg).expect("json")),
+                    (ADAPTER_WEIGHTS.to_string(), crate::model::policy::safetensors_bytes(&named).map_err(err)?),
+                ])
+            }
+            None => {
+                let mut files = self.folder_files()?;
+                files.push(("model.safetensors".to_string(), crate::model::policy::safetensors_bytes(&self.tensors(false)).map_err(err)?));
+                Ok(files)
+            }
+        }
+    }
+
+    /// A plain checkpoint folder's files with the adapters merged into the weights, in `dtype`
+    /// (e.g. the base's own): what other tools load without peft.
+    pub fn merged_files(&self, dtype: DType) -> hf::Result<Vec<(String, Vec<u8>)>> {
+        let at = |e: candle_core::Error| hf::invalid(&self.dir, e.to_string());
+        let mut all = self.tensors(false);
+        if let Some(lc) = &self.lora {
+            all.extend(self.tensors(true));
+            all = lora::merge(&all, lc).map_err(at)?;
+        }
+        let all = all.into_iter().map(|(k, t)| Ok((k, t.to_dtype(dtype)?))).collect::<candle_core::Result<HashMap<_, _>>>().map_err(at)?;
+        let mut files = self.folder_files()?;
+        files.push(("model.safetensors".to_string(), crate::model::policy::safetensors_bytes(&all).map_err(|e| hf::invalid(&self.dir, e.to_string()))?));
+        Ok(files)
+    }
+
+    /// The folder's files other than weights, adapters and training state (config, tokenizer,
+    /// processor, template, …), copied as they are.
+    fn folder_files(&self) -> hf::Result<Vec<(String, Vec<u8>)>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|err| HfError::Io { path: self.dir.clone(), err })?;
+        let mut out = Vec::new();
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let skip = [".safetensors", ".bin", ".pt", ".pth", ".index.json"].iter().any(|x| name.ends_with(x))
+                || [ADAPTER_CONFIG, crate::model::checkpoint::STATE_FILE].contains(&name.as_str());
+            if e.path().is_file() && !skip {
+                out.push((name, hf::read(&e.path())?));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// The processor's text expansion: each `<|image_pad|>` becomes one token per merged patch.

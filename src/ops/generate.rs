@@ -69,20 +69,29 @@ pub fn rollouts_schema() -> SchemaRef {
     ]))
 }
 
-/// The policy checkpoint of the first stage in `names` that has one (`x@prev`: earlier iterations).
-pub async fn resolve_policy(ctx: &OpContext<'_>, names: &[String]) -> Result<Policy> {
-    for raw in names {
+/// The newest committed checkpoint of the first stage in `names` that has one (`x@prev`:
+/// earlier iterations), with that stage's name.
+pub fn find_checkpoint<'c>(ctx: &'c OpContext<'_>, names: &'c [String]) -> Option<(&'c str, &'c crate::store::Manifest)> {
+    names.iter().find_map(|raw| {
         let name = raw.strip_suffix("@prev").unwrap_or(raw);
         let ms = ctx.input_manifests.iter().find(|(n, _)| n == name).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
-        if let Some(m) = checkpoint::latest(ms) {
-            let files = checkpoint::read(ctx.store, m).await?;
-            let mut p = Policy::from_files(&files, &crate::model::device()).map_err(|e| OpError::Invalid(format!("checkpoint of `{name}` (iteration {}): {e}", m.iteration)))?;
-            // sampling needs no gradients
-            p.model.use_inference_kernels(true).map_err(|e| OpError::Invalid(format!("policy `{name}`: {e}")))?;
-            return Ok(p);
-        }
+        checkpoint::latest(ms).map(|m| (name, m))
+    })
+}
+
+/// The policy checkpoint of the first stage in `names` that has one (`x@prev`: earlier iterations).
+pub async fn resolve_policy(ctx: &OpContext<'_>, names: &[String]) -> Result<Policy> {
+    let Some((name, m)) = find_checkpoint(ctx, names) else {
+        return Err(OpError::Invalid(format!("none of the policy stages {names:?} has a committed checkpoint")));
+    };
+    if checkpoint::is_hf(m) {
+        return Err(OpError::Invalid(format!("the checkpoint of `{name}` is a Hugging Face model; this operator runs mstar's own policies only (generate runs both)")));
     }
-    Err(OpError::Invalid(format!("none of the policy stages {names:?} has a committed checkpoint")))
+    let files = checkpoint::read(ctx.store, m).await?;
+    let mut p = Policy::from_files(&files, &crate::model::device()).map_err(|e| OpError::Invalid(format!("checkpoint of `{name}` (iteration {}): {e}", m.iteration)))?;
+    // sampling needs no gradients
+    p.model.use_inference_kernels(true).map_err(|e| OpError::Invalid(format!("policy `{name}`: {e}")))?;
+    Ok(p)
 }
 
 impl Operator for GenerateOp {
@@ -101,11 +110,18 @@ impl Operator for GenerateOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            if let Some(dir) = &self.model_dir {
-                return super::generate_hf::execute(self, ctx, dir).await;
-            }
             if let Some(o) = &self.spec.openai {
                 return super::generate_openai::execute(self, ctx, o).await;
+            }
+            // a Hugging Face checkpoint of a policy stage (e.g. a LoRA SFT), else the `model` folder
+            match (find_checkpoint(ctx, &self.spec.policy), &self.model_dir) {
+                (Some((name, m)), _) if checkpoint::is_hf(m) => {
+                    eprintln!("  generate: the checkpoint of `{name}` (iteration {})", m.iteration);
+                    let dir = checkpoint::local_dir(ctx.store, m).await?;
+                    return super::generate_hf::execute(self, ctx, &dir).await;
+                }
+                (None, Some(dir)) => return super::generate_hf::execute(self, ctx, std::path::Path::new(dir)).await,
+                _ => {}
             }
             let policy = resolve_policy(ctx, &self.spec.policy).await?;
             let filter = ctx.this_iteration(&self.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();

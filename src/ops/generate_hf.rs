@@ -7,7 +7,7 @@ use super::{OpContext, OpOutput, Result};
 use crate::model::generate::rollout_seed;
 use crate::model::hf::chat::user_turn;
 use crate::model::qwen2_5_vl::generate::{generate, Prompt};
-use crate::model::qwen_vl::Checkpoint;
+use crate::model::qwen_vl::{Checkpoint, Trainable};
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use candle_core::{DType, Tensor};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -34,7 +34,7 @@ pub fn folder_fingerprint(dir: &str) -> Value {
 }
 
 /// Every image of row `i` of an `images` column (list of {bytes, …}).
-fn all_images(col: &arrow::array::ArrayRef, i: usize) -> Vec<Vec<u8>> {
+pub(crate) fn all_images(col: &arrow::array::ArrayRef, i: usize) -> Vec<Vec<u8>> {
     if col.is_null(i) {
         return vec![];
     }
@@ -64,17 +64,18 @@ pub fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
     from_gen.filter(|v| !v.is_empty()).or_else(|| Some(ck.model.eos_token_ids().to_vec()).filter(|v| !v.is_empty())).unwrap_or_else(from_tok)
 }
 
-pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &str) -> Result<OpOutput> {
+/// Rollouts from the checkpoint folder `dir`: a model folder, or a LoRA adapter folder over its base.
+pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result<OpOutput> {
     let dev = crate::model::device();
     let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
-    let dir_p = Path::new(dir).to_path_buf();
-    let (ck, dev) = tokio::task::spawn_blocking(move || Checkpoint::load(&dir_p, dtype, &dev).map(|c| (c, dev)))
+    let dir_p = dir.to_path_buf();
+    let (ck, dev) = tokio::task::spawn_blocking(move || Checkpoint::open(&dir_p, Trainable::Nothing, dtype, &dev).map(|c| (c, dev)))
         .await
         .map_err(|e| op.fail(e))?
-        .map_err(|e| op.fail(format!("model {dir}: {e}")))?;
-    let eos = eos_ids(Path::new(dir), &ck);
+        .map_err(|e| op.fail(format!("model {}: {e}", dir.display())))?;
+    let eos = eos_ids(&ck.dir, &ck);
     if eos.is_empty() {
-        return Err(op.fail(format!("model {dir}: no eos_token_id in generation_config.json or config.json, nor eos_token in tokenizer_config.json")));
+        return Err(op.fail(format!("model {}: no eos_token_id in generation_config.json or config.json, nor eos_token in tokenizer_config.json", ck.dir.display())));
     }
     let params = op.sampling(ctx).await?;
     let filter = ctx.this_iteration(&op.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();

@@ -11,6 +11,7 @@ pub mod prm_label;
 pub mod prm_score;
 pub mod sql;
 pub mod train;
+pub mod train_hf;
 pub mod verify;
 
 use crate::spec::{OpSpec, Pipeline, StageSpec};
@@ -135,7 +136,7 @@ pub fn build(pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>
         OpSpec::Sql(_) => Box::new(sql::SqlOp::new(pipeline, stage)?),
         OpSpec::Verify(spec) => Box::new(verify::VerifyOp::new(spec)),
         OpSpec::ModelInit(spec) => Box::new(model_init::ModelInitOp::new(spec)),
-        OpSpec::Train(spec) => Box::new(train::TrainOp::new(&stage.id, spec)),
+        OpSpec::Train(spec) => Box::new(train::TrainOp::new(pipeline, &stage.id, spec)),
         OpSpec::Generate(spec) => Box::new(generate::GenerateOp::new(pipeline, spec)),
         OpSpec::Eval(spec) => Box::new(eval::EvalOp::new(spec)),
         OpSpec::PrmLabel(spec) => Box::new(prm_label::PrmLabelOp::new(spec)),

@@ -16,16 +16,18 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub struct TrainOp {
-    stage: String,
-    spec: TrainSpec,
+    pub(crate) stage: String,
+    pub(crate) spec: TrainSpec,
+    /// `model.path` resolved against the pipeline's folder.
+    model_dir: Option<String>,
 }
 
 impl TrainOp {
-    pub fn new(stage: &str, spec: &TrainSpec) -> Self {
-        Self { stage: stage.to_string(), spec: spec.clone() }
+    pub fn new(pipeline: &crate::spec::Pipeline, stage: &str, spec: &TrainSpec) -> Self {
+        Self { stage: stage.to_string(), spec: spec.clone(), model_dir: spec.model.as_ref().map(|m| pipeline.resolve_path(&m.path)) }
     }
 
-    fn fail(&self, e: impl std::fmt::Display) -> OpError {
+    pub(crate) fn fail(&self, e: impl std::fmt::Display) -> OpError {
         OpError::Invalid(format!("train: {e}"))
     }
 }
@@ -50,7 +52,8 @@ impl Operator for TrainOp {
     }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
-        async move { Ok(json!({})) }.boxed()
+        // a checkpoint folder is an input: its files' names, sizes and mtimes
+        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
@@ -59,6 +62,9 @@ impl Operator for TrainOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
+            if let Some(dir) = &self.model_dir {
+                return super::train_hf::execute(self, ctx, dir).await;
+            }
             let manifests = |name: &str| ctx.input_manifests.iter().find(|(n, _)| n == name).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
             // where to start: our previous checkpoint (init: last) or the base
             let own_prev = if self.spec.init == "last" { checkpoint::latest(manifests(&self.stage)) } else { None };
@@ -253,7 +259,7 @@ impl TrainOp {
     }
 }
 
-fn train_log(stage: &str, steps: Vec<i64>, epochs: Vec<i64>, losses: Vec<f64>, lrs: Vec<f64>) -> Result<RecordBatch> {
+pub(crate) fn train_log(stage: &str, steps: Vec<i64>, epochs: Vec<i64>, losses: Vec<f64>, lrs: Vec<f64>) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("stage", DataType::Utf8, false),
@@ -273,7 +279,7 @@ fn train_log(stage: &str, steps: Vec<i64>, epochs: Vec<i64>, losses: Vec<f64>, l
 }
 
 /// Fisher–Yates with a splitmix64 stream.
-fn shuffle(v: &mut [usize], seed: u64) {
+pub(crate) fn shuffle(v: &mut [usize], seed: u64) {
     let mut s = seed;
     let mut next = || {
         s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);

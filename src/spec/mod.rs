@@ -323,7 +323,18 @@ pub struct TrainSpec {
     /// Stage with `question`, `images` and `response` columns (this iteration's rows).
     pub data: String,
     /// Stage holding the starting checkpoint (a model_init or a setup train stage).
+    #[serde(default)]
     pub base: String,
+    /// Instead of `base`: a Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL) to fine-tune.
+    #[serde(default)]
+    pub model: Option<ModelPath>,
+    /// With `model`: train LoRA adapters (peft's format) instead of every weight.
+    #[serde(default)]
+    pub lora: Option<LoraSpec>,
+    /// With `model`: recompute each decoder layer's activations in the backward pass instead
+    /// of keeping them (less memory, one more forward).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// `last`: start from this stage's previous-iteration checkpoint when there is one
     /// (continuous / iterative RFT); `initial`: always from `base` (ReST-EM).
     #[serde(default = "default_init")]
@@ -370,6 +381,16 @@ fn default_micro() -> usize {
 }
 fn default_accum() -> usize {
     1
+}
+
+/// LoRA adapters: `rank`, `alpha` (scale alpha / rank) and the module names to adapt (every
+/// linear layer of that name, as peft's `target_modules`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
 }
 
 /// A Hugging Face checkpoint folder on local disk (relative paths: against the pipeline's folder).
@@ -423,7 +444,8 @@ pub struct GenerateSpec {
     /// committed checkpoint of the first one that has any is used.
     #[serde(default)]
     pub policy: Vec<String>,
-    /// Instead of `policy`: a Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL).
+    /// A Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL): alone, or with `policy` the
+    /// folder sampled while none of those stages has a checkpoint (e.g. before the first SFT).
     #[serde(default)]
     pub model: Option<ModelPath>,
     /// Instead of `policy`: an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
@@ -941,7 +963,22 @@ impl Validator<'_> {
                         if t.micro_batch == 0 || t.grad_accum == 0 {
                             self.dec.error(&at("micro_batch"), "micro_batch and grad_accum must be at least 1");
                         }
-                        for (field, name) in [("data", &t.data), ("base", &t.base)] {
+                        match (t.base.is_empty(), &t.model) {
+                            (true, None) => self.dec.error(&at("base"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder)"),
+                            (false, Some(_)) => self.dec.error(&at("model"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder), not both"),
+                            (true, Some(_)) if t.objective != "sft" => self.dec.error(&at("objective"), "a `model` folder trains with objective `sft` only"),
+                            _ => {}
+                        }
+                        if t.model.is_none() && (t.lora.is_some() || t.gradient_checkpointing) {
+                            self.dec.error(&at(if t.lora.is_some() { "lora" } else { "gradient_checkpointing" }), "applies to a `model` folder only");
+                        }
+                        if let Some(l) = &t.lora {
+                            if l.rank == 0 || !(l.alpha.is_finite() && l.alpha > 0.0) || l.targets.is_empty() {
+                                self.dec.error(&at("lora"), "lora needs rank ≥ 1, alpha > 0 and at least one target module");
+                            }
+                        }
+                        let named: Vec<(&str, &String)> = [("data", &t.data), ("base", &t.base)].into_iter().filter(|(_, n)| !n.is_empty()).collect();
+                        for (field, name) in named {
                             if let Some(r) = self.check_input(&at(field), &common.id, scope, name, false, &scopes) {
                                 if !inputs.contains(&r) {
                                     inputs.push(r);
@@ -969,8 +1006,8 @@ impl Validator<'_> {
                             }
                         }
                         match op {
-                            OpSpec::Generate(g) if (!g.policy.is_empty()) as u8 + g.model.is_some() as u8 + g.openai.is_some() as u8 > 1 => {
-                                self.dec.error(&at(if g.model.is_some() { "model" } else { "openai" }), "give one of `policy` (checkpoint stages), `model` (a checkpoint folder) or `openai` (an endpoint), not several");
+                            OpSpec::Generate(g) if g.openai.is_some() && (!g.policy.is_empty() || g.model.is_some()) => {
+                                self.dec.error(&at("openai"), "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both");
                             }
                             OpSpec::Generate(GenerateSpec { openai: Some(o), .. }) if o.concurrency == 0 => {
                                 self.dec.error(&at("openai"), "concurrency must be at least 1");

@@ -1,6 +1,7 @@
 //! Supervised fine-tuning: AdamW with decoupled weight decay, LR schedules, gradient clipping,
 //! micro-batches with gradient accumulation, and optimizer/scheduler state for checkpoints.
 
+pub mod qwen;
 pub mod regions;
 
 use crate::model::policy::{ModelError, Policy, Result};
@@ -257,37 +258,85 @@ pub struct NonFiniteLoss {
 /// One optimizer step over micro-batches (gradient accumulation, token-weighted mean),
 /// with global-norm clipping. Returns the step's mean loss. A NaN/inf loss applies nothing.
 pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, micro: &[Vec<&Example>], clip: Option<f64>) -> Result<f64> {
-    let vars = policy.named_vars();
     let prm = policy.cfg.is_prm();
-    let total: usize = micro.iter().map(|m| m.iter().map(|e| e.loss_terms(prm)).sum::<usize>()).sum();
-    let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut loss_sum = 0.0;
-    for mb in micro {
-        let (loss, n) = batch_loss(policy, mb)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            return Err(ModelError::Invalid(NonFiniteLoss { loss: l, step: state.step }.to_string()));
-        }
-        let share = n as f64 / total.max(1) as f64;
-        loss_sum += l * share;
-        let g = (loss * share)?.backward()?;
-        for (name, var) in &vars {
-            if opt.frozen(name) {
+    optimizer_step(&policy.named_vars(), opt, state, micro, clip, |e| e.loss_terms(prm), |mb, share, grads| {
+        let (loss, _) = batch_loss(policy, mb)?;
+        grads.backward(&loss, share)
+    })
+}
+
+/// Gradients of one optimizer step, summed over micro-batches, by variable name.
+pub struct Grads<'a> {
+    vars: &'a [(String, Var)],
+    frozen: Vec<bool>,
+    step: u64,
+    pub sum: BTreeMap<String, Tensor>,
+}
+
+impl Grads<'_> {
+    /// Adds the gradients `store` holds for the (unfrozen) variables.
+    pub fn add(&mut self, store: &candle_core::backprop::GradStore) -> Result<()> {
+        for ((name, var), &frozen) in self.vars.iter().zip(&self.frozen) {
+            if frozen {
                 continue;
             }
-            if let Some(gt) = g.get(var.as_tensor()) {
-                let acc = match grads.remove(name) {
-                    Some(prev) => (prev + gt)?,
-                    None => gt.clone(),
+            if let Some(g) = store.get(var.as_tensor()) {
+                let acc = match self.sum.remove(name) {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
                 };
-                grads.insert(name.clone(), acc);
+                self.sum.insert(name.clone(), acc);
             }
         }
+        Ok(())
     }
+
+    /// Refuses a NaN/inf loss (nothing is applied), else adds the gradients of `loss · scale`.
+    /// Returns the loss.
+    pub fn backward(&mut self, loss: &Tensor, scale: f64) -> Result<f64> {
+        let l = self.check(loss)?;
+        let store = (loss * scale)?.backward()?;
+        self.add(&store)?;
+        Ok(l)
+    }
+
+    /// The loss's value, or the error that stops the stage when it is not finite.
+    pub fn check(&self, loss: &Tensor) -> Result<f64> {
+        let l = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
+        if !l.is_finite() {
+            return Err(ModelError::Invalid(NonFiniteLoss { loss: l, step: self.step }.to_string()));
+        }
+        Ok(l)
+    }
+}
+
+/// One optimizer step of any model. `run(micro_batch, share, grads)` adds the gradients of
+/// the micro-batch's mean loss times `share` (its part of the step's loss terms, which `terms`
+/// counts per example) to `grads` and returns that mean loss. The summed gradients are
+/// clipped to a global norm and applied by AdamW at the schedule's learning rate. A NaN/inf
+/// loss or gradient norm applies nothing.
+pub fn optimizer_step<E>(
+    vars: &[(String, Var)],
+    opt: &mut AdamW,
+    state: &mut TrainerState,
+    micro: &[Vec<&E>],
+    clip: Option<f64>,
+    terms: impl Fn(&E) -> usize,
+    mut run: impl FnMut(&[&E], f64, &mut Grads) -> Result<f64>,
+) -> Result<f64> {
+    let total: usize = micro.iter().map(|m| m.iter().map(|e| terms(e)).sum::<usize>()).sum();
+    let mut grads = Grads { vars, frozen: vars.iter().map(|(n, _)| opt.frozen(n)).collect(), step: state.step, sum: BTreeMap::new() };
+    let mut loss_sum = 0.0;
+    for mb in micro {
+        let n: usize = mb.iter().map(|e| terms(e)).sum();
+        let share = n as f64 / total.max(1) as f64;
+        loss_sum += run(mb, share, &mut grads)? * share;
+    }
+    let mut grads = grads.sum;
     if let Some(max) = clip {
         let mut sq = 0f64;
         for g in grads.values() {
-            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            sq += g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
         }
         let norm = sq.sqrt();
         if !norm.is_finite() {
@@ -301,7 +350,7 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
         }
     }
     let lr = state.schedule.lr_at(state.step);
-    opt.step(&vars, &grads, lr, state.step + 1)?;
+    opt.step(vars, &grads, lr, state.step + 1)?;
     state.step += 1;
     state.examples_seen += micro.iter().map(|m| m.len() as u64).sum::<u64>();
     state.tokens_seen += total as u64;

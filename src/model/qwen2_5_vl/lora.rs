@@ -114,3 +114,76 @@ pub fn merge(tensors: &HashMap<String, Tensor>, cfg: &LoraConfig) -> candle_core
     }
     Ok(out)
 }
+
+/// Fresh adapters for every linear weight (`….<target>.weight`, 2-D) of the targeted module
+/// names, initialized as peft does: A ~ U(−1/√in, 1/√in) (kaiming-uniform with a = √5), B = 0,
+/// so the adapted model starts equal to the base. Seeded; a target matching nothing is an error.
+pub fn init_adapters(base: &HashMap<String, Tensor>, cfg: &LoraConfig, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
+    let mut names: Vec<&String> = base.keys().collect();
+    names.sort();
+    let mut out = HashMap::new();
+    let mut rng = seed ^ 0x10ba_5eed;
+    let mut next = || {
+        rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for t in &cfg.targets {
+        let mut hits = 0;
+        for name in &names {
+            let Some(layer) = name.strip_suffix(".weight") else { continue };
+            let w = &base[*name];
+            if layer.rsplit('.').next() != Some(t.as_str()) || w.rank() != 2 {
+                continue;
+            }
+            let (o, i) = w.dims2()?;
+            let bound = 1.0 / (i as f64).sqrt();
+            let a: Vec<f32> = (0..cfg.rank * i).map(|_| ((2.0 * next() - 1.0) * bound) as f32).collect();
+            out.insert(format!("{layer}.lora_A.weight"), Tensor::from_vec(a, (cfg.rank, i), w.device())?.to_dtype(w.dtype())?);
+            out.insert(format!("{layer}.lora_B.weight"), Tensor::zeros((o, cfg.rank), w.dtype(), w.device())?);
+            hits += 1;
+        }
+        if hits == 0 {
+            candle_core::bail!("LoRA target `{t}` matches no linear layer of the checkpoint");
+        }
+    }
+    Ok(out)
+}
+
+/// The name peft (0.21, transformers ≥ 4.52) saves an adapter tensor under: the module's
+/// in-memory path (`model.language_model.…`, `model.visual.…`) below `base_model.model.`.
+pub fn peft_name(canonical: &str) -> String {
+    let inner = if let Some(rest) = canonical.strip_prefix("model.") {
+        format!("model.language_model.{rest}")
+    } else if let Some(rest) = canonical.strip_prefix("visual.") {
+        format!("model.visual.{rest}")
+    } else {
+        canonical.to_string()
+    };
+    format!("base_model.model.{inner}")
+}
+
+/// `adapter_config.json` as peft writes it, pointing at the base folder.
+pub fn adapter_config_json(cfg: &LoraConfig, base_dir: &str, architecture: &str) -> serde_json::Value {
+    serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": null,
+        "base_model_name_or_path": base_dir,
+        "auto_mapping": {"base_model_class": architecture},
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "target_modules": cfg.targets,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    })
+}

@@ -60,10 +60,10 @@ impl Qwen25Vl {
         Ok(Self { cfg: cfg.clone(), vision: VisionTower::new(&cfg.vision, vb.pp("visual"), lora)?, text: TextModel::new(&cfg.decoder, vb, lora)? })
     }
 
-    /// Builds the model over `tensors` (canonical names) as trainable variables. Every weight the
-    /// config needs must be there with its shape; weights nobody reads are an error too.
-    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, lora: Option<&LoraConfig>, dtype: DType, dev: &Device) -> Result<(Self, VarMap)> {
-        build_checked(tensors, dtype, dev, |vb| Self::new(cfg, vb, lora))
+    /// Builds the model over `tensors` (canonical names), those `trainable` names as variables.
+    /// Every weight the config needs must be there with its shape; weights nobody reads are an error too.
+    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, lora: Option<&LoraConfig>, trainable: &dyn Fn(&str) -> bool, dtype: DType, dev: &Device) -> Result<(Self, VarMap, HashMap<String, Tensor>)> {
+        build_checked(tensors, trainable, dtype, dev, |vb| Self::new(cfg, vb, lora))
     }
 
     pub fn rope_index(&self, ids: &[u32], grids: &[[usize; 3]]) -> Result<Vec<[i64; 3]>> {
@@ -78,10 +78,12 @@ impl Qwen25Vl {
 }
 
 
-/// Builds a model with `build` over `tensors` as trainable variables: first over the tensors
-/// read-only (every weight the model asks for must be there with its shape, and every tensor must
-/// be asked for), then over a VarMap of them.
-pub fn build_checked<M>(tensors: HashMap<String, Tensor>, dtype: DType, dev: &Device, build: impl Fn(VarBuilder) -> Result<M>) -> Result<(M, VarMap)> {
+/// Builds a model with `build` over `tensors`: first reading only (every weight the model asks
+/// for must be there with its shape, and every tensor must be asked for), then for real, with
+/// the weights `trainable` names as variables (the returned VarMap) and the others as constants
+/// (returned by name): constants record no backward graph, so inference keeps no activations
+/// and LoRA training computes no gradients for the frozen weights.
+pub fn build_checked<M>(tensors: HashMap<String, Tensor>, trainable: &dyn Fn(&str) -> bool, dtype: DType, dev: &Device, build: impl Fn(VarBuilder) -> Result<M>) -> Result<(M, VarMap, HashMap<String, Tensor>)> {
     let names: HashSet<String> = tensors.keys().cloned().collect();
     let used = Arc::new(Mutex::new(HashSet::new()));
     let backend = Weights { tensors, used: used.clone() };
@@ -97,19 +99,25 @@ pub fn build_checked<M>(tensors: HashMap<String, Tensor>, dtype: DType, dev: &De
         candle_core::bail!("the checkpoint has weights this config does not use: {:?}{more}", &unused[..unused.len().min(5)]);
     }
     let varmap = VarMap::new();
+    let mut constants = HashMap::new();
+    let mut all = HashMap::new();
     {
         let mut data = varmap.data().lock().expect("not poisoned");
         for name in &names {
             let t = vb.get_unchecked(name)?;
-            data.insert(name.clone(), Var::from_tensor(&t)?);
+            if trainable(name) {
+                let v = Var::from_tensor(&t)?;
+                all.insert(name.clone(), v.as_tensor().clone());
+                data.insert(name.clone(), v);
+            } else {
+                all.insert(name.clone(), t.detach());
+                constants.insert(name.clone(), t.detach());
+            }
         }
     }
-    let model = build(VarBuilder::from_varmap(&varmap, dtype, dev))?;
-    let n = varmap.all_vars().len();
-    if n != names.len() {
-        candle_core::bail!("the model created {} weights the checkpoint does not have", n - names.len());
-    }
-    Ok((model, varmap))
+    let backend = Weights { tensors: all, used: Arc::new(Mutex::new(HashSet::new())) };
+    let model = build(VarBuilder::from_backend(Box::new(backend), dtype, dev.clone()))?;
+    Ok((model, varmap, constants))
 }
 
 /// transformers' `get_rope_index` for one sequence of images and text: text tokens count

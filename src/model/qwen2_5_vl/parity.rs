@@ -72,7 +72,7 @@ fn lora_step_matches_peft_and_merges() {
     use crate::model::tiny_vlm::masked_cross_entropy;
     let dir = fixture();
     let dev = Device::Cpu;
-    let ck = Checkpoint::load_with_adapter(&dir, Some(&dir.join("lora")), DType::F32, &dev).unwrap();
+    let ck = Checkpoint::load_with_adapter(&dir, &dir.join("lora"), true, DType::F32, &dev).unwrap();
     let exp = candle_core::safetensors::load(dir.join("lora/expected.safetensors"), &dev).unwrap();
     let ids: Vec<u32> = exp["input_ids"].to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
     let labels: Vec<i64> = exp["labels"].to_vec1().unwrap();
@@ -109,13 +109,13 @@ fn lora_step_matches_peft_and_merges() {
     eprintln!("LoRA: loss {got} (peft {want}), worst |Δgrad| / max |grad| = {worst:.1e}");
     assert_eq!(checked, 20, "adapter tensors with gradients");
     // merged weights, no adapters, same logits
-    let all: std::collections::HashMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     drop(vars);
+    let all = ck.all_tensors();
     let lc = super::lora::LoraConfig::from_file(&dir.join("lora/adapter_config.json")).unwrap();
     let merged = super::lora::merge(&all, &lc).unwrap();
     assert!(merged.keys().all(|k| !k.contains("lora_")));
     let QwenVl::Qwen25(m) = &ck.model else { panic!("a Qwen2.5-VL fixture") };
-    let (plain, _) = super::Qwen25Vl::from_tensors(&m.cfg, merged, None, DType::F32, &dev).unwrap();
+    let (plain, _, _) = super::Qwen25Vl::from_tensors(&m.cfg, merged, None, &|_| false, DType::F32, &dev).unwrap();
     let d = max_abs(&QwenVl::Qwen25(plain).forward(&ids, Some(&pixels), &[img.grid]).unwrap(), &logits);
     assert!(d < 1e-4, "merged logits differ by {d}");
 }

@@ -170,6 +170,20 @@ impl TextModel {
         self.norm.forward(&x)
     }
 
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `i` alone over x (B, T, C), causal, no cache (training with recomputation).
+    pub fn layer(&self, i: usize, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        self.layers[i].forward(x, cos, sin, Mask::Causal, None)
+    }
+
+    /// The final RMSNorm.
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
+    }
+
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
     }

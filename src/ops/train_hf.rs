@@ -1,0 +1,130 @@
+//! `train` with `model: {path: DIR}`: SFT of a Qwen-VL checkpoint folder, every weight or LoRA
+//! adapters, continuing from this stage's previous checkpoint when asked; checkpoints are saved
+//! in Hugging Face's layout (a model folder, or a peft adapter folder) plus the optimizer state.
+
+use super::train::{shuffle, train_log, TrainOp};
+use super::{OpContext, OpOutput, Result};
+use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
+use crate::model::policy::safetensors_bytes;
+use crate::model::qwen2_5_vl::lora::LoraConfig;
+use crate::model::qwen_vl::{Checkpoint, Trainable};
+use crate::train::qwen::{accumulate, encode, QwenExample};
+use crate::train::{optimizer_step, AdamW, TrainerState};
+use arrow::array::Array;
+use candle_core::DType;
+use std::path::{Path, PathBuf};
+
+pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Result<OpOutput> {
+    let spec = &op.spec;
+    let dev = crate::model::device();
+    let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
+    let lora = spec.lora.as_ref().map(|l| LoraConfig { rank: l.rank, alpha: l.alpha, targets: l.targets.clone() });
+    let trainable = if lora.is_some() { Trainable::Adapters } else { Trainable::All };
+    // where to start: this stage's previous checkpoint (init: last), else the folder
+    let own = ctx.input_manifests.iter().find(|(n, _)| n == &op.stage).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
+    let prev = if spec.init == "last" { checkpoint::latest(own) } else { None };
+    let prev_dir = match prev {
+        Some(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
+        None => None,
+    };
+    let (base, seed, prev2, lora2) = (PathBuf::from(base_dir), ctx.pipeline.seed, prev_dir.clone(), lora.clone());
+    let ck = tokio::task::spawn_blocking(move || -> crate::model::hf::Result<Checkpoint> {
+        match (prev2, lora2) {
+            (Some(d), _) => Checkpoint::open(&d, trainable, dtype, &dev),
+            (None, Some(l)) => Checkpoint::load_with_new_adapter(&base, l, seed, dtype, &dev),
+            (None, None) => Checkpoint::load_parts(&base, None, Trainable::All, dtype, &dev),
+        }
+    })
+    .await
+    .map_err(|e| op.fail(e))?
+    .map_err(|e| op.fail(format!("model {}: {e}", prev_dir.as_deref().unwrap_or(Path::new(base_dir)).display())))?;
+    if prev.is_some() && ck.lora != lora {
+        return Err(op.fail(format!(
+            "this stage's previous checkpoint has LoRA {:?} but the spec asks for {:?}; start over with `init: initial` or a new stage id",
+            ck.lora, lora
+        )));
+    }
+    let (mut state, mut opt) = resume(op, ctx, prev_dir.as_deref(), &ck)?;
+
+    // this iteration's rows, in a fixed order (the shuffle below is seeded)
+    let filter = ctx.this_iteration(&spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
+    let q = format!(
+        "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response FROM \"{}\"{filter} ORDER BY question, response",
+        spec.data
+    );
+    let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| op.fail(format!("data `{}` needs columns question, images and response: {e}", spec.data)))?.collect().await?;
+    let mut examples: Vec<QwenExample> = Vec::new();
+    for b in &batches {
+        let (qs, rs) = (super::strings(b.column(0))?, super::strings(b.column(2))?);
+        for i in 0..b.num_rows() {
+            if qs.is_null(i) || rs.is_null(i) {
+                continue;
+            }
+            let images = super::generate_hf::all_images(b.column(1), i);
+            let e = encode(&ck, qs.value(i), &images, rs.value(i)).map_err(|e| op.fail(format!("data `{}`, row {} (question {:?}): {e}", spec.data, examples.len(), qs.value(i))))?;
+            examples.push(e);
+        }
+    }
+    let pad = *crate::ops::generate_hf::eos_ids(&ck.dir, &ck).first().ok_or_else(|| op.fail("the checkpoint names no end-of-turn token to pad with"))?;
+    let vars = ck.trainable();
+    let per_step = spec.micro_batch * spec.grad_accum;
+    let total_steps = examples.len().div_ceil(per_step.max(1)) * spec.epochs as usize;
+    if examples.is_empty() {
+        eprintln!("  train: no rows in `{}` this iteration; the checkpoint is carried over", spec.data);
+    }
+    let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);
+    let started = std::time::Instant::now();
+    for epoch in 0..spec.epochs {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
+        for chunk in order.chunks(per_step) {
+            if crate::runner::interrupted() {
+                return Err(op.fail(format!("interrupted at step {} of {total_steps}; nothing of this stage was committed", losses.len())));
+            }
+            let micro: Vec<Vec<&QwenExample>> = chunk.chunks(spec.micro_batch).map(|c| c.iter().map(|&i| &examples[i]).collect()).collect();
+            let lr = state.schedule.lr_at(state.step);
+            let loss = optimizer_step(&vars, &mut opt, &mut state, &micro, spec.clip, QwenExample::targets, |mb, share, grads| {
+                accumulate(&ck, mb, pad, spec.gradient_checkpointing, share, grads)
+            })
+            .map_err(|e| op.fail(e))?;
+            steps.push(state.step as i64);
+            losses.push(loss);
+            lrs.push(lr);
+            epochs.push(epoch as i64);
+            let done = losses.len();
+            if done * 10 / total_steps.max(1) != (done - 1) * 10 / total_steps.max(1) || done == total_steps {
+                eprintln!("  train: step {done}/{total_steps}, loss {loss:.4}, lr {lr:.2e}, {:.1}s", started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    state.rng = state.rng.wrapping_add(spec.epochs as u64);
+    ctx.side.push("train_log", train_log(&op.stage, steps, epochs, losses, lrs)?);
+    let mut files = ck.to_files().map_err(|e| op.fail(e))?;
+    files.push((OPTIMIZER_FILE.to_string(), safetensors_bytes(&opt.state_tensors()).map_err(|e| op.fail(e))?));
+    files.push((STATE_FILE.to_string(), serde_json::to_vec_pretty(&state).map_err(|e| op.fail(e))?));
+    let dir = format!("{}/{}", ctx.files_dir(), ctx.attempt);
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    Ok(OpOutput::Files(checkpoint::write(ctx.store, &dir, files).await?))
+}
+
+/// The optimizer and counters to go on with: the previous checkpoint's with `optimizer:
+/// continue`, else fresh ones (the spec's schedule and AdamW settings apply either way).
+fn resume(op: &TrainOp, ctx: &OpContext<'_>, prev: Option<&Path>, ck: &Checkpoint) -> Result<(TrainerState, AdamW)> {
+    let spec = &op.spec;
+    let state_file = prev.map(|d| d.join(STATE_FILE)).filter(|p| p.exists());
+    match state_file {
+        Some(sf) if spec.optimizer == "continue" => {
+            let st: TrainerState = serde_json::from_slice(&std::fs::read(&sf).map_err(|e| op.fail(format!("{}: {e}", sf.display())))?)
+                .map_err(|e| op.fail(format!("{}: {e}", sf.display())))?;
+            let of = sf.with_file_name(OPTIMIZER_FILE);
+            let dev = ck.model.text().embed.embeddings().device().clone();
+            let moments = if of.exists() { candle_core::safetensors::load(&of, &dev).map_err(|e| op.fail(format!("{}: {e}", of.display())))? } else { Default::default() };
+            let opt = AdamW::from_state(spec.adamw.clone(), moments).map_err(|e| op.fail(e))?;
+            Ok((TrainerState { schedule: spec.schedule.clone(), adamw: spec.adamw.clone(), ..st }, opt))
+        }
+        _ => Ok((
+            TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: spec.schedule.clone(), adamw: spec.adamw.clone(), rng: ctx.pipeline.seed ^ 0x5eed, last_loss: None },
+            AdamW::new(spec.adamw.clone()),
+        )),
+    }
+}

@@ -1,0 +1,331 @@
+//! SFT of a Qwen-VL checkpoint: (question, images, response) rows rendered with the
+//! checkpoint's chat template, loss on the assistant turn's tokens only, right-padded micro-batches,
+//! optionally with each decoder layer's activations recomputed in the backward pass.
+
+use super::Grads;
+use crate::model::hf::{self, chat::user_turn, HfError};
+use crate::model::policy::{ModelError, Result};
+use crate::model::qwen_vl::{Checkpoint, QwenVl};
+use crate::model::tiny_vlm::masked_cross_entropy;
+use candle_core::{DType, Device, Tensor, Var};
+
+/// One training row: prompt and response token ids, and the prompt's images.
+#[derive(Debug, Clone)]
+pub struct QwenExample {
+    /// Prompt tokens (chat template, image placeholders expanded) followed by the response's.
+    pub ids: Vec<u32>,
+    /// Where the response starts in `ids`.
+    pub prompt_len: usize,
+    /// Every image's patches, concatenated (rows × columns of the vision tower's input).
+    pub pixels: Vec<f32>,
+    pub grids: Vec<[usize; 3]>,
+}
+
+impl QwenExample {
+    /// Loss terms: the response's tokens (the assistant turn's end included).
+    pub fn targets(&self) -> usize {
+        self.ids.len() - self.prompt_len
+    }
+}
+
+/// Renders a row as the checkpoint's chat template does: the user turn (images, then the
+/// question) with the generation prompt, then the assistant turn; the response tokens are
+/// what the full conversation adds to the prompt (for Qwen: the text and `<|im_end|>\n`).
+pub fn encode(ck: &Checkpoint, question: &str, images: &[Vec<u8>], response: &str) -> hf::Result<QwenExample> {
+    let mut pixels = Vec::new();
+    let mut grids = Vec::new();
+    for (j, bytes) in images.iter().enumerate() {
+        let p = ck.processor.preprocess_bytes(bytes).map_err(|e| HfError::Image(format!("image {j}: {e}")))?;
+        grids.push(p.grid);
+        pixels.extend(p.values);
+    }
+    let user = user_turn(images.len(), question);
+    let prompt = ck.chat.render(&user, true)?;
+    let mut turns = user.as_array().cloned().unwrap_or_default();
+    turns.push(serde_json::json!({"role": "assistant", "content": response}));
+    let full = ck.chat.render(&serde_json::Value::Array(turns), false)?;
+    let tail = full.strip_prefix(prompt.as_str()).ok_or_else(|| {
+        HfError::Template("the chat template renders the conversation with the answer differently from the prompt it generates from; the response tokens cannot be told apart".into())
+    })?;
+    if tail.contains("<|image_pad|>") || tail.contains("<|vision_start|>") {
+        return Err(HfError::Template("the response contains an image placeholder token".into()));
+    }
+    let mut ids = ck.encode(&ck.expand_image_pads(&prompt, &grids)?)?;
+    let prompt_len = ids.len();
+    let response_ids = ck.encode(tail)?;
+    if response_ids.is_empty() {
+        return Err(HfError::Template("the response renders to no tokens".into()));
+    }
+    ids.extend(response_ids);
+    Ok(QwenExample { ids, prompt_len, pixels, grids })
+}
+
+/// A micro-batch laid out for the model: rows right-padded with `pad`, all images' patches,
+/// per-row grids, and the flat (row · T + position) indices whose next token is a target.
+struct Batch {
+    rows: Vec<Vec<u32>>,
+    pixels: Option<Tensor>,
+    grids: Vec<Vec<[usize; 3]>>,
+    at: Tensor,
+    targets: Tensor,
+    t: usize,
+}
+
+fn layout(examples: &[&QwenExample], pad: u32, dev: &Device, dtype: DType) -> Result<Batch> {
+    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let (mut rows, mut grids, mut values, mut at, mut targets) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut patches = 0;
+    for (r, e) in examples.iter().enumerate() {
+        let mut row = e.ids.clone();
+        row.resize(t, pad);
+        rows.push(row);
+        grids.push(e.grids.clone());
+        patches += e.grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>();
+        values.extend_from_slice(&e.pixels);
+        // position p's logits predict token p + 1
+        for p in e.prompt_len - 1..e.ids.len() - 1 {
+            at.push((r * t + p) as u32);
+            targets.push(e.ids[p + 1]);
+        }
+    }
+    let pixels = if patches == 0 {
+        None
+    } else {
+        if values.len() % patches != 0 {
+            return Err(ModelError::Invalid(format!("{} pixel values for {patches} patches", values.len())));
+        }
+        let cols = values.len() / patches;
+        Some(Tensor::from_vec(values, (patches, cols), dev)?.to_dtype(dtype)?)
+    };
+    let n = at.len();
+    Ok(Batch { rows, pixels, grids, at: Tensor::from_vec(at, n, dev)?, targets: Tensor::from_vec(targets, (1, n), dev)?, t })
+}
+
+/// Mean token cross-entropy (f32) of the target positions of hidden states (B, T, C).
+fn head_loss(model: &QwenVl, hidden: &Tensor, b: &Batch) -> Result<Tensor> {
+    let (rows, t, c) = hidden.dims3()?;
+    debug_assert_eq!(t, b.t);
+    let h = hidden.reshape((rows * t, c))?.index_select(&b.at, 0)?;
+    let logits = model.text().logits(&model.text().final_norm(&h)?)?.to_dtype(DType::F32)?.unsqueeze(0)?;
+    let n = b.at.dim(0)?;
+    Ok(masked_cross_entropy(&logits, &b.targets, &Tensor::ones((1, n), DType::F32, hidden.device())?)?)
+}
+
+/// The micro-batch's mean loss, its gradients times `scale` added to `grads`. With
+/// `recompute`, the decoder keeps only each layer's input in the forward pass and re-runs the
+/// layer in the backward pass (gradient checkpointing): the same gradients for less memory.
+pub fn accumulate(ck: &Checkpoint, examples: &[&QwenExample], pad: u32, recompute: bool, scale: f64, grads: &mut Grads) -> Result<f64> {
+    let text = ck.model.text();
+    let dev = text.embed.embeddings().device().clone();
+    let dtype = text.embed.embeddings().dtype();
+    let b = layout(examples, pad, &dev, dtype)?;
+    let pos = ck.model.positions(&b.rows, &b.grids)?;
+    let inputs = ck.model.decoder_inputs(&b.rows, b.pixels.as_ref(), &b.grids.concat(), pos)?;
+    if !recompute {
+        let mut x = inputs.x.clone();
+        for i in 0..text.num_layers() {
+            x = text.layer(i, &x, &inputs.cos, &inputs.sin)?;
+            if let Some(d) = inputs.deep.get(i) {
+                x = (&x + d.reshape(x.shape())?)?;
+            }
+        }
+        let loss = head_loss(&ck.model, &x, &b)?;
+        return grads.backward(&loss, scale);
+    }
+    // forward: keep each layer's input, no graph
+    let deep: Vec<Var> = inputs.deep.iter().map(|d| Var::from_tensor(&d.detach())).collect::<candle_core::Result<_>>()?;
+    let mut saved = Vec::with_capacity(text.num_layers());
+    let mut x = inputs.x.detach();
+    for i in 0..text.num_layers() {
+        saved.push(x.clone());
+        let mut y = text.layer(i, &x, &inputs.cos, &inputs.sin)?;
+        if let Some(d) = deep.get(i) {
+            y = (&y + d.as_tensor().reshape(y.shape())?)?;
+        }
+        x = y.detach();
+    }
+    // the head
+    let top = Var::from_tensor(&x)?;
+    let loss = head_loss(&ck.model, top.as_tensor(), &b)?;
+    let l = grads.check(&loss)?;
+    let store = (&loss * scale)?.backward()?;
+    grads.add(&store)?;
+    let Some(mut g) = store.get(top.as_tensor()).cloned() else { return Ok(l) };
+    // backward through the layers, one re-run at a time
+    let mut g_deep: Vec<Option<Tensor>> = vec![None; deep.len()];
+    for i in (0..text.num_layers()).rev() {
+        let xin = Var::from_tensor(&saved[i])?;
+        let mut y = text.layer(i, xin.as_tensor(), &inputs.cos, &inputs.sin)?;
+        if let Some(d) = deep.get(i) {
+            y = (&y + d.as_tensor().reshape(y.shape())?)?;
+        }
+        let store = (y * &g)?.sum_all()?.backward()?;
+        grads.add(&store)?;
+        if let Some(d) = deep.get(i) {
+            g_deep[i] = store.get(d.as_tensor()).cloned();
+        }
+        g = match store.get(xin.as_tensor()) {
+            Some(gx) => gx.clone(),
+            None => return Ok(l),
+        };
+    }
+    // and into the embeddings and the vision tower
+    let mut surrogate = (&inputs.x * &g)?.sum_all()?;
+    for (d, gd) in inputs.deep.iter().zip(&g_deep) {
+        if let Some(gd) = gd {
+            surrogate = (surrogate + (d * gd)?.sum_all()?)?;
+        }
+    }
+    grads.add(&surrogate.backward()?)?;
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::qwen2_5_vl::lora::LoraConfig;
+    use crate::model::qwen_vl::Trainable;
+    use crate::train::{optimizer_step, AdamW, AdamWConfig, Schedule, TrainerState};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model")).join(name)
+    }
+
+    fn examples(ck: &Checkpoint, dir: &std::path::Path) -> Vec<QwenExample> {
+        let img = |n: &str| std::fs::read(dir.join(n)).unwrap();
+        vec![
+            encode(ck, "What is in the picture?", &[img("b.png")], "A square. The answer is 4.").unwrap(),
+            encode(ck, "Compare them.", &[img("a.png"), img("c.png")], "Left is bigger.").unwrap(),
+            encode(ck, "Say hi.", &[], "hi").unwrap(),
+        ]
+    }
+
+    fn state() -> TrainerState {
+        TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: Schedule::Constant { lr: 1e-2 }, adamw: AdamWConfig::default(), rng: 0, last_loss: None }
+    }
+
+    /// Gradients of one step's loss over `micro` (summed, token-weighted), by variable name.
+    fn grads_of(ck: &Checkpoint, micro: &[Vec<&QwenExample>], recompute: bool) -> (f64, BTreeMap<String, Tensor>) {
+        let vars = ck.trainable();
+        let total: usize = micro.iter().flatten().map(|e| e.targets()).sum();
+        let mut g = Grads { vars: &vars, frozen: vec![false; vars.len()], step: 0, sum: BTreeMap::new() };
+        let mut loss = 0.0;
+        for mb in micro {
+            let share = mb.iter().map(|e| e.targets()).sum::<usize>() as f64 / total as f64;
+            loss += accumulate(ck, mb, 0, recompute, share, &mut g).unwrap() * share;
+        }
+        (loss, g.sum)
+    }
+
+    fn max_rel(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> f32 {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        let mut worst = 0f32;
+        for (k, x) in a {
+            let d = (x - &b[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let s = x.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            worst = worst.max(d / s.max(1e-12));
+        }
+        worst
+    }
+
+    #[test]
+    fn the_response_tokens_are_the_assistant_turn() {
+        let dir = fixture("qwen2_5_vl");
+        let ck = Checkpoint::load(&dir, DType::F32, &Device::Cpu).unwrap();
+        let e = &examples(&ck, &dir)[2];
+        let text = ck.tokenizer.decode(&e.ids[e.prompt_len..], false).unwrap();
+        assert_eq!(text, "hi<|im_end|>\n");
+        let prompt = ck.tokenizer.decode(&e.ids[..e.prompt_len], false).unwrap();
+        assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    }
+
+    /// Right padding is invisible: one micro-batch of three rows (one image, two images, none)
+    /// gives the loss and gradients of the rows taken one at a time.
+    #[test]
+    fn a_padded_batch_equals_its_rows_one_by_one() {
+        for name in ["qwen2_5_vl", "qwen3_vl"] {
+            let dir = fixture(name);
+            let ck = Checkpoint::load_parts(&dir, None, Trainable::All, DType::F32, &Device::Cpu).unwrap();
+            let ex = examples(&ck, &dir);
+            let together = grads_of(&ck, &[ex.iter().collect()], false);
+            let apart = grads_of(&ck, &ex.iter().map(|e| vec![e]).collect::<Vec<_>>(), false);
+            assert!((together.0 - apart.0).abs() < 1e-5, "{name}: loss {} vs {}", together.0, apart.0);
+            let d = max_rel(&together.1, &apart.1);
+            assert!(d < 1e-4, "{name}: gradients differ by {d} (relative)");
+            // every weight gets a gradient, the vision tower's too
+            assert_eq!(together.1.len(), ck.trainable().len(), "{name}");
+        }
+    }
+
+    /// Recomputing each layer in the backward pass gives the same gradients, DeepStack included.
+    #[test]
+    fn gradient_checkpointing_gives_the_same_gradients() {
+        for name in ["qwen2_5_vl", "qwen3_vl"] {
+            let dir = fixture(name);
+            let ck = Checkpoint::load_parts(&dir, None, Trainable::All, DType::F32, &Device::Cpu).unwrap();
+            let ex = examples(&ck, &dir);
+            let plain = grads_of(&ck, &[ex.iter().collect()], false);
+            let recomputed = grads_of(&ck, &[ex.iter().collect()], true);
+            assert!((plain.0 - recomputed.0).abs() < 1e-6, "{name}: loss");
+            let d = max_rel(&plain.1, &recomputed.1);
+            assert!(d < 1e-5, "{name}: gradients differ by {d} (relative)");
+            assert!(plain.1.values().all(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0), "{name}: a zero gradient");
+        }
+    }
+
+    /// LoRA: fresh adapters leave the model as it was; training moves only the adapters, every
+    /// one of them, and lowers the loss; the saved adapter folder reloads to the same model.
+    #[test]
+    fn lora_trains_only_the_adapters_and_round_trips() {
+        let dir = fixture("qwen2_5_vl");
+        let dev = Device::Cpu;
+        let base = Checkpoint::load(&dir, DType::F32, &dev).unwrap();
+        let lc = LoraConfig { rank: 4, alpha: 8.0, targets: vec!["q_proj".into(), "v_proj".into(), "qkv".into(), "down_proj".into()] };
+        let ck = Checkpoint::load_with_new_adapter(&dir, lc.clone(), 7, DType::F32, &dev).unwrap();
+        let ex = examples(&ck, &dir);
+        let img = ck.processor.preprocess_bytes(&std::fs::read(dir.join("b.png")).unwrap()).unwrap();
+        let n = img.num_patches();
+        let pixels = Tensor::from_vec(img.values.clone(), (n, img.values.len() / n), &dev).unwrap();
+        let logits = |m: &QwenVl| m.forward(&ex[0].ids, Some(&pixels), &[img.grid]).unwrap();
+        let d0 = (logits(&ck.model) - logits(&base.model)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d0, 0.0, "fresh adapters change the model");
+        let vars = ck.trainable();
+        assert!(vars.iter().all(|(n, _)| n.contains(".lora_")) && !vars.is_empty());
+        let frozen_before = ck.frozen.clone();
+        let mut opt = AdamW::new(AdamWConfig::default());
+        let mut st = state();
+        let micro = vec![ex.iter().collect::<Vec<_>>()];
+        let mut losses = vec![];
+        for _ in 0..6 {
+            losses.push(optimizer_step(&vars, &mut opt, &mut st, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, false, s, g)).unwrap());
+        }
+        assert!(losses[5] < losses[0] - 0.1, "loss {losses:?}");
+        // after a step B ≠ 0, so every adapter tensor has a gradient
+        let (_, g) = grads_of(&ck, &micro, false);
+        assert_eq!(g.len(), vars.len());
+        assert!(g.values().all(|t| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0), "an adapter without gradient");
+        for (k, t) in &ck.frozen {
+            assert_eq!((t - &frozen_before[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{k} moved");
+        }
+        // the peft folder reloads to the same model; merged, it is a plain folder with the same logits
+        let tmp = tempfile::tempdir().unwrap();
+        let (ad, merged) = (tmp.path().join("adapter"), tmp.path().join("merged"));
+        for (d, files) in [(&ad, ck.to_files().unwrap()), (&merged, ck.merged_files(DType::F32).unwrap())] {
+            std::fs::create_dir_all(d).unwrap();
+            for (name, bytes) in files {
+                std::fs::write(d.join(name), bytes).unwrap();
+            }
+        }
+        let trained = logits(&ck.model);
+        let again = Checkpoint::open(&ad, Trainable::Nothing, DType::F32, &dev).unwrap();
+        assert_eq!(again.lora.as_ref(), Some(&lc));
+        let d = (logits(&again.model) - &trained).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "reloaded adapter");
+        let plain = Checkpoint::open(&merged, Trainable::Nothing, DType::F32, &dev).unwrap();
+        assert!(plain.lora.is_none());
+        let d = (logits(&plain.model) - &trained).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "merged logits differ by {d}");
+    }
+}
