@@ -103,10 +103,10 @@ fn generate_from_a_qwen3_vl_folder() {
 #[test]
 fn bad_model_specs_and_folders_say_what_and_where() {
     let tmp = tempfile::tempdir().unwrap();
-    // both a policy and a model
-    let p = write_pipeline(tmp.path(), "qwen", "    policy: [warmup]\n");
+    // both an endpoint and a model
+    let p = write_pipeline(tmp.path(), "qwen", "    openai: {base_url: 'http://127.0.0.1:9/v1', model: x}\n");
     let (_, _, err) = fails(bin().arg("validate").arg(&p));
-    assert!(err.contains("give one of `policy`") && err.contains("p.yaml:11:12: stages.rollouts.model"), "{err}");
+    assert!(err.contains("give `openai`") && err.contains("stages.rollouts.openai"), "{err}");
     // a folder without a checkpoint
     std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
     let p = write_pipeline(tmp.path(), "empty", "");
@@ -174,4 +174,126 @@ fn serve_and_the_openai_backend() {
     assert_eq!(sql_csv(s3, "SELECT count(*) FROM rollouts WHERE finish_reason = 'error' AND response = ''").lines().nth(1), Some("6"));
     let e = sql_csv(s3, "SELECT count(*) AS n, min(attempts) AS a, bool_and(error LIKE '%request to%') AS msg FROM generate_errors");
     assert_eq!(e.lines().nth(1), Some("6,2,true"), "{e}");
+}
+
+/// The self-evolving loop on a Qwen-VL folder: generate (the folder, then this run's SFT
+/// checkpoint) → train (LoRA or every weight, continuing its optimizer) → generate, through the
+/// real binary; checkpoints are peft adapter folders or model folders, and `mstar model export`
+/// gives a plain folder that samples exactly what the adapter did.
+fn sft_pipeline(dir: &Path, model: &str, train: &str, iterations: u32) -> std::path::PathBuf {
+    let f = dir.join(format!("sft_{model}.yaml"));
+    std::fs::write(
+        &f,
+        format!(
+            r#"name: hf_sft
+seed: 4
+iterations: {iterations}
+datasets:
+  train: {{synth: {{split: train, count: 3, seed: 9}}}}
+stages:
+  - {{id: prompts, op: import, dataset: train}}
+  - id: rollouts
+    op: generate
+    prompts: prompts
+    policy: [sft@prev]
+    model: {{path: {model}}}
+    samples: 2
+    sampling: {{temperature: 1.0, top_p: 0.95, max_new_tokens: 6}}
+  - id: sft_data
+    op: sql
+    query: "SELECT question, images, CAST(answer AS VARCHAR) AS response FROM prompts"
+  - id: sft
+    op: train
+    data: sft_data
+    model: {{path: {model}}}
+    micro_batch: 2
+    grad_accum: 1
+    epochs: 2
+    schedule: {{kind: constant, lr: 0.01}}
+    clip: 1.0
+{train}"#
+        ),
+    )
+    .unwrap();
+    f
+}
+
+#[test]
+fn lora_sft_on_a_qwen_folder_then_sample_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    let p = sft_pipeline(tmp.path(), "qwen", "    lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj, qkv]}\n", 2);
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
+    assert_eq!(
+        outcomes(&err, "computed"),
+        vec!["0/prompts", "1/rollouts", "1/sft_data", "1/sft", "2/rollouts", "2/sft_data", "2/sft"],
+        "{err}"
+    );
+    assert!(err.contains("generate: the checkpoint of `sft` (iteration 1)"), "{err}");
+    // 3 rows × 2 epochs in micro-batches of 2: 4 steps an iteration, counted on across iterations
+    let log = sql_csv(store, "SELECT iteration, min(step), max(step), count(*) FROM train_log GROUP BY iteration ORDER BY iteration");
+    assert_eq!(log.lines().skip(1).collect::<Vec<_>>(), vec!["1,1,4,4", "2,5,8,4"], "{log}");
+    let fell = sql_csv(store, "SELECT max(CASE WHEN step = 8 THEN loss END) < max(CASE WHEN step = 1 THEN loss END) FROM train_log");
+    assert_eq!(fell.lines().nth(1), Some("true"), "the loss did not fall: {}", sql_csv(store, "SELECT step, loss FROM train_log ORDER BY step"));
+    // the checkpoint is a peft adapter folder plus the optimizer state
+    let ck = Path::new(store).join("checkpoints/sft/iteration=2");
+    let attempt = std::fs::read_dir(&ck).unwrap().next().unwrap().unwrap().path();
+    let mut names: Vec<String> = std::fs::read_dir(&attempt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"]);
+    let ac: serde_json::Value = serde_json::from_slice(&std::fs::read(attempt.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(ac["r"], 4);
+    assert_eq!(ac["base_model_name_or_path"].as_str().map(Path::new), Some(model.canonicalize().unwrap().as_path()));
+    // a rerun skips everything
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
+    assert!(outcomes(&err, "computed").is_empty(), "{err}");
+    // iteration 1's adapter, merged into a plain folder, samples iteration 2's rollouts again
+    let out = tmp.path().join("merged");
+    let (_, err) = ok(bin().args(["model", "export", store, "--stage", "sft", "--iteration", "1", "--out"]).arg(&out));
+    assert!(err.contains("exported `sft` (iteration 1)"), "{err}");
+    assert!(out.join("model.safetensors").exists() && out.join("tokenizer.json").exists() && !out.join("adapter_config.json").exists());
+    let (_, _, err) = fails(bin().args(["model", "export", store, "--stage", "sft", "--out"]).arg(&out));
+    assert!(err.contains("not empty"), "{err}");
+    let f = write_pipeline(tmp.path(), "merged", "");
+    let text = std::fs::read_to_string(&f).unwrap().replace("iterations: 1", "iterations: 2");
+    std::fs::write(&f, text).unwrap();
+    let store2 = tmp.path().join("store2");
+    ok(bin().arg("run").arg(&f).args(["--store", store2.to_str().unwrap()]));
+    let q = "SELECT prompt_id, sample_idx, response, round(logprob, 3) AS lp FROM rollouts WHERE iteration = 2 ORDER BY prompt_id, sample_idx";
+    assert_eq!(sql_csv(store2.to_str().unwrap(), q), sql_csv(store, q), "the merged export samples differently from the adapter");
+    // a target that matches no layer says so
+    let bad = sft_pipeline(tmp.path(), "qwen", "    lora: {rank: 2, alpha: 4, targets: [nothing_proj]}\n", 1);
+    let (_, _, err) = fails(bin().arg("run").arg(&bad).args(["--store", tmp.path().join("s3").to_str().unwrap()]));
+    assert!(err.contains("`nothing_proj` matches no linear layer"), "{err}");
+}
+
+#[test]
+fn full_sft_of_qwen3_vl_with_gradient_checkpointing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen3");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_model("qwen3_vl", &model);
+    let p = sft_pipeline(tmp.path(), "qwen3", "    gradient_checkpointing: true\n", 2);
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
+    assert!(err.contains("generate: the checkpoint of `sft` (iteration 1)"), "{err}");
+    let log = sql_csv(store, "SELECT iteration, max(step) FROM train_log GROUP BY iteration ORDER BY iteration");
+    assert_eq!(log.lines().skip(1).collect::<Vec<_>>(), vec!["1,4", "2,8"], "{log}");
+    // a model folder: weights, config, tokenizer, processor, template, optimizer state
+    let ck = Path::new(store).join("checkpoints/sft/iteration=2");
+    let attempt = std::fs::read_dir(&ck).unwrap().next().unwrap().unwrap().path();
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json", "chat_template.jinja", "generation_config.json", "optimizer.safetensors", "trainer_state.json"] {
+        assert!(attempt.join(f).exists(), "{f} missing from the checkpoint");
+    }
+    // lora without a model folder is a spec error
+    let bad = tmp.path().join("bad.yaml");
+    let text = std::fs::read_to_string(&p).unwrap().replace("gradient_checkpointing: true", "lora: {rank: 2, alpha: 4, targets: [q_proj]}");
+    std::fs::write(&bad, text.replace("    model: {path: qwen3}\n    micro_batch", "    base: prompts\n    micro_batch")).unwrap();
+    let (_, _, err) = fails(bin().arg("validate").arg(&bad));
+    assert!(err.contains("stages.sft.lora") && err.contains("applies to a `model` folder only"), "{err}");
 }

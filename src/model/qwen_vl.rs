@@ -14,6 +14,13 @@ use std::path::{Path, PathBuf};
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
+/// A folder's weights, once its config.json is known to be there (an empty or wrong folder
+/// is reported by its config, not by a missing weights file).
+fn base_weights(dir: &Path, dtype: DType, dev: &Device) -> hf::Result<HashMap<String, Tensor>> {
+    hf::read_json(&dir.join("config.json"))?;
+    hf::weights::load(dir, dtype, dev)
+}
+
 /// The decoder's inputs for a batch of rows (see `QwenVl::decoder_inputs`).
 pub struct DecoderInputs {
     pub x: Tensor,
@@ -203,21 +210,21 @@ impl Checkpoint {
     pub fn load_with_adapter(dir: &Path, adapter: &Path, train: bool, dtype: DType, dev: &Device) -> hf::Result<Self> {
         let loaded = lora::load_adapter(adapter, dtype, dev)?;
         let trainable = if train { Trainable::Adapters } else { Trainable::Nothing };
-        let base = hf::weights::load(dir, dtype, dev)?;
+        let base = base_weights(dir, dtype, dev)?;
         Self::from_weights(dir, base, Some(loaded), adapter, trainable, dtype, dev)
     }
 
     /// `dir` with fresh trainable LoRA adapters (peft's initialization, seeded): the model to
     /// start LoRA training from, equal to the base until trained.
     pub fn load_with_new_adapter(dir: &Path, cfg: lora::LoraConfig, seed: u64, dtype: DType, dev: &Device) -> hf::Result<Self> {
-        let base = hf::weights::load(dir, dtype, dev)?;
+        let base = base_weights(dir, dtype, dev)?;
         let adapters = lora::init_adapters(&base, &cfg, seed).map_err(|e| hf::invalid(dir, e.to_string()))?;
         Self::from_weights(dir, base, Some((cfg, adapters)), dir, Trainable::Adapters, dtype, dev)
     }
 
     /// `dir`'s model with `adapter` (settings, canonical-named tensors) joined to its weights.
     pub fn load_parts(dir: &Path, adapter: Option<(lora::LoraConfig, HashMap<String, Tensor>)>, trainable: Trainable, dtype: DType, dev: &Device) -> hf::Result<Self> {
-        let base = hf::weights::load(dir, dtype, dev)?;
+        let base = base_weights(dir, dtype, dev)?;
         Self::from_weights(dir, base, adapter, dir, trainable, dtype, dev)
     }
 
