@@ -211,7 +211,9 @@ stages:
     epochs: 2
     schedule: {{kind: constant, lr: 0.01}}
     clip: 1.0
-{train}"#
+{train}  - {{id: eval_base, op: eval, scope: setup, prompts: prompts, model: {{path: {model}}}, split: train, k: 2, sampling: {{temperature: 1.0, max_new_tokens: 6}}}}
+  - {{id: eval, op: eval, prompts: prompts, policy: [sft], model: {{path: {model}}}, split: train, k: 2, sampling: {{temperature: 1.0, max_new_tokens: 6}}}}
+"#
         ),
     )
     .unwrap();
@@ -230,9 +232,16 @@ fn lora_sft_on_a_qwen_folder_then_sample_and_export() {
     let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
     assert_eq!(
         outcomes(&err, "computed"),
-        vec!["0/prompts", "1/rollouts", "1/sft_data", "1/sft", "2/rollouts", "2/sft_data", "2/sft"],
+        vec!["0/prompts", "0/eval_base", "1/rollouts", "1/sft_data", "1/sft", "1/eval", "2/rollouts", "2/sft_data", "2/sft", "2/eval"],
         "{err}"
     );
+    // eval: a greedy decode and 2 samples of each prompt, from the folder (setup) and the adapters
+    let ev = sql_csv(store, "SELECT iteration, count(*), sum(CAST(greedy AS INT)), count(DISTINCT prompt_id) FROM (SELECT * FROM eval_base UNION ALL SELECT * FROM eval) GROUP BY iteration ORDER BY iteration");
+    assert_eq!(ev.lines().skip(1).collect::<Vec<_>>(), vec!["0,9,3,3", "1,9,3,3", "2,9,3,3"], "{ev}");
+    // training changes the greedy decodes
+    let all = "(SELECT * FROM eval_base UNION ALL SELECT * FROM eval)";
+    let g = sql_csv(store, &format!("SELECT count(DISTINCT response) > 1 FROM {all} WHERE greedy AND prompt_id = (SELECT min(prompt_id) FROM eval)"));
+    assert_eq!(g.lines().nth(1), Some("true"), "greedy decodes did not change with training: {}", sql_csv(store, &format!("SELECT iteration, prompt_id, response FROM {all} WHERE greedy ORDER BY 2, 1")));
     assert!(err.contains("generate: the checkpoint of `sft` (iteration 1)"), "{err}");
     // 3 rows × 2 epochs in micro-batches of 2: 4 steps an iteration, counted on across iterations
     let log = sql_csv(store, "SELECT iteration, min(step), max(step), count(*) FROM train_log GROUP BY iteration ORDER BY iteration");

@@ -2,7 +2,11 @@
 //! temperature), judges every decode and, given a PRM, scores it → `eval_samples`; SQL turns
 //! those rows into metrics (`sql/eval_metrics.sql`) or a temperature choice (`pick_temperature`).
 
-use super::generate::resolve_policy;
+use super::generate::{find_checkpoint, resolve_policy};
+use super::generate_hf::{all_images, encode_prompt};
+use crate::model::checkpoint;
+use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
+use crate::model::qwen_vl::{Checkpoint, Trainable};
 use super::prm_score::{score_batch, scorable};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
@@ -22,11 +26,25 @@ use std::sync::Arc;
 
 pub struct EvalOp {
     spec: EvalSpec,
+    /// `model.path` resolved against the pipeline's folder.
+    model_dir: Option<String>,
+}
+
+/// The policy being evaluated: mstar's own, or a Hugging Face checkpoint and its end tokens.
+enum Decoder {
+    Tiny(crate::model::policy::Policy),
+    Hf(Box<Checkpoint>, Vec<u32>),
+}
+
+/// A prompt as the decoder takes it.
+enum Encoded {
+    Tiny { prompt: Vec<u32>, patches: Vec<f32> },
+    Hf(Prompt),
 }
 
 impl EvalOp {
-    pub fn new(spec: &EvalSpec) -> Self {
-        Self { spec: spec.clone() }
+    pub fn new(pipeline: &crate::spec::Pipeline, spec: &EvalSpec) -> Self {
+        Self { spec: spec.clone(), model_dir: spec.model.as_ref().map(|m| pipeline.resolve_path(&m.path)) }
     }
     fn fail(&self, e: impl std::fmt::Display) -> OpError {
         OpError::Invalid(format!("eval: {e}"))
@@ -50,8 +68,7 @@ pub fn eval_samples_schema() -> SchemaRef {
 struct Item {
     id: String,
     split: String,
-    prompt: Vec<u32>,
-    patches: Vec<f32>,
+    enc: Encoded,
     gold: Option<Gold>,
     synth: Option<(Scene, QuestionMeta)>,
 }
@@ -86,7 +103,7 @@ impl Operator for EvalOp {
     }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
-        async move { Ok(json!({})) }.boxed()
+        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
@@ -95,7 +112,32 @@ impl Operator for EvalOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            let policy = resolve_policy(ctx, &self.spec.policy).await?;
+            // a Hugging Face checkpoint of a policy stage, else the `model` folder, else mstar's own
+            let hf_dir = match (find_checkpoint(ctx, &self.spec.policy), &self.model_dir) {
+                (Some((_, m)), _) if checkpoint::is_hf(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
+                (None, Some(d)) => Some(std::path::PathBuf::from(d)),
+                _ => None,
+            };
+            let policy = match hf_dir {
+                Some(dir) => {
+                    if !self.spec.prm.is_empty() {
+                        return Err(self.fail("`prm` scores the responses of mstar's own policies only; a Hugging Face policy is evaluated without it"));
+                    }
+                    let dev = crate::model::device();
+                    let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+                    let d2 = dir.clone();
+                    let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d2, Trainable::Nothing, dtype, &dev))
+                        .await
+                        .map_err(|e| self.fail(e))?
+                        .map_err(|e| self.fail(format!("model {}: {e}", dir.display())))?;
+                    let eos = super::generate_hf::eos_ids(&ck.dir, &ck);
+                    if eos.is_empty() {
+                        return Err(self.fail(format!("model {}: no end-of-turn token", ck.dir.display())));
+                    }
+                    Decoder::Hf(Box::new(ck), eos)
+                }
+                None => Decoder::Tiny(resolve_policy(ctx, &self.spec.policy).await?),
+            };
             let prm = if self.spec.prm.is_empty() {
                 None
             } else {
@@ -137,7 +179,6 @@ impl Operator for EvalOp {
                 };
                 for i in 0..b.num_rows() {
                     let id = ids.value(i).to_string();
-                    let img = first_image(b.column(2), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
                     let ch = choices.as_ref().filter(|c| !c.is_null(i)).map(|c| {
                         c.as_list::<i32>().value(i).as_string::<i32>().iter().map(|x| x.unwrap_or_default().to_string()).collect::<Vec<_>>()
                     });
@@ -151,9 +192,19 @@ impl Operator for EvalOp {
                         None
                     };
                     let gold = answers.is_valid(i).then(|| Gold { answer: answers.value(i).to_string(), answer_type, precision: prec.is_valid(i).then(|| prec.value(i)), choices: ch.filter(|c| !c.is_empty()) });
-                    let prompt = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                    let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                    items.push(Item { id, split: splits.value(i).to_string(), prompt, patches, gold, synth });
+                    let enc = match &policy {
+                        Decoder::Tiny(policy) => {
+                            let img = first_image(b.column(2), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
+                            let prompt = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                            let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                            Encoded::Tiny { prompt, patches }
+                        }
+                        Decoder::Hf(ck, _) => {
+                            let dev = ck.model.text().embed.embeddings().device().clone();
+                            Encoded::Hf(encode_prompt(ck, qs.value(i), &all_images(b.column(2), i), &dev).map_err(|e| self.fail(format!("prompt {id}: {e}")))?)
+                        }
+                    };
+                    items.push(Item { id, split: splits.value(i).to_string(), enc, gold, synth });
                 }
             }
             if items.is_empty() {
@@ -173,25 +224,43 @@ impl Operator for EvalOp {
             let started = std::time::Instant::now();
             let rows = tokio::task::spawn_blocking(move || -> std::result::Result<(Vec<Row>, Vec<Item>), String> {
                 // one bucket for the stage: results do not depend on batching
-                let bucket = items.iter().map(|x| x.prompt.len()).max().unwrap_or(2);
+                let bucket = items.iter().map(|x| if let Encoded::Tiny { prompt, .. } = &x.enc { prompt.len() } else { 0 }).max().unwrap_or(2);
+                let seed_of = |j: &Job| rollout_seed(seed, iteration, &items[j.item].id, j.sample);
                 let mut rows: Vec<Row> = Vec::with_capacity(jobs.len());
                 let mut i = 0;
                 while i < jobs.len() {
-                    // a chunk shares one temperature
+                    // a chunk shares one temperature (and, for a HF model, one prompt: its samples share the prefill)
                     let t = jobs[i].temperature;
-                    let end = (i..jobs.len()).take(bs).take_while(|&j| jobs[j].temperature == t).last().unwrap_or(i) + 1;
+                    let same = |j: usize| jobs[j].temperature == t && (matches!(policy, Decoder::Tiny(_)) || jobs[j].item == jobs[i].item);
+                    let end = (i..jobs.len()).take(bs).take_while(|&j| same(j)).last().unwrap_or(i) + 1;
                     let chunk = &jobs[i..end];
                     let params = SamplingParams { temperature: t, ..sampling.clone() };
-                    let reqs: Vec<Request> = chunk
-                        .iter()
-                        .map(|j| Request { prompt: items[j.item].prompt.clone(), patches: items[j.item].patches.clone(), seed: rollout_seed(seed, iteration, &items[j.item].id, j.sample) })
-                        .collect();
-                    for (job, g) in chunk.iter().zip(generate(&policy, &reqs, &params, bucket).map_err(|e| e.to_string())?) {
+                    let decoded: Vec<(String, usize)> = match &policy {
+                        Decoder::Tiny(policy) => {
+                            let reqs: Vec<Request> = chunk
+                                .iter()
+                                .map(|j| match &items[j.item].enc {
+                                    Encoded::Tiny { prompt, patches } => Request { prompt: prompt.clone(), patches: patches.clone(), seed: seed_of(j) },
+                                    Encoded::Hf(_) => unreachable!("items are encoded for their decoder"),
+                                })
+                                .collect();
+                            generate(policy, &reqs, &params, bucket).map_err(|e| e.to_string())?.into_iter().map(|g| (policy.tokenizer.decode(&g.tokens).unwrap_or_default(), g.tokens.len())).collect()
+                        }
+                        Decoder::Hf(ck, eos) => {
+                            let Encoded::Hf(prompt) = &items[chunk[0].item].enc else { unreachable!("items are encoded for their decoder") };
+                            let seeds: Vec<u64> = chunk.iter().map(seed_of).collect();
+                            hf_generate(&ck.model, prompt, &seeds, &params, eos)
+                                .map_err(|e| format!("prompt {}: {e}", items[chunk[0].item].id))?
+                                .into_iter()
+                                .map(|g| (ck.tokenizer.decode(&g.tokens, true).unwrap_or_default(), g.tokens.len()))
+                                .collect()
+                        }
+                    };
+                    for (job, (response, n)) in chunk.iter().zip(decoded) {
                         let item = &items[job.item];
-                        let response = policy.tokenizer.decode(&g.tokens).unwrap_or_default();
                         let correct = item.gold.as_ref().is_some_and(|gold| gold.accepts(&response));
                         let steps_ok = item.synth.as_ref().map(|(scene, meta)| crate::data::synth::judge(scene, meta, &response).steps_ok);
-                        rows.push(Row { job: *job, pred: extract_answer(&response), num_tokens: g.tokens.len() as i32, response, correct, steps_ok, score: None });
+                        rows.push(Row { job: *job, pred: extract_answer(&response), num_tokens: n as i32, response, correct, steps_ok, score: None });
                     }
                     i = end;
                 }
@@ -199,7 +268,8 @@ impl Operator for EvalOp {
                     let mut scorables = Vec::new();
                     for (r, row) in rows.iter().enumerate() {
                         let item = &items[row.job.item];
-                        if let Some(s) = scorable(prm, &item.prompt, &item.patches, &item.id, r as i32, &row.response).map_err(|e| format!("prompt {}: {e}", item.id))? {
+                        let Encoded::Tiny { prompt, patches } = &item.enc else { unreachable!("a PRM goes with mstar's own policies") };
+                        if let Some(s) = scorable(prm, prompt, patches, &item.id, r as i32, &row.response).map_err(|e| format!("prompt {}: {e}", item.id))? {
                             scorables.push(s);
                         }
                     }

@@ -89,24 +89,8 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result
         let (ids, qs, imgs) = (super::strings(b.column(0))?, super::strings(b.column(1))?, b.column(2));
         for i in 0..b.num_rows() {
             let id = ids.value(i).to_string();
-            let images = all_images(imgs, i);
-            let mut values = Vec::new();
-            let mut grids = Vec::new();
-            for (j, bytes) in images.iter().enumerate() {
-                let p = ck.processor.preprocess_bytes(bytes).map_err(|e| op.fail(format!("prompt {id}, image {j}: {e}")))?;
-                grids.push(p.grid);
-                values.extend(p.values);
-            }
-            let text = ck.chat.render(&user_turn(images.len(), qs.value(i)), true).map_err(|e| op.fail(format!("prompt {id}: {e}")))?;
-            let text = ck.expand_image_pads(&text, &grids).map_err(|e| op.fail(format!("prompt {id}: {e}")))?;
-            let tokens = ck.encode(&text).map_err(|e| op.fail(format!("prompt {id}: {e}")))?;
-            let pixels = if grids.is_empty() {
-                None
-            } else {
-                let cols = values_cols(&ck);
-                Some(Tensor::from_vec(values.clone(), (values.len() / cols, cols), &dev).map_err(|e| op.fail(e))?)
-            };
-            prompts.push((id, Prompt { ids: tokens, pixels, grids }));
+            let prompt = encode_prompt(&ck, qs.value(i), &all_images(imgs, i), &dev).map_err(|e| op.fail(format!("prompt {id}: {e}")))?;
+            prompts.push((id, prompt));
         }
     }
     let (seed, iteration, k) = (ctx.pipeline.seed, ctx.iteration, op.spec.samples);
@@ -145,6 +129,29 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result
         }
     });
     Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(rollouts_schema(), stream))))
+}
+
+/// A question and its images as the model's prompt: the chat template's user turn with the
+/// generation prompt, image placeholders expanded, tokenized; the images' patches on `dev`.
+pub fn encode_prompt(ck: &Checkpoint, question: &str, images: &[Vec<u8>], dev: &candle_core::Device) -> std::result::Result<Prompt, String> {
+    let mut values = Vec::new();
+    let mut grids = Vec::new();
+    for (j, bytes) in images.iter().enumerate() {
+        let p = ck.processor.preprocess_bytes(bytes).map_err(|e| format!("image {j}: {e}"))?;
+        grids.push(p.grid);
+        values.extend(p.values);
+    }
+    let text = ck.chat.render(&user_turn(images.len(), question), true).map_err(|e| e.to_string())?;
+    let text = ck.expand_image_pads(&text, &grids).map_err(|e| e.to_string())?;
+    let ids = ck.encode(&text).map_err(|e| e.to_string())?;
+    let dtype = ck.model.text().embed.embeddings().dtype();
+    let pixels = if grids.is_empty() {
+        None
+    } else {
+        let cols = values_cols(ck);
+        Some(Tensor::from_vec(values, (grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>(), cols), dev).and_then(|t| t.to_dtype(dtype)).map_err(|e| e.to_string())?)
+    };
+    Ok(Prompt { ids, pixels, grids })
 }
 
 fn values_cols(ck: &Checkpoint) -> usize {

@@ -138,7 +138,7 @@ pub fn build(pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>
         OpSpec::ModelInit(spec) => Box::new(model_init::ModelInitOp::new(spec)),
         OpSpec::Train(spec) => Box::new(train::TrainOp::new(pipeline, &stage.id, spec)),
         OpSpec::Generate(spec) => Box::new(generate::GenerateOp::new(pipeline, spec)),
-        OpSpec::Eval(spec) => Box::new(eval::EvalOp::new(spec)),
+        OpSpec::Eval(spec) => Box::new(eval::EvalOp::new(pipeline, spec)),
         OpSpec::PrmLabel(spec) => Box::new(prm_label::PrmLabelOp::new(spec)),
         OpSpec::PrmScore(spec) => Box::new(prm_score::PrmScoreOp::new(spec)),
     })

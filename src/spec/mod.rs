@@ -478,7 +478,12 @@ fn default_batch() -> usize {
 pub struct EvalSpec {
     pub prompts: String,
     /// Checkpoint stages, most preferred first (as for generate).
+    #[serde(default)]
     pub policy: Vec<String>,
+    /// A Hugging Face checkpoint folder: alone, or with `policy` the one evaluated while none of
+    /// those stages has a checkpoint (the base model before the first SFT).
+    #[serde(default)]
+    pub model: Option<ModelPath>,
     /// Value of the `split` column; absent: the prompts' own `split` column.
     #[serde(default)]
     pub split: Option<String>,
@@ -1012,7 +1017,7 @@ impl Validator<'_> {
                             OpSpec::Generate(GenerateSpec { openai: Some(o), .. }) if o.concurrency == 0 => {
                                 self.dec.error(&at("openai"), "concurrency must be at least 1");
                             }
-                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. }) => {}
+                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. }) | OpSpec::Eval(EvalSpec { model: Some(_), .. }) => {}
                             _ if ck.is_empty() => self.dec.error(&at(ck_field), "name at least one checkpoint stage"),
                             _ => {}
                         }
