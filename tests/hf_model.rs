@@ -306,3 +306,17 @@ fn full_sft_of_qwen3_vl_with_gradient_checkpointing() {
     let (_, _, err) = fails(bin().arg("validate").arg(&bad));
     assert!(err.contains("stages.sft.lora") && err.contains("applies to a `model` folder only"), "{err}");
 }
+
+/// pipelines/qwen.yaml as shipped (the tiny fixture folder) runs end to end and measures.
+#[test]
+fn the_qwen_pipeline_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let (_, err) = ok(bin().arg("run").arg(repo().join("pipelines/qwen.yaml")).args(["--store", store]));
+    assert!(err.contains("generate: the checkpoint of `sft` (iteration 1)"), "{err}");
+    let m = sql_csv(store, "SELECT iteration, count(*) > 0 FROM eval_metrics WHERE name = 'greedy_accuracy' GROUP BY iteration ORDER BY iteration");
+    assert_eq!(m.lines().skip(1).collect::<Vec<_>>(), vec!["1,true", "2,true"], "{m}");
+    let bad = sql_csv(store, "SELECT count(*) FROM selected s JOIN verified v USING (prompt_id, sample_idx) WHERE NOT v.correct");
+    assert_eq!(bad.lines().nth(1), Some("0"));
+}
