@@ -320,3 +320,69 @@ fn the_qwen_pipeline_runs() {
     let bad = sql_csv(store, "SELECT count(*) FROM selected s JOIN verified v USING (prompt_id, sample_idx) WHERE NOT v.correct");
     assert_eq!(bad.lines().nth(1), Some("0"));
 }
+
+/// A Qwen-VL process reward model through the binary: Monte Carlo step labels sampled by the
+/// folder, LoRA + score head trained on them, then every step of the rollouts scored.
+#[test]
+fn a_qwen_prm_labels_trains_and_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    std::fs::create_dir_all(tmp.path().join("sql")).unwrap();
+    std::fs::copy(repo().join("sql/prm_train_data.sql"), tmp.path().join("sql/prm_train_data.sql")).unwrap();
+    let p = tmp.path().join("prm.yaml");
+    std::fs::write(
+        &p,
+        r#"name: hf_prm
+seed: 4
+iterations: 1
+datasets:
+  train: {synth: {split: train, count: 3, seed: 9}}
+stages:
+  - {id: prompts, op: import, dataset: train}
+  - id: samples                    # three-step responses to label
+    op: sql
+    scope: setup
+    query: |
+      SELECT prompt_id, CAST(s AS INT) AS sample_idx,
+             concat('Look at the image.', chr(10), 'Count the shapes: ', CAST(s + 2 AS VARCHAR), '.', chr(10), 'The answer is ', CAST(s + 2 AS VARCHAR), '.') AS response
+      FROM prompts CROSS JOIN (VALUES (0), (1)) AS t(s)
+  - id: step_labels
+    op: prm_label
+    scope: setup
+    rollouts: samples
+    prompts: prompts
+    model: {path: qwen}
+    completions: 2
+    sampling: {temperature: 1.0, max_new_tokens: 5}
+  - {id: prm_data, op: sql, scope: setup, sql: prm_train_data, params: {label: soft}}
+  - id: prm
+    op: train
+    scope: setup
+    objective: prm
+    data: prm_data
+    model: {path: qwen}
+    lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj]}
+    micro_batch: 2
+    epochs: 3
+    schedule: {kind: constant, lr: 0.01}
+  - {id: step_scores, op: prm_score, rollouts: samples, prompts: prompts, prm: [prm]}
+"#,
+    )
+    .unwrap();
+    let store = tmp.path().join("store");
+    let store = store.to_str().unwrap();
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
+    assert!(err.contains("prm_label: 12/12 prefixes"), "{err}");
+    // 6 responses × 3 steps; the first two continued twice, the last judged as it stands
+    let l = sql_csv(store, "SELECT step_idx, count(*), min(n), max(n), bool_and(soft BETWEEN 0 AND 1) FROM step_labels GROUP BY step_idx ORDER BY step_idx");
+    assert_eq!(l.lines().skip(1).collect::<Vec<_>>(), vec!["0,6,2,2,true", "1,6,2,2,true", "2,6,1,1,true"], "{l}");
+    let ck = Path::new(store).join("checkpoints/prm/iteration=0");
+    let attempt = std::fs::read_dir(&ck).unwrap().next().unwrap().unwrap().path();
+    assert!(attempt.join("adapter_model.safetensors").exists() && attempt.join("score_head.safetensors").exists());
+    let s = sql_csv(store, "SELECT count(*), count(DISTINCT prompt_id), bool_and(score > 0 AND score < 1), count(DISTINCT score) > 1 FROM step_scores");
+    assert_eq!(s.lines().nth(1), Some("18,3,true,true"), "{s}");
+    let fell = sql_csv(store, "SELECT max(CASE WHEN step = 9 THEN loss END) < max(CASE WHEN step = 1 THEN loss END) FROM train_log");
+    assert_eq!(fell.lines().nth(1), Some("true"), "{}", sql_csv(store, "SELECT step, loss FROM train_log ORDER BY step"));
+}

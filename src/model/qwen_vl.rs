@@ -10,6 +10,9 @@ use candle_nn::VarMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// A process reward model's scalar head (hidden → 1) beside the model's weights.
+pub const SCORE_HEAD: &str = "score_head.safetensors";
+
 /// peft's adapter files.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -239,6 +242,18 @@ impl Checkpoint {
     ) -> hf::Result<Self> {
         let cfg_path = dir.join("config.json");
         let raw = hf::read_json(&cfg_path)?;
+        // a PRM's head: score_head.safetensors beside the adapter (or the model), else none
+        let mut head: HashMap<String, Tensor> = HashMap::new();
+        for d in [errors_at, dir] {
+            let f = d.join(SCORE_HEAD);
+            if head.is_empty() && f.exists() {
+                head = candle_core::safetensors::load(&f, dev).map_err(|e| hf::invalid(&f, format!("unreadable safetensors: {e}")))?;
+                let ok = head.len() == 2 && head.get("score_head.weight").is_some_and(|w| w.rank() == 2 && w.dim(0).ok() == Some(1)) && head.contains_key("score_head.bias");
+                if !ok {
+                    return Err(hf::invalid(&f, "expected score_head.weight (1 × hidden) and score_head.bias (1)"));
+                }
+            }
+        }
         let lora = adapter.map(|(lc, extra)| {
             tensors.extend(extra);
             lc
@@ -268,7 +283,61 @@ impl Checkpoint {
         }
         let chat = ChatTemplate::from_dir(dir)?;
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        Ok(Self { model, varmap, frozen, processor, tokenizer, chat, dir, lora })
+        let mut ck = Self { model, varmap, frozen, processor, tokenizer, chat, dir, lora };
+        if !head.is_empty() {
+            ck.set_score_head(head["score_head.weight"].to_dtype(dtype).map_err(at)?, head["score_head.bias"].to_dtype(dtype).map_err(at)?, trainable != Trainable::Nothing).map_err(at)?;
+        }
+        Ok(ck)
+    }
+
+    /// Makes the model a process reward model: a fresh scalar head (hidden → 1, weights
+    /// U(±1/√hidden) seeded, bias 0) read at each step's last token; trainable when asked.
+    pub fn add_score_head(&mut self, seed: u64, trainable: bool) -> Result<()> {
+        let e = self.model.text().embed.embeddings();
+        let c = e.dim(1)?;
+        let mut rng = seed ^ 0x5c0e_4ead;
+        let w: Vec<f32> = (0..c)
+            .map(|_| {
+                rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = rng;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+                ((2.0 * u - 1.0) / (c as f64).sqrt()) as f32
+            })
+            .collect();
+        let w = Tensor::from_vec(w, (1, c), e.device())?.to_dtype(e.dtype())?;
+        let b = Tensor::zeros(1, e.dtype(), e.device())?;
+        self.set_score_head(w, b, trainable)
+    }
+
+    fn set_score_head(&mut self, w: Tensor, b: Tensor, trainable: bool) -> Result<()> {
+        if trainable {
+            let mut data = self.varmap.data().lock().expect("not poisoned");
+            data.insert("score_head.weight".into(), Var::from_tensor(&w)?);
+            data.insert("score_head.bias".into(), Var::from_tensor(&b)?);
+        } else {
+            self.frozen.insert("score_head.weight".into(), w);
+            self.frozen.insert("score_head.bias".into(), b);
+        }
+        Ok(())
+    }
+
+    /// Whether this is a process reward model (it has a score head).
+    pub fn is_prm(&self) -> bool {
+        self.head().is_some()
+    }
+
+    fn head(&self) -> Option<(Tensor, Tensor)> {
+        let all = self.all_tensors();
+        Some((all.get("score_head.weight")?.clone(), all.get("score_head.bias")?.clone()))
+    }
+
+    /// Score logits (N) of final hidden states (N, C) (before the final norm), f32.
+    pub fn score_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (w, b) = self.head().ok_or_else(|| candle_core::Error::Msg("not a process reward model (no score head)".into()))?;
+        let h = self.model.text().final_norm(hidden)?;
+        h.matmul(&w.t()?)?.broadcast_add(&b)?.squeeze(1)?.to_dtype(DType::F32)
     }
 
     /// The variables training updates, by name.
@@ -287,8 +356,16 @@ impl Checkpoint {
         out
     }
 
+    /// The model's weights (without the score head): the adapters, or the others.
     fn tensors(&self, adapters: bool) -> HashMap<String, Tensor> {
-        self.all_tensors().into_iter().filter(|(k, _)| k.contains(".lora_") == adapters).collect()
+        self.all_tensors().into_iter().filter(|(k, _)| k.contains(".lora_") == adapters && !k.starts_with("score_head.")).collect()
+    }
+
+    /// `score_head.safetensors` for a PRM.
+    fn head_file(&self) -> hf::Result<Option<(String, Vec<u8>)>> {
+        let Some((w, b)) = self.head() else { return Ok(None) };
+        let m = HashMap::from([("score_head.weight".to_string(), w), ("score_head.bias".to_string(), b)]);
+        Ok(Some((SCORE_HEAD.to_string(), crate::model::policy::safetensors_bytes(&m).map_err(|e| hf::invalid(&self.dir, e.to_string()))?)))
     }
 
     /// The checkpoint as files in Hugging Face's layout. With adapters: `adapter_config.json`
@@ -300,14 +377,17 @@ impl Checkpoint {
             Some(lc) => {
                 let named: HashMap<String, Tensor> = self.tensors(true).into_iter().map(|(k, t)| (lora::peft_name(&k), t)).collect();
                 let cfg = lora::adapter_config_json(lc, &self.dir.to_string_lossy(), self.model.architecture());
-                Ok(vec![
+                let mut files = vec![
                     (ADAPTER_CONFIG.to_string(), serde_json::to_vec_pretty(&cfg).expect("json")),
                     (ADAPTER_WEIGHTS.to_string(), crate::model::policy::safetensors_bytes(&named).map_err(err)?),
-                ])
+                ];
+                files.extend(self.head_file()?);
+                Ok(files)
             }
             None => {
                 let mut files = self.folder_files()?;
                 files.push(("model.safetensors".to_string(), crate::model::policy::safetensors_bytes(&self.tensors(false)).map_err(err)?));
+                files.extend(self.head_file()?);
                 Ok(files)
             }
         }
@@ -325,6 +405,7 @@ impl Checkpoint {
         let all = all.into_iter().map(|(k, t)| Ok((k, t.to_dtype(dtype)?))).collect::<candle_core::Result<HashMap<_, _>>>().map_err(at)?;
         let mut files = self.folder_files()?;
         files.push(("model.safetensors".to_string(), crate::model::policy::safetensors_bytes(&all).map_err(|e| hf::invalid(&self.dir, e.to_string()))?));
+        files.extend(self.head_file()?);
         Ok(files)
     }
 

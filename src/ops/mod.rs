@@ -139,7 +139,7 @@ pub fn build(pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>
         OpSpec::Train(spec) => Box::new(train::TrainOp::new(pipeline, &stage.id, spec)),
         OpSpec::Generate(spec) => Box::new(generate::GenerateOp::new(pipeline, spec)),
         OpSpec::Eval(spec) => Box::new(eval::EvalOp::new(pipeline, spec)),
-        OpSpec::PrmLabel(spec) => Box::new(prm_label::PrmLabelOp::new(spec)),
+        OpSpec::PrmLabel(spec) => Box::new(prm_label::PrmLabelOp::new(pipeline, spec)),
         OpSpec::PrmScore(spec) => Box::new(prm_score::PrmScoreOp::new(spec)),
     })
 }

@@ -1,7 +1,11 @@
 //! The `prm_label` operator: Monte Carlo step labels for PRM training — every step prefix of
 //! each sampled response is continued N times by the policy and scored by the gold answer.
 
-use super::generate::resolve_policy;
+use super::generate::{find_checkpoint, resolve_policy};
+use super::generate_hf::{all_images, encode_prompt};
+use crate::model::checkpoint;
+use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
+use crate::model::qwen_vl::{Checkpoint, Trainable};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::AnswerType;
@@ -21,11 +25,13 @@ use std::sync::Arc;
 
 pub struct PrmLabelOp {
     spec: PrmLabelSpec,
+    /// `model.path` resolved against the pipeline's folder.
+    model_dir: Option<String>,
 }
 
 impl PrmLabelOp {
-    pub fn new(spec: &PrmLabelSpec) -> Self {
-        Self { spec: spec.clone() }
+    pub fn new(pipeline: &crate::spec::Pipeline, spec: &PrmLabelSpec) -> Self {
+        Self { spec: spec.clone(), model_dir: spec.model.as_ref().map(|m| pipeline.resolve_path(&m.path)) }
     }
     fn fail(&self, e: impl std::fmt::Display) -> OpError {
         OpError::Invalid(format!("prm_label: {e}"))
@@ -79,13 +85,42 @@ impl Completer for PolicyCompleter<'_> {
     }
 }
 
+/// Completions sampled from a Qwen-VL checkpoint: the prompt's user turn with the generation
+/// prompt, then the prefix's tokens; each prefix prefilled once, its completions from copies.
+struct HfCompleter<'a> {
+    ck: &'a Checkpoint,
+    eos: &'a [u32],
+    prompts: &'a HashMap<String, Prompt>,
+    params: SamplingParams,
+}
+
+impl Completer for HfCompleter<'_> {
+    type Error = String;
+
+    fn complete(&self, tasks: &[LabelTask], jobs: &[CompletionJob]) -> std::result::Result<Vec<Vec<String>>, String> {
+        let started = std::time::Instant::now();
+        let mut out = Vec::with_capacity(jobs.len());
+        for (n, job) in jobs.iter().enumerate() {
+            let id = &tasks[job.task].prompt_id;
+            let mut prompt = self.prompts[id].clone();
+            prompt.ids.extend(self.ck.encode(&job.prefix).map_err(|e| e.to_string())?);
+            let gens = hf_generate(&self.ck.model, &prompt, &job.seeds, &self.params, self.eos).map_err(|e| format!("prompt {id}: {e}"))?;
+            out.push(gens.iter().map(|g| self.ck.tokenizer.decode(&g.tokens, true).unwrap_or_default()).collect());
+            if n + 1 == jobs.len() || (n + 1) * 10 / jobs.len() != n * 10 / jobs.len() {
+                eprintln!("  prm_label: {}/{} prefixes, {:.1}s", n + 1, jobs.len(), started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Operator for PrmLabelOp {
     fn name(&self) -> &'static str {
         "prm_label"
     }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
-        async move { Ok(json!({})) }.boxed()
+        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
@@ -94,7 +129,32 @@ impl Operator for PrmLabelOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            let policy = resolve_policy(ctx, &self.spec.policy).await?;
+            let hf_dir = match (find_checkpoint(ctx, &self.spec.policy), &self.model_dir) {
+                (Some((_, m)), _) if checkpoint::is_hf(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
+                (None, Some(d)) => Some(std::path::PathBuf::from(d)),
+                _ => None,
+            };
+            let hf = match hf_dir {
+                Some(dir) => {
+                    let dev = crate::model::device();
+                    let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+                    let d2 = dir.clone();
+                    let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d2, Trainable::Nothing, dtype, &dev))
+                        .await
+                        .map_err(|e| self.fail(e))?
+                        .map_err(|e| self.fail(format!("model {}: {e}", dir.display())))?;
+                    let eos = super::generate_hf::eos_ids(&ck.dir, &ck);
+                    if eos.is_empty() {
+                        return Err(self.fail(format!("model {}: no end-of-turn token", ck.dir.display())));
+                    }
+                    Some((ck, eos))
+                }
+                None => None,
+            };
+            let policy = match hf {
+                Some(_) => None,
+                None => Some(resolve_policy(ctx, &self.spec.policy).await?),
+            };
             let (r, p) = (&self.spec.rollouts, &self.spec.prompts);
             let mut filters: Vec<String> = [ctx.this_iteration(r, "r"), ctx.this_iteration(p, "p")].into_iter().flatten().collect();
             filters.push("p.answer IS NOT NULL".into());
@@ -112,6 +172,7 @@ impl Operator for PrmLabelOp {
                 .await?;
             let mut tasks = Vec::new();
             let mut prompts: HashMap<String, (Vec<u32>, Arc<Vec<f32>>)> = HashMap::new();
+            let mut hf_prompts: HashMap<String, Prompt> = HashMap::new();
             for b in &batches {
                 let s = |i: usize| super::strings(b.column(i));
                 let (ids, resp, qs, answers, kinds) = (s(0)?, s(2)?, s(3)?, s(5)?, s(6)?);
@@ -120,11 +181,19 @@ impl Operator for PrmLabelOp {
                 let choices = arrow::compute::cast(b.column(8), &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))))?;
                 for i in 0..b.num_rows() {
                     let id = ids.value(i).to_string();
-                    if !prompts.contains_key(&id) {
-                        let img = first_image(b.column(4), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
-                        let tokens = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(e))?;
-                        let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                        prompts.insert(id.clone(), (tokens, Arc::new(patches)));
+                    match (&policy, &hf) {
+                        (Some(policy), _) if !prompts.contains_key(&id) => {
+                            let img = first_image(b.column(4), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
+                            let tokens = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(e))?;
+                            let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                            prompts.insert(id.clone(), (tokens, Arc::new(patches)));
+                        }
+                        (None, Some((ck, _))) if !hf_prompts.contains_key(&id) => {
+                            let dev = ck.model.text().embed.embeddings().device().clone();
+                            let p = encode_prompt(ck, qs.value(i), &all_images(b.column(4), i), &dev).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                            hf_prompts.insert(id.clone(), p);
+                        }
+                        _ => {}
                     }
                     let kind = if kinds.is_valid(i) { kinds.value(i) } else { "text" };
                     let answer_type = AnswerType::parse(kind).ok_or_else(|| self.fail(format!("prompt {id}: unknown answer_type `{kind}`")))?;
@@ -143,9 +212,16 @@ impl Operator for PrmLabelOp {
             let (n, seed, iteration) = (self.spec.completions, ctx.pipeline.seed, ctx.iteration);
             let params = self.spec.sampling.clone();
             let batch_size = self.spec.batch_size;
-            let labels = tokio::task::spawn_blocking(move || {
-                let completer = PolicyCompleter { policy: &policy, prompts: &prompts, params, batch_size };
-                mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
+            let labels = tokio::task::spawn_blocking(move || match (policy, hf) {
+                (Some(policy), _) => {
+                    let completer = PolicyCompleter { policy: &policy, prompts: &prompts, params, batch_size };
+                    mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
+                }
+                (None, Some((ck, eos))) => {
+                    let completer = HfCompleter { ck: &ck, eos: &eos, prompts: &hf_prompts, params };
+                    mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
+                }
+                (None, None) => unreachable!("one policy or the other"),
             })
             .await
             .map_err(|e| self.fail(e))?

@@ -1,7 +1,10 @@
 //! The `prm_score` operator: rollouts → `step_scores`, the process reward model's probability
 //! that each reasoning step is sound, read at the step's last token; batched, CPU or GPU.
 
-use super::generate::resolve_policy;
+use super::generate::{find_checkpoint, resolve_policy};
+use crate::model::checkpoint;
+use crate::model::qwen_vl::{Checkpoint, Trainable};
+use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::split_steps;
@@ -69,6 +72,85 @@ pub fn score_batch(prm: &Policy, items: &[&Scorable]) -> crate::model::policy::R
         .collect())
 }
 
+impl PrmScoreOp {
+    /// The rows to score: this iteration's rollouts joined with their prompts.
+    async fn rows(&self, ctx: &OpContext<'_>) -> Result<Vec<RecordBatch>> {
+        let (r, p) = (&self.spec.rollouts, &self.spec.prompts);
+        let filters: Vec<String> = [ctx.this_iteration(r, "r"), ctx.this_iteration(p, "p")].into_iter().flatten().collect();
+        let filter = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
+        let q = format!(
+            "SELECT CAST(r.prompt_id AS VARCHAR) AS prompt_id, CAST(r.sample_idx AS INT) AS sample_idx, CAST(r.response AS VARCHAR) AS response, \
+             CAST(p.question AS VARCHAR) AS question, p.images \
+             FROM \"{r}\" r JOIN \"{p}\" p ON r.prompt_id = p.prompt_id{filter} ORDER BY prompt_id, sample_idx"
+        );
+        Ok(crate::sql::query(&ctx.session, &q)
+            .await
+            .map_err(|e| self.fail(format!("rollouts `{r}` need prompt_id, sample_idx, response; prompts `{p}` need prompt_id, question, images: {e}")))?
+            .collect()
+            .await?)
+    }
+
+    /// Step scores by a Qwen-VL process reward model (a checkpoint of `train` with `model:` and
+    /// `objective: prm`): each response laid out step by step, right-padded batches.
+    async fn execute_hf(&self, ctx: &OpContext<'_>, name: &str, dir: &std::path::Path) -> Result<OpOutput> {
+        let dev = crate::model::device();
+        let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+        let d2 = dir.to_path_buf();
+        let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d2, Trainable::Nothing, dtype, &dev))
+            .await
+            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.fail(format!("checkpoint of `{name}`: {e}")))?;
+        if !ck.is_prm() {
+            return Err(self.fail(format!("the checkpoint of `{name}` is a policy, not a process reward model (train it with objective: prm)")));
+        }
+        let pad = *super::generate_hf::eos_ids(&ck.dir, &ck).first().ok_or_else(|| self.fail("the checkpoint names no end-of-turn token to pad with"))?;
+        let mut items: Vec<(String, i32, Vec<String>, QwenExample, Vec<usize>)> = Vec::new();
+        for b in &self.rows(ctx).await? {
+            let s = |i: usize| super::strings(b.column(i));
+            let (ids, resp, qs) = (s(0)?, s(2)?, s(3)?);
+            let samples = b.column(1).as_primitive::<arrow::datatypes::Int32Type>();
+            for i in 0..b.num_rows() {
+                let (id, k) = (ids.value(i).to_string(), samples.value(i));
+                let steps = split_steps(if resp.is_valid(i) { resp.value(i) } else { "" });
+                if steps.is_empty() {
+                    continue;
+                }
+                let images = super::generate_hf::all_images(b.column(4), i);
+                let (e, ends) = encode_steps(&ck, qs.value(i), &images, &steps, None).map_err(|e| self.fail(format!("prompt {id} sample {k}: {e}")))?;
+                items.push((id, k, steps, e, ends));
+            }
+        }
+        let started = std::time::Instant::now();
+        let bs = self.spec.batch_size.max(1);
+        let (items, scores) = tokio::task::spawn_blocking(move || -> std::result::Result<_, String> {
+            let mut scores: Vec<Vec<f64>> = Vec::with_capacity(items.len());
+            for chunk in items.chunks(bs) {
+                let ex: Vec<&QwenExample> = chunk.iter().map(|x| &x.3).collect();
+                let ends: Vec<&[usize]> = chunk.iter().map(|x| x.4.as_slice()).collect();
+                scores.extend(score_steps(&ck, &ex, &ends, pad).map_err(|e| e.to_string())?);
+            }
+            Ok((items, scores))
+        })
+        .await
+        .map_err(|e| self.fail(e))?
+        .map_err(|e| self.fail(e))?;
+        let rows: Vec<(&str, i32, usize, &str, f64)> =
+            items.iter().zip(&scores).flat_map(|(it, sc)| sc.iter().enumerate().map(move |(j, &v)| (it.0.as_str(), it.1, j, it.2[j].as_str(), v))).collect();
+        eprintln!("  prm_score: {} responses, {} steps ({:.1}s)", items.len(), rows.len(), started.elapsed().as_secs_f64());
+        let batch = RecordBatch::try_new(
+            step_scores_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2 as i32))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.4))),
+            ],
+        )?;
+        Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(step_scores_schema(), futures::stream::iter(vec![Ok(batch)])))))
+    }
+}
+
 impl Operator for PrmScoreOp {
     fn name(&self) -> &'static str {
         "prm_score"
@@ -84,23 +166,15 @@ impl Operator for PrmScoreOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
+            if let Some((name, m)) = find_checkpoint(ctx, &self.spec.prm).filter(|(_, m)| checkpoint::is_hf(m)) {
+                let dir = checkpoint::local_dir(ctx.store, m).await?;
+                return self.execute_hf(ctx, name, &dir).await;
+            }
             let prm = resolve_policy(ctx, &self.spec.prm).await?;
             if !prm.cfg.is_prm() {
                 return Err(self.fail(format!("the checkpoint of {:?} is a policy, not a process reward model (train it with objective: prm)", self.spec.prm)));
             }
-            let (r, p) = (&self.spec.rollouts, &self.spec.prompts);
-            let filters: Vec<String> = [ctx.this_iteration(r, "r"), ctx.this_iteration(p, "p")].into_iter().flatten().collect();
-            let filter = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
-            let q = format!(
-                "SELECT CAST(r.prompt_id AS VARCHAR) AS prompt_id, CAST(r.sample_idx AS INT) AS sample_idx, CAST(r.response AS VARCHAR) AS response, \
-                 CAST(p.question AS VARCHAR) AS question, p.images \
-                 FROM \"{r}\" r JOIN \"{p}\" p ON r.prompt_id = p.prompt_id{filter} ORDER BY prompt_id, sample_idx"
-            );
-            let batches = crate::sql::query(&ctx.session, &q)
-                .await
-                .map_err(|e| self.fail(format!("rollouts `{r}` need prompt_id, sample_idx, response; prompts `{p}` need prompt_id, question, images: {e}")))?
-                .collect()
-                .await?;
+            let batches = self.rows(ctx).await?;
             let mut images: HashMap<String, (Vec<u32>, Arc<Vec<f32>>)> = HashMap::new();
             let mut items = Vec::new();
             for b in &batches {

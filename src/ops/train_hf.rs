@@ -8,9 +8,11 @@ use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::model::policy::safetensors_bytes;
 use crate::model::qwen2_5_vl::lora::LoraConfig;
 use crate::model::qwen_vl::{Checkpoint, Trainable};
-use crate::train::qwen::{accumulate, encode, QwenExample};
+use crate::train::qwen::{accumulate, encode, encode_steps, QwenExample};
 use crate::train::{optimizer_step, AdamW, TrainerState};
-use arrow::array::Array;
+use arrow::array::{Array, AsArray};
+use arrow_schema::{DataType, Field};
+use std::sync::Arc;
 use candle_core::DType;
 use std::path::{Path, PathBuf};
 
@@ -27,13 +29,19 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
         Some(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
         None => None,
     };
+    let prm = spec.objective == "prm";
     let (base, seed, prev2, lora2) = (PathBuf::from(base_dir), ctx.pipeline.seed, prev_dir.clone(), lora.clone());
     let ck = tokio::task::spawn_blocking(move || -> crate::model::hf::Result<Checkpoint> {
-        match (prev2, lora2) {
-            (Some(d), _) => Checkpoint::open(&d, trainable, dtype, &dev),
-            (None, Some(l)) => Checkpoint::load_with_new_adapter(&base, l, seed, dtype, &dev),
-            (None, None) => Checkpoint::load_parts(&base, None, Trainable::All, dtype, &dev),
+        let mut ck = match (prev2, lora2) {
+            (Some(d), _) => return Checkpoint::open(&d, trainable, dtype, &dev),
+            (None, Some(l)) => Checkpoint::load_with_new_adapter(&base, l, seed, dtype, &dev)?,
+            (None, None) => Checkpoint::load_parts(&base, None, Trainable::All, dtype, &dev)?,
+        };
+        if prm && !ck.is_prm() {
+            // a process reward model: the folder's network with a fresh score head
+            ck.add_score_head(seed, true).map_err(|e| crate::model::hf::invalid(&base, e.to_string()))?;
         }
+        Ok(ck)
     })
     .await
     .map_err(|e| op.fail(e))?
@@ -44,24 +52,41 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
             ck.lora, lora
         )));
     }
+    if ck.is_prm() != prm {
+        return Err(op.fail(format!("objective `{}` but the checkpoint {} a process reward model", spec.objective, if prm { "is not" } else { "is" })));
+    }
     let (mut state, mut opt) = resume(op, ctx, prev_dir.as_deref(), &ck)?;
 
     // this iteration's rows, in a fixed order (the shuffle below is seeded)
     let filter = ctx.this_iteration(&spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
+    let (labels, needs) = if prm { (", labels", "question, images, response and labels (one per step)") } else { ("", "question, images and response") };
     let q = format!(
-        "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response FROM \"{}\"{filter} ORDER BY question, response",
+        "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response{labels} FROM \"{}\"{filter} ORDER BY question, response",
         spec.data
     );
-    let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| op.fail(format!("data `{}` needs columns question, images and response: {e}", spec.data)))?.collect().await?;
+    let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| op.fail(format!("data `{}` needs columns {needs}: {e}", spec.data)))?.collect().await?;
     let mut examples: Vec<QwenExample> = Vec::new();
     for b in &batches {
         let (qs, rs) = (super::strings(b.column(0))?, super::strings(b.column(2))?);
+        let ls = if prm { Some(arrow::compute::cast(b.column(3), &DataType::List(Arc::new(Field::new("item", DataType::Float32, true))))?) } else { None };
         for i in 0..b.num_rows() {
             if qs.is_null(i) || rs.is_null(i) {
                 continue;
             }
             let images = super::generate_hf::all_images(b.column(1), i);
-            let e = encode(&ck, qs.value(i), &images, rs.value(i)).map_err(|e| op.fail(format!("data `{}`, row {} (question {:?}): {e}", spec.data, examples.len(), qs.value(i))))?;
+            let at = |e: &dyn std::fmt::Display| op.fail(format!("data `{}`, row {} (question {:?}): {e}", spec.data, examples.len(), qs.value(i)));
+            let e = match &ls {
+                None => encode(&ck, qs.value(i), &images, rs.value(i)).map_err(|e| at(&e))?,
+                Some(ls) => {
+                    let steps = crate::data::answer::split_steps(rs.value(i));
+                    let row: Vec<Option<f32>> = if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float32Type>().iter().collect() };
+                    if row.len() != steps.len() || row.iter().any(|l| !l.is_some_and(|l| (0.0..=1.0).contains(&l))) {
+                        return Err(at(&format!("{} labels for {} steps, or a label outside [0, 1] (labels {row:?})", row.len(), steps.len())));
+                    }
+                    let row: Vec<f32> = row.into_iter().map(|l| l.unwrap_or(0.0)).collect();
+                    encode_steps(&ck, qs.value(i), &images, &steps, Some(&row)).map_err(|e| at(&e))?.0
+                }
+            };
             examples.push(e);
         }
     }

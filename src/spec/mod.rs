@@ -528,7 +528,12 @@ pub struct PrmLabelSpec {
     /// Stage with the prompts: prompt_id, question, images, answer, answer_type, precision, choices.
     pub prompts: String,
     /// Checkpoint stages of the sampling policy, most preferred first.
+    #[serde(default)]
     pub policy: Vec<String>,
+    /// A Hugging Face checkpoint folder as the sampling policy (alone, or the fallback while
+    /// none of the `policy` stages has a checkpoint).
+    #[serde(default)]
+    pub model: Option<ModelPath>,
     /// Completions per step prefix (N).
     #[serde(default = "default_completions")]
     pub completions: u32,
@@ -971,7 +976,7 @@ impl Validator<'_> {
                         match (t.base.is_empty(), &t.model) {
                             (true, None) => self.dec.error(&at("base"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder)"),
                             (false, Some(_)) => self.dec.error(&at("model"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder), not both"),
-                            (true, Some(_)) if t.objective != "sft" => self.dec.error(&at("objective"), "a `model` folder trains with objective `sft` only"),
+                            (true, Some(_)) if t.objective == "regions" => self.dec.error(&at("objective"), "a `model` folder trains with objective `sft` or `prm`"),
                             _ => {}
                         }
                         if t.model.is_none() && (t.lora.is_some() || t.gradient_checkpointing) {
@@ -1017,7 +1022,8 @@ impl Validator<'_> {
                             OpSpec::Generate(GenerateSpec { openai: Some(o), .. }) if o.concurrency == 0 => {
                                 self.dec.error(&at("openai"), "concurrency must be at least 1");
                             }
-                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. }) | OpSpec::Eval(EvalSpec { model: Some(_), .. }) => {}
+                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. }) | OpSpec::Eval(EvalSpec { model: Some(_), .. })
+                            | OpSpec::PrmLabel(PrmLabelSpec { model: Some(_), .. }) => {}
                             _ if ck.is_empty() => self.dec.error(&at(ck_field), "name at least one checkpoint stage"),
                             _ => {}
                         }

@@ -5,8 +5,8 @@
 use super::Grads;
 use crate::model::hf::{self, chat::user_turn, HfError};
 use crate::model::policy::{ModelError, Result};
-use crate::model::qwen_vl::{Checkpoint, QwenVl};
-use crate::model::tiny_vlm::masked_cross_entropy;
+use crate::model::qwen_vl::Checkpoint;
+use crate::model::tiny_vlm::{masked_bce_with_logits, masked_cross_entropy};
 use candle_core::{DType, Device, Tensor, Var};
 
 /// One training row: prompt and response token ids, and the prompt's images.
@@ -19,19 +19,26 @@ pub struct QwenExample {
     /// Every image's patches, concatenated (rows × columns of the vision tower's input).
     pub pixels: Vec<f32>,
     pub grids: Vec<[usize; 3]>,
+    /// A process reward model's targets: (index in `ids` of a step's last token, label in
+    /// [0, 1]); empty for SFT.
+    pub labels: Vec<(usize, f32)>,
 }
 
 impl QwenExample {
-    /// Loss terms: the response's tokens (the assistant turn's end included).
+    /// Loss terms: the step labels of a PRM example, else the response's tokens (the assistant
+    /// turn's end included).
     pub fn targets(&self) -> usize {
-        self.ids.len() - self.prompt_len
+        if self.labels.is_empty() {
+            self.ids.len() - self.prompt_len
+        } else {
+            self.labels.len()
+        }
     }
 }
 
-/// Renders a row as the checkpoint's chat template does: the user turn (images, then the
-/// question) with the generation prompt, then the assistant turn; the response tokens are
-/// what the full conversation adds to the prompt (for Qwen: the text and `<|im_end|>\n`).
-pub fn encode(ck: &Checkpoint, question: &str, images: &[Vec<u8>], response: &str) -> hf::Result<QwenExample> {
+/// The prompt part of an example: images' patches, grids, and the chat template's user turn
+/// with the generation prompt, placeholders expanded, tokenized.
+fn encode_prompt(ck: &Checkpoint, question: &str, images: &[Vec<u8>]) -> hf::Result<(Vec<u32>, Vec<f32>, Vec<[usize; 3]>, String)> {
     let mut pixels = Vec::new();
     let mut grids = Vec::new();
     for (j, bytes) in images.iter().enumerate() {
@@ -39,8 +46,45 @@ pub fn encode(ck: &Checkpoint, question: &str, images: &[Vec<u8>], response: &st
         grids.push(p.grid);
         pixels.extend(p.values);
     }
+    let prompt = ck.chat.render(&user_turn(images.len(), question), true)?;
+    let ids = ck.encode(&ck.expand_image_pads(&prompt, &grids)?)?;
+    Ok((ids, pixels, grids, prompt))
+}
+
+/// A response laid out for a process reward model, the same way in training and scoring: the
+/// prompt, then each step's tokens, steps joined by the tokens of a newline; a step's score is
+/// read at its last token. `labels` (one per step, or none when scoring) become the targets.
+/// Returns the example and the step ends (indices in `ids`).
+pub fn encode_steps<S: AsRef<str>>(ck: &Checkpoint, question: &str, images: &[Vec<u8>], steps: &[S], labels: Option<&[f32]>) -> hf::Result<(QwenExample, Vec<usize>)> {
+    let (mut ids, pixels, grids, _) = encode_prompt(ck, question, images)?;
+    let prompt_len = ids.len();
+    let newline = ck.encode("\n")?;
+    let mut ends = Vec::with_capacity(steps.len());
+    for (i, s) in steps.iter().enumerate() {
+        if i > 0 {
+            ids.extend_from_slice(&newline);
+        }
+        let t = ck.encode(s.as_ref())?;
+        if t.is_empty() {
+            return Err(HfError::Template(format!("step {} is empty", i + 1)));
+        }
+        ids.extend(t);
+        ends.push(ids.len() - 1);
+    }
+    let labels = match labels {
+        Some(l) if l.len() != ends.len() => return Err(HfError::Template(format!("{} labels for {} steps", l.len(), ends.len()))),
+        Some(l) => ends.iter().copied().zip(l.iter().copied()).collect(),
+        None => vec![],
+    };
+    Ok((QwenExample { ids, prompt_len, pixels, grids, labels }, ends))
+}
+
+/// Renders a row as the checkpoint's chat template does: the user turn (images, then the
+/// question) with the generation prompt, then the assistant turn; the response tokens are
+/// what the full conversation adds to the prompt (for Qwen: the text and `<|im_end|>\n`).
+pub fn encode(ck: &Checkpoint, question: &str, images: &[Vec<u8>], response: &str) -> hf::Result<QwenExample> {
+    let (mut ids, pixels, grids, prompt) = encode_prompt(ck, question, images)?;
     let user = user_turn(images.len(), question);
-    let prompt = ck.chat.render(&user, true)?;
     let mut turns = user.as_array().cloned().unwrap_or_default();
     turns.push(serde_json::json!({"role": "assistant", "content": response}));
     let full = ck.chat.render(&serde_json::Value::Array(turns), false)?;
@@ -50,14 +94,13 @@ pub fn encode(ck: &Checkpoint, question: &str, images: &[Vec<u8>], response: &st
     if tail.contains("<|image_pad|>") || tail.contains("<|vision_start|>") {
         return Err(HfError::Template("the response contains an image placeholder token".into()));
     }
-    let mut ids = ck.encode(&ck.expand_image_pads(&prompt, &grids)?)?;
     let prompt_len = ids.len();
     let response_ids = ck.encode(tail)?;
     if response_ids.is_empty() {
         return Err(HfError::Template("the response renders to no tokens".into()));
     }
     ids.extend(response_ids);
-    Ok(QwenExample { ids, prompt_len, pixels, grids })
+    Ok(QwenExample { ids, prompt_len, pixels, grids, labels: vec![] })
 }
 
 /// A micro-batch laid out for the model: rows right-padded with `pad`, all images' patches,
@@ -67,13 +110,16 @@ struct Batch {
     pixels: Option<Tensor>,
     grids: Vec<Vec<[usize; 3]>>,
     at: Tensor,
+    /// Next tokens (1, N) for SFT, step labels (N) for a PRM.
     targets: Tensor,
+    prm: bool,
     t: usize,
 }
 
 fn layout(examples: &[&QwenExample], pad: u32, dev: &Device, dtype: DType) -> Result<Batch> {
     let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let (mut rows, mut grids, mut values, mut at, mut targets) = (vec![], vec![], vec![], vec![], vec![]);
+    let prm = examples.iter().any(|e| !e.labels.is_empty());
+    let (mut rows, mut grids, mut values, mut at, mut targets, mut labels) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut patches = 0;
     for (r, e) in examples.iter().enumerate() {
         let mut row = e.ids.clone();
@@ -82,6 +128,17 @@ fn layout(examples: &[&QwenExample], pad: u32, dev: &Device, dtype: DType) -> Re
         grids.push(e.grids.clone());
         patches += e.grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>();
         values.extend_from_slice(&e.pixels);
+        if prm {
+            // a step's score is read at its last token
+            for &(p, y) in &e.labels {
+                if p >= e.ids.len() || !(0.0..=1.0).contains(&y) {
+                    return Err(ModelError::Invalid(format!("step label ({p}, {y}) outside the sequence of {} tokens or [0, 1]", e.ids.len())));
+                }
+                at.push((r * t + p) as u32);
+                labels.push(y);
+            }
+            continue;
+        }
         // position p's logits predict token p + 1
         for p in e.prompt_len - 1..e.ids.len() - 1 {
             at.push((r * t + p) as u32);
@@ -98,17 +155,56 @@ fn layout(examples: &[&QwenExample], pad: u32, dev: &Device, dtype: DType) -> Re
         Some(Tensor::from_vec(values, (patches, cols), dev)?.to_dtype(dtype)?)
     };
     let n = at.len();
-    Ok(Batch { rows, pixels, grids, at: Tensor::from_vec(at, n, dev)?, targets: Tensor::from_vec(targets, (1, n), dev)?, t })
+    let targets = if prm { Tensor::from_vec(labels, n, dev)? } else { Tensor::from_vec(targets, (1, n), dev)? };
+    Ok(Batch { rows, pixels, grids, at: Tensor::from_vec(at, n, dev)?, targets, prm, t })
 }
 
-/// Mean token cross-entropy (f32) of the target positions of hidden states (B, T, C).
-fn head_loss(model: &QwenVl, hidden: &Tensor, b: &Batch) -> Result<Tensor> {
+/// The loss (f32) at the target positions of hidden states (B, T, C): mean token
+/// cross-entropy for SFT, mean binary cross-entropy of the step scores for a PRM.
+fn head_loss(ck: &Checkpoint, hidden: &Tensor, b: &Batch) -> Result<Tensor> {
     let (rows, t, c) = hidden.dims3()?;
     debug_assert_eq!(t, b.t);
     let h = hidden.reshape((rows * t, c))?.index_select(&b.at, 0)?;
-    let logits = model.text().logits(&model.text().final_norm(&h)?)?.to_dtype(DType::F32)?.unsqueeze(0)?;
     let n = b.at.dim(0)?;
-    Ok(masked_cross_entropy(&logits, &b.targets, &Tensor::ones((1, n), DType::F32, hidden.device())?)?)
+    let ones = Tensor::ones((1, n), DType::F32, hidden.device())?;
+    if b.prm {
+        let z = ck.score_logits(&h)?.unsqueeze(0)?;
+        return Ok(masked_bce_with_logits(&z, &b.targets.unsqueeze(0)?, &ones)?);
+    }
+    let model = &ck.model;
+    let logits = model.text().logits(&model.text().final_norm(&h)?)?.to_dtype(DType::F32)?.unsqueeze(0)?;
+    Ok(masked_cross_entropy(&logits, &b.targets, &ones)?)
+}
+
+/// The decoder's output (B, T, C) before the final norm, with the backward graph.
+fn last_layer(ck: &Checkpoint, b: &Batch) -> Result<Tensor> {
+    let text = ck.model.text();
+    let pos = ck.model.positions(&b.rows, &b.grids)?;
+    let inputs = ck.model.decoder_inputs(&b.rows, b.pixels.as_ref(), &b.grids.concat(), pos)?;
+    let mut x = inputs.x.clone();
+    for i in 0..text.num_layers() {
+        x = text.layer(i, &x, &inputs.cos, &inputs.sin)?;
+        if let Some(d) = inputs.deep.get(i) {
+            x = (&x + d.reshape(x.shape())?)?;
+        }
+    }
+    Ok(x)
+}
+
+/// Scores in (0, 1) of each example's steps (`ends`: indices in its ids) by a PRM, in one
+/// right-padded batch.
+pub fn score_steps(ck: &Checkpoint, examples: &[&QwenExample], ends: &[&[usize]], pad: u32) -> Result<Vec<Vec<f64>>> {
+    let text = ck.model.text();
+    let dev = text.embed.embeddings().device().clone();
+    let b = layout(examples, pad, &dev, text.embed.embeddings().dtype())?;
+    let hidden = last_layer(ck, &b)?;
+    let (rows, t, c) = hidden.dims3()?;
+    let index: Vec<u32> = ends.iter().enumerate().flat_map(|(r, e)| e.iter().map(move |&p| (r * t + p) as u32)).collect();
+    let n = index.len();
+    let h = hidden.reshape((rows * t, c))?.index_select(&Tensor::from_vec(index, n, &dev)?, 0)?;
+    let z: Vec<f32> = ck.score_logits(&h)?.to_vec1()?;
+    let mut it = z.into_iter();
+    Ok(ends.iter().map(|e| e.iter().map(|_| 1.0 / (1.0 + (-(it.next().unwrap_or(0.0) as f64)).exp())).collect()).collect())
 }
 
 /// The micro-batch's mean loss, its gradients times `scale` added to `grads`. With
@@ -119,19 +215,12 @@ pub fn accumulate(ck: &Checkpoint, examples: &[&QwenExample], pad: u32, recomput
     let dev = text.embed.embeddings().device().clone();
     let dtype = text.embed.embeddings().dtype();
     let b = layout(examples, pad, &dev, dtype)?;
-    let pos = ck.model.positions(&b.rows, &b.grids)?;
-    let inputs = ck.model.decoder_inputs(&b.rows, b.pixels.as_ref(), &b.grids.concat(), pos)?;
     if !recompute {
-        let mut x = inputs.x.clone();
-        for i in 0..text.num_layers() {
-            x = text.layer(i, &x, &inputs.cos, &inputs.sin)?;
-            if let Some(d) = inputs.deep.get(i) {
-                x = (&x + d.reshape(x.shape())?)?;
-            }
-        }
-        let loss = head_loss(&ck.model, &x, &b)?;
+        let loss = head_loss(ck, &last_layer(ck, &b)?, &b)?;
         return grads.backward(&loss, scale);
     }
+    let pos = ck.model.positions(&b.rows, &b.grids)?;
+    let inputs = ck.model.decoder_inputs(&b.rows, b.pixels.as_ref(), &b.grids.concat(), pos)?;
     // forward: keep each layer's input, no graph
     let deep: Vec<Var> = inputs.deep.iter().map(|d| Var::from_tensor(&d.detach())).collect::<candle_core::Result<_>>()?;
     let mut saved = Vec::with_capacity(text.num_layers());
@@ -146,7 +235,7 @@ pub fn accumulate(ck: &Checkpoint, examples: &[&QwenExample], pad: u32, recomput
     }
     // the head
     let top = Var::from_tensor(&x)?;
-    let loss = head_loss(&ck.model, top.as_tensor(), &b)?;
+    let loss = head_loss(ck, top.as_tensor(), &b)?;
     let l = grads.check(&loss)?;
     let store = (&loss * scale)?.backward()?;
     grads.add(&store)?;
@@ -184,7 +273,7 @@ pub fn accumulate(ck: &Checkpoint, examples: &[&QwenExample], pad: u32, recomput
 mod tests {
     use super::*;
     use crate::model::qwen2_5_vl::lora::LoraConfig;
-    use crate::model::qwen_vl::Trainable;
+    use crate::model::qwen_vl::{QwenVl, Trainable};
     use crate::train::{optimizer_step, AdamW, AdamWConfig, Schedule, TrainerState};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
@@ -327,5 +416,63 @@ mod tests {
         assert!(plain.lora.is_none());
         let d = (logits(&plain.model) - &trained).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-4, "merged logits differ by {d}");
+    }
+
+    /// A PRM reads each step's score at the step's last token: the batched, padded scores equal
+    /// the head applied to the model's own hidden states there; training on step labels lowers
+    /// the binary cross-entropy and reaches the head and every weight; the head round-trips.
+    #[test]
+    fn a_prm_scores_steps_at_their_last_tokens_and_learns_labels() {
+        for name in ["qwen2_5_vl", "qwen3_vl"] {
+            let dir = fixture(name);
+            let dev = Device::Cpu;
+            let mut ck = Checkpoint::load_parts(&dir, None, Trainable::All, DType::F32, &dev).unwrap();
+            ck.add_score_head(3, true).unwrap();
+            assert!(ck.is_prm());
+            let img = std::fs::read(dir.join("b.png")).unwrap();
+            let steps = ["First count the squares.", "There are 3 of them.", "The answer is 3."];
+            let (e, ends) = encode_steps(&ck, "How many squares?", std::slice::from_ref(&img), &steps, Some(&[1.0, 0.0, 1.0])).unwrap();
+            let (e2, ends2) = encode_steps(&ck, "Say hi.", &[], &["hi"], Some(&[0.5])).unwrap();
+            let scored = score_steps(&ck, &[&e, &e2], &[&ends, &ends2], 0).unwrap();
+            let alone = score_steps(&ck, &[&e], &[&ends], 0).unwrap();
+            // the reference: the model's (normed) hidden states at the step ends, then the head
+            let n: usize = e.grids.iter().map(|g| g.iter().product::<usize>()).sum();
+            let pixels = Tensor::from_vec(e.pixels.clone(), (n, e.pixels.len() / n), &dev).unwrap();
+            let (h, _) = ck.model.prefill(&e.ids, Some(&pixels), &e.grids, None).unwrap();
+            let all = ck.all_tensors();
+            let (w, b) = (&all["score_head.weight"], all["score_head.bias"].to_vec1::<f32>().unwrap()[0]);
+            for (j, &p) in ends.iter().enumerate() {
+                let z = h.get(0).unwrap().get(p).unwrap().unsqueeze(0).unwrap().matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] + b;
+                let want = 1.0 / (1.0 + (-(z as f64)).exp());
+                assert!((scored[0][j] - want).abs() < 1e-5 && (alone[0][j] - want).abs() < 1e-5, "{name} step {j}: {} / {} vs {want}", scored[0][j], alone[0][j]);
+            }
+            assert_eq!(scored[1].len(), 1);
+            // training on the labels
+            let vars = ck.trainable();
+            let mut opt = AdamW::new(AdamWConfig::default());
+            let mut st = state();
+            let micro = vec![vec![&e, &e2]];
+            let (l0, g) = grads_of(&ck, &micro, false);
+            // every weight but the (unused) language-model head
+            let missing: Vec<&String> = vars.iter().map(|(n, _)| n).filter(|n| !g.contains_key(*n)).collect();
+            assert!(missing.iter().all(|n| *n == "lm_head.weight"), "{name}: no gradient for {missing:?}");
+            assert!(g.contains_key("score_head.weight") && g.contains_key("score_head.bias"));
+            let (l0r, gr) = grads_of(&ck, &micro, true);
+            assert!((l0 - l0r).abs() < 1e-6 && max_rel(&g, &gr) < 1e-5, "{name}: checkpointed PRM gradients differ");
+            let mut last = l0;
+            for _ in 0..8 {
+                last = optimizer_step(&vars, &mut opt, &mut st, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, false, s, g)).unwrap();
+            }
+            assert!(last < l0 * 0.7, "{name}: BCE {l0} → {last}");
+            // saved and reloaded (a model folder with score_head.safetensors), the same scores
+            let tmp = tempfile::tempdir().unwrap();
+            for (f, bytes) in ck.to_files().unwrap() {
+                std::fs::write(tmp.path().join(f), bytes).unwrap();
+            }
+            let again = Checkpoint::open(tmp.path(), Trainable::Nothing, DType::F32, &dev).unwrap();
+            assert!(again.is_prm());
+            let (s1, s2) = (score_steps(&ck, &[&e], &[&ends], 0).unwrap(), score_steps(&again, &[&e], &[&ends], 0).unwrap());
+            assert_eq!(s1, s2, "{name}: reloaded PRM scores differ");
+        }
     }
 }
