@@ -307,7 +307,7 @@ fn full_sft_of_qwen3_vl_with_gradient_checkpointing() {
     assert!(err.contains("stages.sft.lora") && err.contains("applies to a `model` folder only"), "{err}");
 }
 
-/// pipelines/qwen.yaml as shipped (the tiny fixture folder) runs end to end and measures.
+/// pipelines/qwen.yaml as shipped (the tiny fixture folder): M-STAR with a Qwen PRM, end to end.
 #[test]
 fn the_qwen_pipeline_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -319,6 +319,13 @@ fn the_qwen_pipeline_runs() {
     assert_eq!(m.lines().skip(1).collect::<Vec<_>>(), vec!["1,true", "2,true"], "{m}");
     let bad = sql_csv(store, "SELECT count(*) FROM selected s JOIN verified v USING (prompt_id, sample_idx) WHERE NOT v.correct");
     assert_eq!(bad.lines().nth(1), Some("0"));
+    // the Qwen PRM scored the rollouts and the evaluations; the temperature grid was searched
+    let t = sql_csv(store, "SELECT count(*), sum(CAST(chosen AS INT)) FROM temperature");
+    assert_eq!(t.lines().nth(1), Some("3,1"), "{t}");
+    let r = sql_csv(store, "SELECT count(*) FROM eval_metrics WHERE name = 'reward_pass@2'");
+    assert_eq!(r.lines().nth(1), Some("2"), "{r}");
+    let s = sql_csv(store, "SELECT count(*) > 0, bool_and(score > 0 AND score < 1) FROM step_scores");
+    assert_eq!(s.lines().nth(1), Some("true,true"), "{s}");
 }
 
 /// A Qwen-VL process reward model through the binary: Monte Carlo step labels sampled by the

@@ -7,6 +7,7 @@ use super::generate_hf::{all_images, encode_prompt};
 use crate::model::checkpoint;
 use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
 use crate::model::qwen_vl::{Checkpoint, Trainable};
+use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use super::prm_score::{score_batch, scorable};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
@@ -34,6 +35,13 @@ pub struct EvalOp {
 enum Decoder {
     Tiny(crate::model::policy::Policy),
     Hf(Box<Checkpoint>, Vec<u32>),
+}
+
+/// The process reward model scoring the decodes.
+enum Scorer {
+    Tiny(crate::model::policy::Policy),
+    /// A Qwen-VL PRM and the token it pads batches with.
+    Hf(Box<Checkpoint>, u32),
 }
 
 /// A prompt as the decoder takes it.
@@ -69,6 +77,8 @@ struct Item {
     id: String,
     split: String,
     enc: Encoded,
+    /// The question and its images, for a Qwen-VL PRM (empty otherwise).
+    raw: Option<(String, Vec<Vec<u8>>)>,
     gold: Option<Gold>,
     synth: Option<(Scene, QuestionMeta)>,
 }
@@ -120,9 +130,6 @@ impl Operator for EvalOp {
             };
             let policy = match hf_dir {
                 Some(dir) => {
-                    if !self.spec.prm.is_empty() {
-                        return Err(self.fail("`prm` scores the responses of mstar's own policies only; a Hugging Face policy is evaluated without it"));
-                    }
                     let dev = crate::model::device();
                     let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
                     let d2 = dir.clone();
@@ -138,14 +145,32 @@ impl Operator for EvalOp {
                 }
                 None => Decoder::Tiny(resolve_policy(ctx, &self.spec.policy).await?),
             };
-            let prm = if self.spec.prm.is_empty() {
-                None
-            } else {
-                let prm = resolve_policy(ctx, &self.spec.prm).await?;
-                if !prm.cfg.is_prm() {
-                    return Err(self.fail(format!("the checkpoint of {:?} is a policy, not a process reward model (train it with objective: prm)", self.spec.prm)));
+            let prm = match find_checkpoint(ctx, &self.spec.prm) {
+                _ if self.spec.prm.is_empty() => None,
+                Some((name, m)) if checkpoint::is_hf(m) => {
+                    let dir = checkpoint::local_dir(ctx.store, m).await?;
+                    let dev = crate::model::device();
+                    let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+                    let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&dir, Trainable::Nothing, dtype, &dev))
+                        .await
+                        .map_err(|e| self.fail(e))?
+                        .map_err(|e| self.fail(format!("checkpoint of `{name}`: {e}")))?;
+                    if !ck.is_prm() {
+                        return Err(self.fail(format!("the checkpoint of `{name}` is a policy, not a process reward model (train it with objective: prm)")));
+                    }
+                    let pad = *super::generate_hf::eos_ids(&ck.dir, &ck).first().ok_or_else(|| self.fail(format!("checkpoint of `{name}`: no end-of-turn token to pad with")))?;
+                    Some(Scorer::Hf(Box::new(ck), pad))
                 }
-                Some(prm)
+                _ => {
+                    if matches!(policy, Decoder::Hf(..)) {
+                        return Err(self.fail("a PRM of mstar's own scores its own policies' responses only; give a Qwen-VL PRM (train with model: and objective: prm)"));
+                    }
+                    let prm = resolve_policy(ctx, &self.spec.prm).await?;
+                    if !prm.cfg.is_prm() {
+                        return Err(self.fail(format!("the checkpoint of {:?} is a policy, not a process reward model (train it with objective: prm)", self.spec.prm)));
+                    }
+                    Some(Scorer::Tiny(prm))
+                }
             };
             let p = &self.spec.prompts;
             let schema = ctx.input_schemas.iter().find(|(n, _)| n == p).map(|(_, s)| s.clone()).ok_or_else(|| self.fail(format!("prompts `{p}` has no rows")))?;
@@ -204,7 +229,8 @@ impl Operator for EvalOp {
                             Encoded::Hf(encode_prompt(ck, qs.value(i), &all_images(b.column(2), i), &dev).map_err(|e| self.fail(format!("prompt {id}: {e}")))?)
                         }
                     };
-                    items.push(Item { id, split: splits.value(i).to_string(), enc, gold, synth });
+                    let raw = matches!(prm, Some(Scorer::Hf(..))).then(|| (qs.value(i).to_string(), all_images(b.column(2), i)));
+                    items.push(Item { id, split: splits.value(i).to_string(), enc, raw, gold, synth });
                 }
             }
             if items.is_empty() {
@@ -264,23 +290,43 @@ impl Operator for EvalOp {
                     }
                     i = end;
                 }
-                if let Some(prm) = &prm {
-                    let mut scorables = Vec::new();
-                    for (r, row) in rows.iter().enumerate() {
-                        let item = &items[row.job.item];
-                        let Encoded::Tiny { prompt, patches } = &item.enc else { unreachable!("a PRM goes with mstar's own policies") };
-                        if let Some(s) = scorable(prm, prompt, patches, &item.id, r as i32, &row.response).map_err(|e| format!("prompt {}: {e}", item.id))? {
-                            scorables.push(s);
+                match &prm {
+                    Some(Scorer::Tiny(prm)) => {
+                        let mut scorables = Vec::new();
+                        for (r, row) in rows.iter().enumerate() {
+                            let item = &items[row.job.item];
+                            let Encoded::Tiny { prompt, patches } = &item.enc else { unreachable!("a PRM of mstar's own goes with its own policies") };
+                            if let Some(s) = scorable(prm, prompt, patches, &item.id, r as i32, &row.response).map_err(|e| format!("prompt {}: {e}", item.id))? {
+                                scorables.push(s);
+                            }
+                        }
+                        for row in rows.iter_mut() {
+                            row.score = Some(0.0); // no steps: the lowest score
+                        }
+                        for chunk in scorables.chunks(bs) {
+                            for (s, steps) in chunk.iter().zip(score_batch(prm, &chunk.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?) {
+                                rows[s.sample_idx as usize].score = Some(steps.into_iter().fold(f64::INFINITY, f64::min));
+                            }
                         }
                     }
-                    for row in rows.iter_mut() {
-                        row.score = Some(0.0); // no steps: the lowest score
-                    }
-                    for chunk in scorables.chunks(bs) {
-                        for (s, steps) in chunk.iter().zip(score_batch(prm, &chunk.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?) {
-                            rows[s.sample_idx as usize].score = Some(steps.into_iter().fold(f64::INFINITY, f64::min));
+                    Some(Scorer::Hf(prm, pad)) => {
+                        let mut laid = Vec::new();
+                        for (r, row) in rows.iter_mut().enumerate() {
+                            row.score = Some(0.0); // no steps: the lowest score
+                            let item = &items[row.job.item];
+                            let steps = crate::data::answer::split_steps(&row.response);
+                            let Some((q, images)) = item.raw.as_ref().filter(|_| !steps.is_empty()) else { continue };
+                            laid.push((r, encode_steps(prm, q, images, &steps, None).map_err(|e| format!("prompt {}: {e}", item.id))?));
+                        }
+                        for chunk in laid.chunks(bs) {
+                            let ex: Vec<&QwenExample> = chunk.iter().map(|x| &x.1 .0).collect();
+                            let ends: Vec<&[usize]> = chunk.iter().map(|x| x.1 .1.as_slice()).collect();
+                            for (x, steps) in chunk.iter().zip(score_steps(prm, &ex, &ends, *pad).map_err(|e| e.to_string())?) {
+                                rows[x.0].score = Some(steps.into_iter().fold(f64::INFINITY, f64::min));
+                            }
                         }
                     }
+                    None => {}
                 }
                 // a short summary per split and temperature
                 let mut keys: Vec<(String, bool, u64)> = rows.iter().map(|r| (items[r.job.item].split.clone(), r.job.greedy, r.job.temperature.to_bits())).collect();
