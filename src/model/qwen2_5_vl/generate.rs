@@ -23,36 +23,50 @@ fn last_logits(model: &QwenVl, hidden: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// One generation per seed from `prompt`: stops at any of `eos` or after `max_new_tokens`.
-/// Rows are independent: a sample's tokens depend only on its seed.
+/// The prompt is prefilled once; the samples then decode together as one batch over copies of
+/// its KV cache (finished rows leave the batch), each with its own RNG: a sample's tokens depend
+/// only on its seed.
 pub fn generate(model: &QwenVl, prompt: &Prompt, seeds: &[u64], params: &SamplingParams, eos: &[u32]) -> Result<Vec<Generation>> {
     let dev = model.text().embed.embeddings().device().clone();
     let mut prefix = Cache::default();
     let (hidden, next_pos) = model.prefill(&prompt.ids, prompt.pixels.as_ref(), &prompt.grids, Some(&mut prefix))?;
     let first = last_logits(model, &hidden)?;
-    let mut out = Vec::with_capacity(seeds.len());
-    for &seed in seeds {
-        let mut rng = SplitMix(seed);
-        let mut cache = prefix.clone();
-        let mut logits = first.clone();
-        let (mut tokens, mut logprob, mut finish) = (Vec::new(), 0.0, "length");
-        for step in 0..params.max_new_tokens {
-            let (tok, lp) = sample(&logits, params, &mut rng);
-            logprob += lp;
+    let n = seeds.len();
+    let mut rngs: Vec<SplitMix> = seeds.iter().map(|&s| SplitMix(s)).collect();
+    let mut out: Vec<Generation> = (0..n).map(|_| Generation { tokens: Vec::new(), logprob: 0.0, finish_reason: "length" }).collect();
+    // the rows still decoding (indices into `seeds`), their logits, and their cache
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut logits: Vec<Vec<f32>> = vec![first; n];
+    let mut cache = if n > 1 { prefix.repeat(n)? } else { prefix };
+    for step in 0..params.max_new_tokens {
+        let (mut keep, mut next) = (Vec::new(), Vec::new());
+        for (r, &i) in active.iter().enumerate() {
+            let (tok, lp) = sample(&logits[r], params, &mut rngs[i]);
+            let g = &mut out[i];
+            g.logprob += lp;
             if eos.contains(&tok) {
-                finish = "stop";
-                break;
+                g.finish_reason = "stop";
+                continue;
             }
-            tokens.push(tok);
-            if step + 1 == params.max_new_tokens {
-                break;
+            g.tokens.push(tok);
+            if step + 1 < params.max_new_tokens {
+                keep.push(r as u32);
+                next.push(tok);
             }
-            let x = candle_core::Module::forward(&model.text().embed, &Tensor::from_vec(vec![tok], (1, 1), &dev)?)?;
-            let p = next_pos + step as i64;
-            let (cos, sin) = model.text().rope_tables(&[vec![[p; 3]]], &dev)?;
-            let h = model.text().forward(&x, &cos, &sin, Mask::None, Some(&mut cache))?;
-            logits = last_logits(model, &h)?;
         }
-        out.push(Generation { tokens, logprob, finish_reason: finish });
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            cache = cache.select(&keep)?;
+            active = keep.iter().map(|&r| active[r as usize]).collect();
+        }
+        let b = active.len();
+        let x = candle_core::Module::forward(&model.text().embed, &Tensor::from_vec(next, (b, 1), &dev)?)?;
+        let p = next_pos + step as i64;
+        let (cos, sin) = model.text().rope_tables(&vec![vec![[p; 3]]; b], &dev)?;
+        let h = model.text().forward(&x, &cos, &sin, Mask::None, Some(&mut cache))?;
+        logits = model.text().logits(&h)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
     }
     Ok(out)
 }
@@ -96,11 +110,23 @@ mod tests {
             lp += log_softmax_at(&logits, pos, tok);
         }
         assert!((lp - g.logprob).abs() < 1e-3, "logprob {} vs full forward {lp}", g.logprob);
-        // sampling: a row depends on its seed only
+        // sampling: a row depends on its seed only, not on the batch it decodes in (the
+        // log-prob sums agree to float rounding of batched products)
         let p = SamplingParams { temperature: 1.0, top_p: 0.9, max_new_tokens: 5, ..Default::default() };
         let a = generate(&ck.model, &prompt, &[7, 8, 7], &p, &[]).unwrap();
         let b = generate(&ck.model, &prompt, &[8], &p, &[]).unwrap();
         assert_eq!(a[0], a[2]);
-        assert_eq!(a[1], b[0]);
+        assert_eq!((&a[1].tokens, a[1].finish_reason), (&b[0].tokens, b[0].finish_reason));
+        assert!((a[1].logprob - b[0].logprob).abs() < 1e-4, "{} vs {}", a[1].logprob, b[0].logprob);
+        // rows leave the batch at EOS: with the first sampled token as EOS, every row that
+        // drew it stops there and the others go on as alone
+        let eos = [a[0].tokens[0]];
+        let c = generate(&ck.model, &prompt, &[7, 8, 9, 10], &p, &eos).unwrap();
+        for (k, seed) in [7u64, 8, 9, 10].into_iter().enumerate() {
+            let alone = generate(&ck.model, &prompt, &[seed], &p, &eos).unwrap().remove(0);
+            assert_eq!((&c[k].tokens, c[k].finish_reason), (&alone.tokens, alone.finish_reason), "seed {seed}");
+            assert!((c[k].logprob - alone.logprob).abs() < 1e-4);
+        }
+        assert_eq!(c[0].finish_reason, "stop");
     }
 }

@@ -190,6 +190,25 @@ impl TextModel {
 }
 
 impl Cache {
+    /// The cache of one sequence repeated for `n` rows (samples decoding from one prompt).
+    pub fn repeat(&self, n: usize) -> Result<Self> {
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let mut dims = t.dims().to_vec();
+            dims[0] = n;
+            t.broadcast_as(dims)?.contiguous()
+        };
+        let layers = self.layers.iter().map(|l| l.as_ref().map(|(k, v)| Ok::<_, candle_core::Error>((rep(k)?, rep(v)?))).transpose()).collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Keeps the rows `rows` (finished samples leave the batch).
+    pub fn select(&self, rows: &[u32]) -> Result<Self> {
+        let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else { return Ok(self.clone()) };
+        let idx = Tensor::from_vec(rows.to_vec(), rows.len(), &dev)?;
+        let layers = self.layers.iter().map(|l| l.as_ref().map(|(k, v)| Ok::<_, candle_core::Error>((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))).transpose()).collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
     /// Keys cached so far.
     pub fn len(&self) -> usize {
         self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
