@@ -123,6 +123,24 @@ enum ModelCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Generation tokens/s (one prompt, `--batch` samples) and training step time of a Qwen-VL
+    /// folder (random weights will do; benches/qwen_bench.py makes one and runs transformers too)
+    BenchHf {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long = "new-tokens", default_value_t = 128)]
+        new_tokens: usize,
+        #[arg(long = "train-batch", default_value_t = 4)]
+        train_batch: usize,
+        #[arg(long = "train-len", default_value_t = 512)]
+        train_len: usize,
+        /// Train every weight instead of LoRA adapters
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        gradient_checkpointing: bool,
+    },
     /// Generation and SFT throughput of a random policy (writes its weights and inputs to --out)
     Bench {
         #[arg(long, default_value = "tiny")]
@@ -325,6 +343,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let d = tokio::task::spawn_blocking(mstar::model::doctor::doctor).await?;
             print!("{}", d.render());
             Ok(if d.failure.is_some() { 1 } else { 0 })
+        }
+        Cmd::Model { cmd: ModelCmd::BenchHf { dir, batch, new_tokens, train_batch, train_len, full, gradient_checkpointing } } => {
+            let dev = mstar::model::device();
+            let r = tokio::task::spawn_blocking(move || mstar::model::bench::bench_hf(&dir, batch, new_tokens, train_batch, train_len, !full, gradient_checkpointing, &dev)).await??;
+            println!("{r}");
+            Ok(0)
         }
         Cmd::Model { cmd: ModelCmd::Bench { size, out, batch, new_tokens, sft_steps, device } } => {
             let dev = match device.as_str() {

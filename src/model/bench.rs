@@ -110,3 +110,86 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
         "sft_tokens_per_s": (tokens_per_step * sft_steps) as f64 / sft_s,
     }))
 }
+
+/// `mstar model bench-hf DIR`: on a Qwen-VL folder (random weights will do), generation
+/// tokens/s of `batch` samples of one prompt (one image, EOS ignored) and the time of one
+/// training step (LoRA r 16 on the attention and MLP projections, or full) on `train_batch`
+/// sequences of `train_len` tokens, with or without gradient checkpointing.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_hf(dir: &Path, batch: usize, new_tokens: usize, train_batch: usize, train_len: usize, lora: bool, checkpointing: bool, dev: &Device) -> Result<serde_json::Value> {
+    use super::qwen2_5_vl::generate::generate as hf_generate;
+    use super::qwen2_5_vl::lora::LoraConfig;
+    use super::qwen_vl::{Checkpoint, Trainable};
+    use crate::train::qwen::{accumulate, QwenExample};
+    let bad = |e: &dyn std::fmt::Display| ModelError::Invalid(e.to_string());
+    let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
+    let sync = |t: &Tensor| -> Result<()> {
+        t.flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    // one synthetic image, 448 × 448 (256 merged image tokens at 14-pixel patches)
+    let img = {
+        let mut im = image::RgbImage::new(448, 448);
+        for (x, y, p) in im.enumerate_pixels_mut() {
+            *p = image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8]);
+        }
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(im).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| bad(&e))?;
+        png
+    };
+    let ck = Checkpoint::load(dir, dtype, dev).map_err(|e| bad(&e))?;
+    let prompt = crate::ops::generate_hf::encode_prompt(&ck, "Describe the picture in detail.", std::slice::from_ref(&img), dev).map_err(|e| bad(&e))?;
+    let params = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: new_tokens };
+    let seeds: Vec<u64> = (0..batch as u64).collect();
+    hf_generate(&ck.model, &prompt, &seeds[..1], &SamplingParams { max_new_tokens: 2, ..params.clone() }, &[])?; // warm-up
+    let t0 = Instant::now();
+    let gens = hf_generate(&ck.model, &prompt, &seeds, &params, &[])?;
+    let gen_s = t0.elapsed().as_secs_f64();
+    let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+    drop(ck);
+
+    // a training step
+    let ck = if lora {
+        let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec();
+        Checkpoint::load_with_new_adapter(dir, LoraConfig { rank: 16, alpha: 32.0, targets }, 0, dtype, dev).map_err(|e| bad(&e))?
+    } else {
+        Checkpoint::load_parts(dir, None, Trainable::All, dtype, dev).map_err(|e| bad(&e))?
+    };
+    let p = crate::ops::generate_hf::encode_prompt(&ck, "Describe the picture in detail.", std::slice::from_ref(&img), dev).map_err(|e| bad(&e))?;
+    let pixels: Vec<f32> = p.pixels.as_ref().map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()).transpose()?.unwrap_or_default();
+    // response tokens: the prompt's text tokens, shuffled by row
+    let text_ids: Vec<u32> = p.ids.iter().copied().filter(|&t| t != ck.model.image_token_id()).collect();
+    let examples: Vec<QwenExample> = (0..train_batch)
+        .map(|r| {
+            let mut ids = p.ids.clone();
+            let prompt_len = ids.len();
+            ids.extend((0..train_len.saturating_sub(prompt_len).max(1)).map(|i| text_ids[(r * 7919 + i * 104_729) % text_ids.len()]));
+            QwenExample { ids, prompt_len, pixels: pixels.clone(), grids: p.grids.clone(), labels: vec![] }
+        })
+        .collect();
+    let vars = ck.trainable();
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let mut state = TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: Schedule::Constant { lr: 1e-5 }, adamw: AdamWConfig::default(), rng: 0, last_loss: None };
+    let micro = vec![examples.iter().collect::<Vec<_>>()];
+    let step = |opt: &mut AdamW, state: &mut TrainerState| -> Result<f64> {
+        let l = crate::train::optimizer_step(&vars, opt, state, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, checkpointing, s, g))?;
+        sync(vars[0].1.as_tensor())?;
+        Ok(l)
+    };
+    step(&mut opt, &mut state)?; // warm-up (allocations, kernels)
+    let t1 = Instant::now();
+    let steps = 2;
+    for _ in 0..steps {
+        step(&mut opt, &mut state)?;
+    }
+    let step_s = t1.elapsed().as_secs_f64() / steps as f64;
+    let params_n: usize = ck.all_tensors().values().map(|t| t.elem_count()).sum();
+    let trained: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    Ok(serde_json::json!({
+        "device": format!("{dev:?}"), "dtype": format!("{dtype:?}"), "parameters": params_n, "trained_parameters": trained,
+        "prompt_tokens": prompt.ids.len(), "batch": batch, "new_tokens": new_tokens,
+        "generate_s": gen_s, "generate_tokens_per_s": tokens as f64 / gen_s,
+        "train_batch": train_batch, "train_len": examples[0].ids.len(), "lora": lora, "gradient_checkpointing": checkpointing,
+        "train_step_s": step_s, "train_tokens_per_s": (train_batch * examples[0].ids.len()) as f64 / step_s,
+    }))
+}
