@@ -3,10 +3,10 @@
 //! those rows into metrics (`sql/eval_metrics.sql`) or a temperature choice (`pick_temperature`).
 
 use super::generate::{find_checkpoint, resolve_policy};
-use super::generate_hf::{all_images, encode_prompt};
+use super::generate_hf::{all_images, encode_prompt, hf_source, load_for_inference};
 use crate::model::checkpoint;
 use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
-use crate::model::qwen_vl::{Checkpoint, Trainable};
+use crate::model::qwen_vl::Checkpoint;
 use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use super::prm_score::{score_batch, scorable};
 use super::train::first_image;
@@ -123,24 +123,10 @@ impl Operator for EvalOp {
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
             // a Hugging Face checkpoint of a policy stage, else the `model` folder, else mstar's own
-            let hf_dir = match (find_checkpoint(ctx, &self.spec.policy), &self.model_dir) {
-                (Some((_, m)), _) if checkpoint::is_hf(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
-                (None, Some(d)) => Some(std::path::PathBuf::from(d)),
-                _ => None,
-            };
+            let hf_dir = hf_source(ctx, &self.spec.policy, self.model_dir.as_deref()).await?;
             let policy = match hf_dir {
                 Some(dir) => {
-                    let dev = crate::model::device();
-                    let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
-                    let d2 = dir.clone();
-                    let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d2, Trainable::Nothing, dtype, &dev))
-                        .await
-                        .map_err(|e| self.fail(e))?
-                        .map_err(|e| self.fail(format!("model {}: {e}", dir.display())))?;
-                    let eos = super::generate_hf::eos_ids(&ck.dir, &ck);
-                    if eos.is_empty() {
-                        return Err(self.fail(format!("model {}: no end-of-turn token", ck.dir.display())));
-                    }
+                    let (ck, eos) = load_for_inference(&dir).await.map_err(|e| self.fail(e))?;
                     Decoder::Hf(Box::new(ck), eos)
                 }
                 None => Decoder::Tiny(resolve_policy(ctx, &self.spec.policy).await?),
@@ -149,17 +135,11 @@ impl Operator for EvalOp {
                 _ if self.spec.prm.is_empty() => None,
                 Some((name, m)) if checkpoint::is_hf(m) => {
                     let dir = checkpoint::local_dir(ctx.store, m).await?;
-                    let dev = crate::model::device();
-                    let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
-                    let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&dir, Trainable::Nothing, dtype, &dev))
-                        .await
-                        .map_err(|e| self.fail(e))?
-                        .map_err(|e| self.fail(format!("checkpoint of `{name}`: {e}")))?;
+                    let (ck, eos) = load_for_inference(&dir).await.map_err(|e| self.fail(format!("checkpoint of `{name}`: {e}")))?;
                     if !ck.is_prm() {
                         return Err(self.fail(format!("the checkpoint of `{name}` is a policy, not a process reward model (train it with objective: prm)")));
                     }
-                    let pad = *super::generate_hf::eos_ids(&ck.dir, &ck).first().ok_or_else(|| self.fail(format!("checkpoint of `{name}`: no end-of-turn token to pad with")))?;
-                    Some(Scorer::Hf(Box::new(ck), pad))
+                    Some(Scorer::Hf(Box::new(ck), eos[0]))
                 }
                 _ => {
                     if matches!(policy, Decoder::Hf(..)) {

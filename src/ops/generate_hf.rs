@@ -13,7 +13,8 @@ use candle_core::{DType, Tensor};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use crate::model::checkpoint;
 use std::sync::Arc;
 
 /// Names, sizes and modification times of the folder's files: a changed checkpoint recomputes.
@@ -64,19 +65,38 @@ pub fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
     from_gen.filter(|v| !v.is_empty()).or_else(|| Some(ck.model.eos_token_ids().to_vec()).filter(|v| !v.is_empty())).unwrap_or_else(from_tok)
 }
 
-/// Rollouts from the checkpoint folder `dir`: a model folder, or a LoRA adapter folder over its base.
-pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result<OpOutput> {
+/// The Hugging Face checkpoint folder a stage samples from: the newest checkpoint of the first
+/// of `policy` that has one when it is a HF folder, else `model` while none has one; None when
+/// the stage runs a policy of mstar's own.
+pub async fn hf_source(ctx: &OpContext<'_>, policy: &[String], model: Option<&str>) -> Result<Option<PathBuf>> {
+    Ok(match (super::generate::find_checkpoint(ctx, policy), model) {
+        (Some((_, m)), _) if checkpoint::is_hf(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
+        (None, Some(d)) => Some(PathBuf::from(d)),
+        _ => None,
+    })
+}
+
+/// Loads a checkpoint folder (model or adapter) for inference on the default device, bf16 on a
+/// GPU and f32 on the CPU, with its end-of-turn tokens (an error when it names none).
+pub async fn load_for_inference(dir: &Path) -> std::result::Result<(Checkpoint, Vec<u32>), String> {
     let dev = crate::model::device();
     let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
-    let dir_p = dir.to_path_buf();
-    let (ck, dev) = tokio::task::spawn_blocking(move || Checkpoint::open(&dir_p, Trainable::Nothing, dtype, &dev).map(|c| (c, dev)))
+    let d = dir.to_path_buf();
+    let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d, Trainable::Nothing, dtype, &dev))
         .await
-        .map_err(|e| op.fail(e))?
-        .map_err(|e| op.fail(format!("model {}: {e}", dir.display())))?;
-    let eos = eos_ids(&ck.dir, &ck);
-    if eos.is_empty() {
-        return Err(op.fail(format!("model {}: no eos_token_id in generation_config.json or config.json, nor eos_token in tokenizer_config.json", ck.dir.display())));
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("model {}: {e}", dir.display()))?;
+    let ids = eos_ids(&ck.dir, &ck);
+    if ids.is_empty() {
+        return Err(format!("model {}: no eos_token_id in generation_config.json or config.json, nor eos_token in tokenizer_config.json", ck.dir.display()));
     }
+    Ok((ck, ids))
+}
+
+/// Rollouts from the checkpoint folder `dir`: a model folder, or a LoRA adapter folder over its base.
+pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result<OpOutput> {
+    let (ck, eos) = load_for_inference(dir).await.map_err(|e| op.fail(e))?;
+    let dev = ck.model.text().embed.embeddings().device().clone();
     let params = op.sampling(ctx).await?;
     let filter = ctx.this_iteration(&op.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
     let q = format!(

@@ -1,11 +1,10 @@
 //! The `prm_label` operator: Monte Carlo step labels for PRM training — every step prefix of
 //! each sampled response is continued N times by the policy and scored by the gold answer.
 
-use super::generate::{find_checkpoint, resolve_policy};
-use super::generate_hf::{all_images, encode_prompt};
-use crate::model::checkpoint;
+use super::generate::resolve_policy;
+use super::generate_hf::{all_images, encode_prompt, hf_source, load_for_inference};
 use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
-use crate::model::qwen_vl::{Checkpoint, Trainable};
+use crate::model::qwen_vl::Checkpoint;
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::AnswerType;
@@ -129,24 +128,10 @@ impl Operator for PrmLabelOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            let hf_dir = match (find_checkpoint(ctx, &self.spec.policy), &self.model_dir) {
-                (Some((_, m)), _) if checkpoint::is_hf(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
-                (None, Some(d)) => Some(std::path::PathBuf::from(d)),
-                _ => None,
-            };
+            let hf_dir = hf_source(ctx, &self.spec.policy, self.model_dir.as_deref()).await?;
             let hf = match hf_dir {
                 Some(dir) => {
-                    let dev = crate::model::device();
-                    let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
-                    let d2 = dir.clone();
-                    let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d2, Trainable::Nothing, dtype, &dev))
-                        .await
-                        .map_err(|e| self.fail(e))?
-                        .map_err(|e| self.fail(format!("model {}: {e}", dir.display())))?;
-                    let eos = super::generate_hf::eos_ids(&ck.dir, &ck);
-                    if eos.is_empty() {
-                        return Err(self.fail(format!("model {}: no end-of-turn token", ck.dir.display())));
-                    }
+                    let (ck, eos) = load_for_inference(&dir).await.map_err(|e| self.fail(e))?;
                     Some((ck, eos))
                 }
                 None => None,

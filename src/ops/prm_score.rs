@@ -3,7 +3,6 @@
 
 use super::generate::{find_checkpoint, resolve_policy};
 use crate::model::checkpoint;
-use crate::model::qwen_vl::{Checkpoint, Trainable};
 use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
@@ -93,17 +92,11 @@ impl PrmScoreOp {
     /// Step scores by a Qwen-VL process reward model (a checkpoint of `train` with `model:` and
     /// `objective: prm`): each response laid out step by step, right-padded batches.
     async fn execute_hf(&self, ctx: &OpContext<'_>, name: &str, dir: &std::path::Path) -> Result<OpOutput> {
-        let dev = crate::model::device();
-        let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
-        let d2 = dir.to_path_buf();
-        let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d2, Trainable::Nothing, dtype, &dev))
-            .await
-            .map_err(|e| self.fail(e))?
-            .map_err(|e| self.fail(format!("checkpoint of `{name}`: {e}")))?;
+        let (ck, eos) = super::generate_hf::load_for_inference(dir).await.map_err(|e| self.fail(format!("checkpoint of `{name}`: {e}")))?;
         if !ck.is_prm() {
             return Err(self.fail(format!("the checkpoint of `{name}` is a policy, not a process reward model (train it with objective: prm)")));
         }
-        let pad = *super::generate_hf::eos_ids(&ck.dir, &ck).first().ok_or_else(|| self.fail("the checkpoint names no end-of-turn token to pad with"))?;
+        let pad = eos[0];
         let mut items: Vec<(String, i32, Vec<String>, QwenExample, Vec<usize>)> = Vec::new();
         for b in &self.rows(ctx).await? {
             let s = |i: usize| super::strings(b.column(i));
