@@ -276,6 +276,14 @@ fn lora_sft_on_a_qwen_folder_then_sample_and_export() {
     ok(bin().arg("run").arg(&f).args(["--store", store2.to_str().unwrap()]));
     let q = "SELECT prompt_id, sample_idx, response, round(logprob, 3) AS lp FROM rollouts WHERE iteration = 2 ORDER BY prompt_id, sample_idx";
     assert_eq!(sql_csv(store2.to_str().unwrap(), q), sql_csv(store, q), "the merged export samples differently from the adapter");
+    // on a store that is not a local folder, checkpoints are read through temporary copies,
+    // which are gone once loaded
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", "memory://hf/run"]).env("TMPDIR", &scratch));
+    assert!(err.contains("generate: the checkpoint of `sft` (iteration 1)") && err.contains("mstar: done"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(scratch.join("mstar-checkpoints")).unwrap().collect();
+    assert!(left.is_empty(), "temporary checkpoint copies left behind: {left:?}");
     // a target that matches no layer says so
     let bad = sft_pipeline(tmp.path(), "qwen", "    lora: {rank: 2, alpha: 4, targets: [nothing_proj]}\n", 1);
     let (_, _, err) = fails(bin().arg("run").arg(&bad).args(["--store", tmp.path().join("s3").to_str().unwrap()]));

@@ -50,30 +50,53 @@ pub fn is_hf(m: &Manifest) -> bool {
     m.files.iter().any(|f| f.path.ends_with("/preprocessor_config.json") || f.path.ends_with(super::qwen_vl::ADAPTER_CONFIG))
 }
 
-/// A local folder holding the checkpoint's files, for loaders that read folders: the files
-/// themselves in a local store; otherwise a copy under the system's temporary folder
-/// (`mstar-checkpoints/<hash>`), made once and reused while the sizes match.
-pub async fn local_dir(store: &RunStore, m: &Manifest) -> Result<PathBuf, StoreError> {
+/// A stored checkpoint's files in a local folder, for loaders that read folders; a temporary
+/// copy is removed when this is dropped (once the model is loaded).
+pub struct LocalDir {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl LocalDir {
+    /// A folder that is already local (nothing to remove).
+    pub fn existing(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), temporary: false }
+    }
+}
+
+impl std::ops::Deref for LocalDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LocalDir {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The checkpoint's files as a local folder: the files themselves in a local store; otherwise a
+/// copy under the system's temporary folder (`mstar-checkpoints/`), removed when dropped.
+pub async fn local_dir(store: &RunStore, m: &Manifest) -> Result<LocalDir, StoreError> {
     let dirs: BTreeSet<&str> = m.files.iter().map(|f| f.path.rsplit_once('/').map_or("", |(d, _)| d)).collect();
     let [dir] = dirs.into_iter().collect::<Vec<_>>()[..] else {
         return Err(StoreError::Other(format!("checkpoint of `{}` (iteration {}) spans several folders", m.stage, m.iteration)));
     };
     if store.loc.url_root.scheme() == "file" {
-        return Ok(PathBuf::from(format!("/{}", store.loc.path(dir))));
+        return Ok(LocalDir::existing(format!("/{}", store.loc.path(dir))));
     }
-    let key = format!("{}/{}", store.display(), dir);
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    let local = std::env::temp_dir().join("mstar-checkpoints").join(format!("{hash:016x}"));
-    std::fs::create_dir_all(&local).map_err(|e| StoreError::Other(format!("{}: {e}", local.display())))?;
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let local = LocalDir { path: std::env::temp_dir().join("mstar-checkpoints").join(format!("{}-{n}-{}-{}", std::process::id(), m.stage, m.iteration)), temporary: true };
+    std::fs::create_dir_all(&*local).map_err(|e| StoreError::Other(format!("{}: {e}", local.display())))?;
     for f in &m.files {
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
-        let target = local.join(name);
-        if std::fs::metadata(&target).is_ok_and(|md| md.len() == f.bytes) {
-            continue;
-        }
         let bytes = store.loc.store.get(&store.loc.path(&f.path)).await?.bytes().await?;
-        let tmp = local.join(format!(".{name}.part"));
-        std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &target)).map_err(|e| StoreError::Other(format!("{}: {e}", target.display())))?;
+        std::fs::write(local.join(name), &bytes).map_err(|e| StoreError::Other(format!("{}: {e}", local.join(name).display())))?;
     }
     Ok(local)
 }

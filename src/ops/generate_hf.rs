@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use crate::model::checkpoint;
 use std::sync::Arc;
 
@@ -68,10 +68,10 @@ pub fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
 /// The Hugging Face checkpoint folder a stage samples from: the newest checkpoint of the first
 /// of `policy` that has one when it is a HF folder, else `model` while none has one; None when
 /// the stage runs a policy of mstar's own.
-pub async fn hf_source(ctx: &OpContext<'_>, policy: &[String], model: Option<&str>) -> Result<Option<PathBuf>> {
+pub async fn hf_source(ctx: &OpContext<'_>, policy: &[String], model: Option<&str>) -> Result<Option<checkpoint::LocalDir>> {
     Ok(match (super::generate::find_checkpoint(ctx, policy), model) {
         (Some((_, m)), _) if checkpoint::is_hf(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
-        (None, Some(d)) => Some(PathBuf::from(d)),
+        (None, Some(d)) => Some(checkpoint::LocalDir::existing(d)),
         _ => None,
     })
 }

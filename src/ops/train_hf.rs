@@ -30,7 +30,7 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
         None => None,
     };
     let prm = spec.objective == "prm";
-    let (base, seed, prev2, lora2) = (PathBuf::from(base_dir), ctx.pipeline.seed, prev_dir.clone(), lora.clone());
+    let (base, seed, prev2, lora2) = (PathBuf::from(base_dir), ctx.pipeline.seed, prev_dir.as_ref().map(|d| d.to_path_buf()), lora.clone());
     let ck = tokio::task::spawn_blocking(move || -> crate::model::hf::Result<Checkpoint> {
         let mut ck = match (prev2, lora2) {
             (Some(d), _) => return Checkpoint::open(&d, trainable, dtype, &dev),
