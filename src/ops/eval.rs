@@ -5,7 +5,7 @@
 use super::generate::{find_checkpoint, resolve_policy};
 use super::generate_hf::{all_images, encode_prompt, hf_source, load_for_inference};
 use crate::model::checkpoint;
-use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
+use crate::model::qwen2_5_vl::generate::{generate_many as hf_generate_many, Prompt};
 use crate::model::qwen_vl::Checkpoint;
 use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use super::prm_score::{score_batch, scorable};
@@ -235,10 +235,9 @@ impl Operator for EvalOp {
                 let mut rows: Vec<Row> = Vec::with_capacity(jobs.len());
                 let mut i = 0;
                 while i < jobs.len() {
-                    // a chunk shares one temperature (and, for a HF model, one prompt: its samples share the prefill)
+                    // a chunk shares one temperature
                     let t = jobs[i].temperature;
-                    let same = |j: usize| jobs[j].temperature == t && (matches!(policy, Decoder::Tiny(_)) || jobs[j].item == jobs[i].item);
-                    let end = (i..jobs.len()).take(bs).take_while(|&j| same(j)).last().unwrap_or(i) + 1;
+                    let end = (i..jobs.len()).take(bs).take_while(|&j| jobs[j].temperature == t).last().unwrap_or(i) + 1;
                     let chunk = &jobs[i..end];
                     let params = SamplingParams { temperature: t, ..sampling.clone() };
                     let decoded: Vec<(String, usize)> = match &policy {
@@ -253,11 +252,25 @@ impl Operator for EvalOp {
                             generate(policy, &reqs, &params, bucket).map_err(|e| e.to_string())?.into_iter().map(|g| (policy.tokenizer.decode(&g.tokens).unwrap_or_default(), g.tokens.len())).collect()
                         }
                         Decoder::Hf(ck, eos) => {
-                            let Encoded::Hf(prompt) = &items[chunk[0].item].enc else { unreachable!("items are encoded for their decoder") };
-                            let seeds: Vec<u64> = chunk.iter().map(seed_of).collect();
-                            hf_generate(&ck.model, prompt, &seeds, &params, eos)
-                                .map_err(|e| format!("prompt {}: {e}", items[chunk[0].item].id))?
+                            // consecutive jobs of one prompt share its prefill; all decode as one batch
+                            let mut groups: Vec<(usize, Vec<u64>)> = Vec::new();
+                            for j in chunk {
+                                match groups.last_mut() {
+                                    Some((item, seeds)) if *item == j.item => seeds.push(seed_of(j)),
+                                    _ => groups.push((j.item, vec![seed_of(j)])),
+                                }
+                            }
+                            let batch: Vec<(&Prompt, &[u64])> = groups
+                                .iter()
+                                .map(|(item, seeds)| match &items[*item].enc {
+                                    Encoded::Hf(p) => (p, seeds.as_slice()),
+                                    Encoded::Tiny { .. } => unreachable!("items are encoded for their decoder"),
+                                })
+                                .collect();
+                            hf_generate_many(&ck.model, &batch, &params, eos)
+                                .map_err(|e| format!("prompts {} to {}: {e}", items[chunk[0].item].id, items[chunk[chunk.len() - 1].item].id))?
                                 .into_iter()
+                                .flatten()
                                 .map(|g| (ck.tokenizer.decode(&g.tokens, true).unwrap_or_default(), g.tokens.len()))
                                 .collect()
                         }

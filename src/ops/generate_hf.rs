@@ -6,7 +6,7 @@ use super::generate::{rollouts_schema, GenerateOp};
 use super::{OpContext, OpOutput, Result};
 use crate::model::generate::rollout_seed;
 use crate::model::hf::chat::user_turn;
-use crate::model::qwen2_5_vl::generate::{generate, Prompt};
+use crate::model::qwen2_5_vl::generate::{generate_many, Prompt};
 use crate::model::qwen_vl::{Checkpoint, Trainable};
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use candle_core::{DType, Tensor};
@@ -115,34 +115,53 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result
     }
     let (seed, iteration, k) = (ctx.pipeline.seed, ctx.iteration, op.spec.samples);
     let total = prompts.len();
+    // groups of whole prompts, at most `batch_size` samples a group (at least one prompt)
+    let per_group = (op.spec.batch_size / (k as usize).max(1)).max(1);
+    let mut groups: Vec<Vec<(String, Prompt)>> = Vec::new();
+    for p in prompts {
+        match groups.last_mut() {
+            Some(g) if g.len() < per_group => g.push(p),
+            _ => groups.push(vec![p]),
+        }
+    }
     let ck = Arc::new(ck);
     let eos = Arc::new(eos);
     let started = std::time::Instant::now();
-    let stream = futures::stream::iter(prompts.into_iter().enumerate()).then(move |(n, (id, prompt))| {
-        let (ck, eos, params) = (ck.clone(), eos.clone(), params.clone());
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stream = futures::stream::iter(groups).then(move |group| {
+        let (ck, eos, params, done) = (ck.clone(), eos.clone(), params.clone(), done.clone());
         async move {
-            let seeds: Vec<u64> = (0..k).map(|s| rollout_seed(seed, iteration, &id, s)).collect();
-            let (ck2, seeds2, params2) = (ck.clone(), seeds.clone(), params.clone());
-            let gens = tokio::task::spawn_blocking(move || generate(&ck2.model, &prompt, &seeds2, &params2, &eos))
-                .await
-                .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?
-                .map_err(|e| datafusion::error::DataFusionError::Execution(format!("generate: prompt {id}: {e}")))?;
-            let texts: Vec<String> = gens.iter().map(|g| ck.tokenizer.decode(&g.tokens, true).unwrap_or_default()).collect();
-            if (n + 1) * 10 / total.max(1) != n * 10 / total.max(1) || n + 1 == total {
-                eprintln!("  generate: {}/{total} prompts × {k} samples, {:.1}s", n + 1, started.elapsed().as_secs_f64());
+            let seeds: Vec<Vec<u64>> = group.iter().map(|(id, _)| (0..k).map(|s| rollout_seed(seed, iteration, id, s)).collect()).collect();
+            let (ck2, params2, seeds2) = (ck.clone(), params.clone(), seeds.clone());
+            let (group, gens) = tokio::task::spawn_blocking(move || {
+                let batch: Vec<(&Prompt, &[u64])> = group.iter().zip(&seeds2).map(|((_, p), s)| (p, s.as_slice())).collect();
+                let gens = generate_many(&ck2.model, &batch, &params2, &eos);
+                (group, gens)
+            })
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+            let gens = gens.map_err(|e| datafusion::error::DataFusionError::Execution(format!("generate: prompts {} to {}: {e}", group[0].0, group[group.len() - 1].0)))?;
+            let n = done.fetch_add(group.len(), std::sync::atomic::Ordering::Relaxed) + group.len();
+            if n * 10 / total.max(1) != (n - group.len()) * 10 / total.max(1) || n == total {
+                eprintln!("  generate: {n}/{total} prompts × {k} samples, {:.1}s", started.elapsed().as_secs_f64());
             }
-            let rows = k as usize;
+            let rows: Vec<(&str, u32, u64, &crate::model::generate::Generation)> = group
+                .iter()
+                .zip(&seeds)
+                .zip(&gens)
+                .flat_map(|(((id, _), s), g)| (0..k).map(move |j| (id.as_str(), j, s[j as usize], &g[j as usize])))
+                .collect();
             RecordBatch::try_new(
                 rollouts_schema(),
                 vec![
-                    Arc::new(StringArray::from(vec![id.clone(); rows])),
-                    Arc::new(Int32Array::from_iter_values(0..k as i32)),
-                    Arc::new(Float64Array::from(vec![params.temperature; rows])),
-                    Arc::new(UInt64Array::from(seeds)),
-                    Arc::new(StringArray::from(texts)),
-                    Arc::new(Int32Array::from_iter_values(gens.iter().map(|g| g.tokens.len() as i32))),
-                    Arc::new(Float64Array::from_iter_values(gens.iter().map(|g| g.logprob))),
-                    Arc::new(StringArray::from_iter_values(gens.iter().map(|g| g.finish_reason))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1 as i32))),
+                    Arc::new(Float64Array::from(vec![params.temperature; rows.len()])),
+                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| ck.tokenizer.decode(&r.3.tokens, true).unwrap_or_default()))),
+                    Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.3.tokens.len() as i32))),
+                    Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3.logprob))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3.finish_reason))),
                 ],
             )
             .map_err(Into::into)

@@ -23,26 +23,53 @@ fn last_logits(model: &QwenVl, hidden: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// One generation per seed from `prompt`: stops at any of `eos` or after `max_new_tokens`.
-/// The prompt is prefilled once; the samples then decode together as one batch over copies of
-/// its KV cache (finished rows leave the batch), each with its own RNG: a sample's tokens depend
-/// only on its seed.
+/// A sample's tokens depend only on its seed (see [`generate_many`]).
 pub fn generate(model: &QwenVl, prompt: &Prompt, seeds: &[u64], params: &SamplingParams, eos: &[u32]) -> Result<Vec<Generation>> {
-    let dev = model.text().embed.embeddings().device().clone();
-    let mut prefix = Cache::default();
-    let (hidden, next_pos) = model.prefill(&prompt.ids, prompt.pixels.as_ref(), &prompt.grids, Some(&mut prefix))?;
-    let first = last_logits(model, &hidden)?;
-    let n = seeds.len();
-    let mut rngs: Vec<SplitMix> = seeds.iter().map(|&s| SplitMix(s)).collect();
-    let mut out: Vec<Generation> = (0..n).map(|_| Generation { tokens: Vec::new(), logprob: 0.0, finish_reason: "length" }).collect();
-    // the rows still decoding (indices into `seeds`), their logits, and their cache
-    let mut active: Vec<usize> = (0..n).collect();
-    let mut logits: Vec<Vec<f32>> = vec![first; n];
-    let mut cache = if n > 1 { prefix.repeat(n)? } else { prefix };
+    Ok(generate_many(model, &[(prompt, seeds)], params, eos)?.remove(0))
+}
+
+/// Generations for several prompts at once, one per seed of each. Every prompt is prefilled
+/// once; then all samples of all prompts decode together as one batch over copies of their
+/// prompts' KV caches, left-padded to the longest with the pads masked out, each row at its own
+/// M-RoPE position and with its own seeded RNG; rows that finish leave the batch. A sample's
+/// tokens depend only on its prompt and seed, not on the batch (log-prob sums agree to the
+/// rounding of batched products).
+pub fn generate_many(model: &QwenVl, prompts: &[(&Prompt, &[u64])], params: &SamplingParams, eos: &[u32]) -> Result<Vec<Vec<Generation>>> {
+    let text = model.text();
+    let dev = text.embed.embeddings().device().clone();
+    let dtype = text.embed.embeddings().dtype();
+    let (mut caches, mut firsts, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+    for (p, _) in prompts {
+        let mut c = Cache::default();
+        let (hidden, next_pos) = model.prefill(&p.ids, p.pixels.as_ref(), &p.grids, Some(&mut c))?;
+        firsts.push(last_logits(model, &hidden)?);
+        starts.push(next_pos);
+        caches.push(c);
+    }
+    let t_max = caches.iter().map(|c| c.len()).max().unwrap_or(0);
+    // one row per (prompt, sample): its output slot, RNG, left pad and next position
+    let mut slots = Vec::new();
+    let (mut rngs, mut pads, mut pos, mut logits): (Vec<SplitMix>, Vec<usize>, Vec<i64>, Vec<Vec<f32>>) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, (_, seeds)) in prompts.iter().enumerate() {
+        for (k, &seed) in seeds.iter().enumerate() {
+            slots.push((i, k));
+            rngs.push(SplitMix(seed));
+            pads.push(t_max - caches[i].len());
+            pos.push(starts[i]);
+            logits.push(firsts[i].clone());
+        }
+    }
+    let mut out: Vec<Vec<Generation>> = prompts.iter().map(|(_, s)| s.iter().map(|_| Generation { tokens: Vec::new(), logprob: 0.0, finish_reason: "length" }).collect()).collect();
+    let reps: Vec<usize> = prompts.iter().map(|(_, s)| s.len()).collect();
+    let mut cache = if reps.iter().sum::<usize>() == 1 { caches.swap_remove(0) } else { Cache::stack(&caches.iter().collect::<Vec<_>>(), &reps)? };
+    drop(caches);
+    let mut active: Vec<usize> = (0..slots.len()).collect();
     for step in 0..params.max_new_tokens {
         let (mut keep, mut next) = (Vec::new(), Vec::new());
-        for (r, &i) in active.iter().enumerate() {
-            let (tok, lp) = sample(&logits[r], params, &mut rngs[i]);
-            let g = &mut out[i];
+        for (r, &row) in active.iter().enumerate() {
+            let (tok, lp) = sample(&logits[r], params, &mut rngs[row]);
+            let (i, k) = slots[row];
+            let g = &mut out[i][k];
             g.logprob += lp;
             if eos.contains(&tok) {
                 g.finish_reason = "stop";
@@ -62,11 +89,22 @@ pub fn generate(model: &QwenVl, prompt: &Prompt, seeds: &[u64], params: &Samplin
             active = keep.iter().map(|&r| active[r as usize]).collect();
         }
         let b = active.len();
-        let x = candle_core::Module::forward(&model.text().embed, &Tensor::from_vec(next, (b, 1), &dev)?)?;
-        let p = next_pos + step as i64;
-        let (cos, sin) = model.text().rope_tables(&vec![vec![[p; 3]]; b], &dev)?;
-        let h = model.text().forward(&x, &cos, &sin, Mask::None, Some(&mut cache))?;
-        logits = model.text().logits(&h)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        let x = candle_core::Module::forward(&text.embed, &Tensor::from_vec(next, (b, 1), &dev)?)?;
+        let positions: Vec<Vec<[i64; 3]>> = active.iter().map(|&row| vec![[pos[row] + step as i64; 3]]).collect();
+        let (cos, sin) = text.rope_tables(&positions, &dev)?;
+        // keys: the padded prompt cache, the tokens decoded so far, and this one
+        let tk = t_max + step + 1;
+        let mask = if active.iter().all(|&row| pads[row] == 0) {
+            None
+        } else {
+            let m: Vec<f32> = active.iter().flat_map(|&row| {
+                let pad = pads[row];
+                (0..tk).map(move |j| if j < pad { f32::NEG_INFINITY } else { 0.0 })
+            }).collect();
+            Some(Tensor::from_vec(m, (b, 1, 1, tk), &dev)?.to_dtype(dtype)?)
+        };
+        let h = text.forward(&x, &cos, &sin, mask.as_ref().map_or(Mask::None, Mask::Additive), Some(&mut cache))?;
+        logits = text.logits(&h)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
     }
     Ok(out)
 }
@@ -128,5 +166,33 @@ mod tests {
             assert!((c[k].logprob - alone.logprob).abs() < 1e-4);
         }
         assert_eq!(c[0].finish_reason, "stop");
+    }
+
+    /// Prompts of different lengths (text only, one image, two images) decode as one batch, the
+    /// shorter caches left-padded and masked: every sample equals its prompt decoded alone.
+    #[test]
+    fn prompts_of_different_lengths_batch_together() {
+        for name in ["qwen2_5_vl", "qwen3_vl"] {
+            let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model")).join(name);
+            let ck = Checkpoint::load(&dir, DType::F32, &Device::Cpu).unwrap();
+            let img = |f: &str| std::fs::read(dir.join(f)).unwrap();
+            let prompts: Vec<Prompt> = [(vec![], "Say something about the weather today, please."), (vec![img("b.png")], "How many?"), (vec![img("a.png"), img("c.png")], "Compare the two pictures.")]
+                .iter()
+                .map(|(images, q)| crate::ops::generate_hf::encode_prompt(&ck, q, images, &Device::Cpu).unwrap())
+                .collect();
+            let lens: std::collections::BTreeSet<usize> = prompts.iter().map(|p| p.ids.len()).collect();
+            assert_eq!(lens.len(), 3, "{name}: prompt lengths {lens:?}");
+            let seeds: [&[u64]; 3] = [&[1, 2], &[3], &[4, 5, 6]];
+            let p = SamplingParams { temperature: 1.0, top_p: 0.95, max_new_tokens: 6, ..Default::default() };
+            let eos = crate::ops::generate_hf::eos_ids(&dir, &ck);
+            let together = generate_many(&ck.model, &prompts.iter().zip(seeds).map(|(p, s)| (p, s)).collect::<Vec<_>>(), &p, &eos).unwrap();
+            for (i, (prompt, s)) in prompts.iter().zip(seeds).enumerate() {
+                let alone = generate(&ck.model, prompt, s, &p, &eos).unwrap();
+                for (a, b) in together[i].iter().zip(&alone) {
+                    assert_eq!((&a.tokens, a.finish_reason), (&b.tokens, b.finish_reason), "{name} prompt {i}");
+                    assert!((a.logprob - b.logprob).abs() < 1e-4, "{name} prompt {i}: {} vs {}", a.logprob, b.logprob);
+                }
+            }
+        }
     }
 }

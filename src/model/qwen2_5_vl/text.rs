@@ -201,6 +201,31 @@ impl Cache {
         Ok(Self { layers })
     }
 
+    /// Several sequences' caches as the rows of one batch: cache i repeated `reps[i]` times,
+    /// each left-padded with zeros to the longest (the pads must be masked out of attention).
+    pub fn stack(caches: &[&Cache], reps: &[usize]) -> Result<Self> {
+        let t_max = caches.iter().map(|c| c.len()).max().unwrap_or(0);
+        let n_layers = caches.first().map_or(0, |c| c.layers.len());
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for (c, &r) in caches.iter().zip(reps) {
+                let Some((k, v)) = c.layers.get(l).and_then(|x| x.as_ref()) else { candle_core::bail!("a cache without layer {l}") };
+                let pad = t_max - k.dim(2)?;
+                let grow = |t: &Tensor| -> Result<Tensor> {
+                    let t = if pad > 0 { t.pad_with_zeros(2, pad, 0)? } else { t.clone() };
+                    let mut dims = t.dims().to_vec();
+                    dims[0] = r;
+                    t.broadcast_as(dims)?.contiguous()
+                };
+                ks.push(grow(k)?);
+                vs.push(grow(v)?);
+            }
+            layers.push(Some((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?)));
+        }
+        Ok(Self { layers })
+    }
+
     /// Keeps the rows `rows` (finished samples leave the batch).
     pub fn select(&self, rows: &[u32]) -> Result<Self> {
         let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else { return Ok(self.clone()) };
