@@ -329,7 +329,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Data { cmd } => data(cmd).await,
         Cmd::Serve { dir, host, port, name } => {
             let dev = mstar::model::device();
-            let dtype = if dev.is_cpu() { candle_core::DType::F32 } else { candle_core::DType::BF16 };
+            let dtype = mstar::model::hf_dtype(&dev);
             let ck = mstar::model::qwen_vl::Checkpoint::load(&dir, dtype, &dev)?;
             let eos = mstar::ops::generate_hf::eos_ids(&dir, &ck);
             anyhow::ensure!(!eos.is_empty(), "{}: no end-of-turn token (generation_config.json, config.json or tokenizer_config.json)", dir.display());

@@ -28,6 +28,17 @@ pub fn device() -> Device {
     Device::Cpu
 }
 
+/// The dtype Hugging Face checkpoints run in on `dev`: bf16 on a GPU, f32 on the CPU;
+/// `MSTAR_DTYPE=bf16|f32` overrides (e.g. to try the GPU's bf16 path on the CPU).
+pub fn hf_dtype(dev: &Device) -> candle_core::DType {
+    match std::env::var("MSTAR_DTYPE").as_deref() {
+        Ok("bf16") => candle_core::DType::BF16,
+        Ok("f32") => candle_core::DType::F32,
+        _ if dev.is_cpu() => candle_core::DType::F32,
+        _ => candle_core::DType::BF16,
+    }
+}
+
 /// Small fixtures shared by the model and trainer tests.
 #[cfg(test)]
 pub(crate) mod test_util {

@@ -9,7 +9,7 @@ use crate::model::hf::chat::user_turn;
 use crate::model::qwen2_5_vl::generate::{generate_many, Prompt};
 use crate::model::qwen_vl::{Checkpoint, Trainable};
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -80,7 +80,7 @@ pub async fn hf_source(ctx: &OpContext<'_>, policy: &[String], model: Option<&st
 /// GPU and f32 on the CPU, with its end-of-turn tokens (an error when it names none).
 pub async fn load_for_inference(dir: &Path) -> std::result::Result<(Checkpoint, Vec<u32>), String> {
     let dev = crate::model::device();
-    let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
+    let dtype = crate::model::hf_dtype(&dev);
     let d = dir.to_path_buf();
     let ck = tokio::task::spawn_blocking(move || Checkpoint::open(&d, Trainable::Nothing, dtype, &dev))
         .await

@@ -13,13 +13,12 @@ use crate::train::{optimizer_step, AdamW, TrainerState};
 use arrow::array::{Array, AsArray};
 use arrow_schema::{DataType, Field};
 use std::sync::Arc;
-use candle_core::DType;
 use std::path::{Path, PathBuf};
 
 pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Result<OpOutput> {
     let spec = &op.spec;
     let dev = crate::model::device();
-    let dtype = if dev.is_cpu() { DType::F32 } else { DType::BF16 };
+    let dtype = crate::model::hf_dtype(&dev);
     let lora = spec.lora.as_ref().map(|l| LoraConfig { rank: l.rank, alpha: l.alpha, targets: l.targets.clone() });
     let trainable = if lora.is_some() { Trainable::Adapters } else { Trainable::All };
     // where to start: this stage's previous checkpoint (init: last), else the folder

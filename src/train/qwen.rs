@@ -476,3 +476,56 @@ mod tests {
         }
     }
 }
+/// The dtype a GPU runs Qwen-VL in, on the CPU: every operation of sampling, SFT (LoRA and
+/// full, with gradient checkpointing) and PRM scoring takes bf16 tensors without a dtype clash.
+#[cfg(test)]
+mod bf16 {
+    use super::*;
+    use crate::model::qwen2_5_vl::generate::{generate_many, Prompt};
+    use crate::model::qwen2_5_vl::lora::LoraConfig;
+    use crate::model::qwen_vl::Trainable;
+    use crate::train::{optimizer_step, AdamW, AdamWConfig, Schedule, TrainerState};
+
+    fn run(name: &str) -> Result<()> {
+        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model")).join(name);
+        let (dev, dt) = (Device::Cpu, DType::BF16);
+        let img = std::fs::read(dir.join("b.png"))?;
+        let bad = |e: &dyn std::fmt::Display| ModelError::Invalid(format!("{name}: {e}"));
+        let ck = Checkpoint::load(&dir, dt, &dev).map_err(|e| bad(&e))?;
+        let p1: Prompt = crate::ops::generate_hf::encode_prompt(&ck, "How many?", std::slice::from_ref(&img), &dev).map_err(|e| bad(&e))?;
+        let p2: Prompt = crate::ops::generate_hf::encode_prompt(&ck, "Say something longer, please.", &[], &dev).map_err(|e| bad(&e))?;
+        let params = crate::model::generate::SamplingParams { temperature: 1.0, max_new_tokens: 4, ..Default::default() };
+        let g = generate_many(&ck.model, &[(&p1, &[1, 2]), (&p2, &[3])], &params, &[])?;
+        assert_eq!(g.iter().flatten().map(|x| x.tokens.len()).sum::<usize>(), 12);
+        let state = || TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: Schedule::Constant { lr: 1e-3 }, adamw: AdamWConfig::default(), rng: 0, last_loss: None };
+        let lora = LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "v_proj".into()] };
+        for (mut ck, recompute) in [
+            (Checkpoint::load_with_new_adapter(&dir, lora, 0, dt, &dev).map_err(|e| bad(&e))?, false),
+            (Checkpoint::load_parts(&dir, None, Trainable::All, dt, &dev).map_err(|e| bad(&e))?, true),
+        ] {
+            let e = encode(&ck, "How many?", std::slice::from_ref(&img), "Three.").map_err(|e| bad(&e))?;
+            let vars = ck.trainable();
+            let (mut opt, mut st) = (AdamW::new(AdamWConfig::default()), state());
+            let micro = vec![vec![&e]];
+            optimizer_step(&vars, &mut opt, &mut st, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, recompute, s, g))?;
+            // and as a PRM
+            ck.add_score_head(1, true)?;
+            let (pe, ends) = encode_steps(&ck, "How many?", std::slice::from_ref(&img), &["Look.", "Three."], Some(&[1.0, 0.0])).map_err(|e| bad(&e))?;
+            let vars = ck.trainable();
+            let micro = vec![vec![&pe]];
+            optimizer_step(&vars, &mut AdamW::new(AdamWConfig::default()), &mut state(), &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, recompute, s, g))?;
+            let scores = score_steps(&ck, &[&pe], &[&ends], 0)?;
+            assert!(scores[0].iter().all(|s| (0.0..=1.0).contains(s)));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_sampling_training_and_scoring_run() {
+        for name in ["qwen2_5_vl", "qwen3_vl"] {
+            if let Err(e) = run(name) {
+                panic!("{name}: {e:?}");
+            }
+        }
+    }
+}

@@ -20,12 +20,12 @@ struct Block {
     heads: usize,
 }
 
-/// Rotary embedding of x (N, H, D) with tables (N, D).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
+/// Rotary embedding of x (N, H, D) with tables (N, D) (the fused kernel for f32 on the CPU).
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
         return x.unsqueeze(0)?.contiguous()?.apply_op3(&cos.unsqueeze(0)?, &sin.unsqueeze(0)?, RopeOp { inverse: false })?.squeeze(0);
     }
-    let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
+    let (cos, sin) = (cos.to_dtype(x.dtype())?.unsqueeze(1)?, sin.to_dtype(x.dtype())?.unsqueeze(1)?);
     x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?
 }
 

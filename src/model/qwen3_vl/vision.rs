@@ -4,8 +4,7 @@
 
 use super::config::VisionConfig;
 use crate::model::qwen2_5_vl::lora::{LoraConfig, LoraLinear};
-use crate::model::tiny_vlm::fused::RopeOp;
-use crate::model::tiny_vlm::model::{attention, rotate_half, Mask};
+use crate::model::tiny_vlm::model::{attention, Mask};
 use candle_core::{Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -29,14 +28,7 @@ impl LayerNorm {
     }
 }
 
-/// Rotary embedding of x (N, H, D) with tables (N, D).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        return x.unsqueeze(0)?.contiguous()?.apply_op3(&cos.unsqueeze(0)?, &sin.unsqueeze(0)?, RopeOp { inverse: false })?.squeeze(0);
-    }
-    let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
-    x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?
-}
+use crate::model::qwen2_5_vl::vision::rope;
 
 #[derive(Debug, Clone)]
 struct Block {

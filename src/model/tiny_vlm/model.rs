@@ -26,7 +26,8 @@ impl RmsNorm {
         if self.fused {
             return candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32);
         }
-        if x.device().is_cpu() {
+        // the fused CPU kernels are f32; other dtypes take the composed ops (as on a GPU)
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
             return x.contiguous()?.apply_op2(&self.weight, RmsNormOp { eps: self.eps as f32 });
         }
         let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
@@ -109,7 +110,7 @@ impl Rotary {
 
     /// Applies rotary embeddings to x (B, T, H, Dh) with tables from `at`.
     pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
             return x.contiguous()?.apply_op3(cos, sin, RopeOp { inverse: false });
         }
         let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?);
@@ -149,7 +150,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, fused: b
             if tq != tk {
                 candle_core::bail!("causal attention needs as many keys as queries ({tq} vs {tk})");
             }
-            if q.device().is_cpu() && !fused {
+            if q.device().is_cpu() && q.dtype() == DType::F32 && !fused {
                 let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
                 return scores.apply_op1(CausalSoftmax { scale: scale as f32 })?.matmul(&v.contiguous()?);
             }
@@ -162,7 +163,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, fused: b
         // matmuls, whose per-call overhead dominates on the CPU
         let scores = (k.broadcast_mul(q)?.sum_keepdim(D::Minus1)?.transpose(2, 3)? * scale)?;
         let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
+            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
             None => scores,
         };
         let w = softmax(&scores, fused)?.transpose(2, 3)?;
@@ -170,7 +171,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, fused: b
     }
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
     let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
+        Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
         None => scores,
     };
     softmax(&scores, fused)?.matmul(&v.contiguous()?)
