@@ -24,6 +24,15 @@ fn base_weights(dir: &Path, dtype: DType, dev: &Device) -> hf::Result<HashMap<St
     hf::weights::load(dir, dtype, dev)
 }
 
+/// A rendered prompt: token ids, the images' patches (rows of 3·temporal·patch² values) and
+/// grids, and the template's text.
+pub struct PromptParts {
+    pub ids: Vec<u32>,
+    pub pixels: Vec<f32>,
+    pub grids: Vec<[usize; 3]>,
+    pub text: String,
+}
+
 /// The decoder's inputs for a batch of rows (see `QwenVl::decoder_inputs`).
 pub struct DecoderInputs {
     pub x: Tensor,
@@ -441,6 +450,21 @@ impl Checkpoint {
             }
         }
         Ok(out)
+    }
+
+    /// A question and its images as the model's prompt: the images' patches (concatenated) and
+    /// grids, and the chat template's user turn with the generation prompt — as text and as
+    /// token ids with the image placeholders expanded.
+    pub fn prompt_parts(&self, question: &str, images: &[Vec<u8>]) -> hf::Result<PromptParts> {
+        let (mut pixels, mut grids) = (Vec::new(), Vec::new());
+        for (j, bytes) in images.iter().enumerate() {
+            let p = self.processor.preprocess_bytes(bytes).map_err(|e| HfError::Image(format!("image {j}: {e}")))?;
+            grids.push(p.grid);
+            pixels.extend(p.values);
+        }
+        let text = self.chat.render(&hf::chat::user_turn(images.len(), question), true)?;
+        let ids = self.encode(&self.expand_image_pads(&text, &grids)?)?;
+        Ok(PromptParts { ids, pixels, grids, text })
     }
 
     /// Token ids of `text` (special tokens parsed, none added), as the processor's tokenizer call.

@@ -5,7 +5,6 @@
 use super::generate::{rollouts_schema, GenerateOp};
 use super::{OpContext, OpOutput, Result};
 use crate::model::generate::rollout_seed;
-use crate::model::hf::chat::user_turn;
 use crate::model::qwen2_5_vl::generate::{generate_many, Prompt};
 use crate::model::qwen_vl::{Checkpoint, Trainable};
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
@@ -173,16 +172,8 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result
 /// A question and its images as the model's prompt: the chat template's user turn with the
 /// generation prompt, image placeholders expanded, tokenized; the images' patches on `dev`.
 pub fn encode_prompt(ck: &Checkpoint, question: &str, images: &[Vec<u8>], dev: &candle_core::Device) -> std::result::Result<Prompt, String> {
-    let mut values = Vec::new();
-    let mut grids = Vec::new();
-    for (j, bytes) in images.iter().enumerate() {
-        let p = ck.processor.preprocess_bytes(bytes).map_err(|e| format!("image {j}: {e}"))?;
-        grids.push(p.grid);
-        values.extend(p.values);
-    }
-    let text = ck.chat.render(&user_turn(images.len(), question), true).map_err(|e| e.to_string())?;
-    let text = ck.expand_image_pads(&text, &grids).map_err(|e| e.to_string())?;
-    let ids = ck.encode(&text).map_err(|e| e.to_string())?;
+    let parts = ck.prompt_parts(question, images).map_err(|e| e.to_string())?;
+    let (ids, values, grids) = (parts.ids, parts.pixels, parts.grids);
     let dtype = ck.model.text().embed.embeddings().dtype();
     let pixels = if grids.is_empty() {
         None

@@ -5,7 +5,7 @@
 use super::Grads;
 use crate::model::hf::{self, chat::user_turn, HfError};
 use crate::model::policy::{ModelError, Result};
-use crate::model::qwen_vl::Checkpoint;
+use crate::model::qwen_vl::{Checkpoint, PromptParts};
 use crate::model::tiny_vlm::{masked_bce_with_logits, masked_cross_entropy};
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -36,27 +36,12 @@ impl QwenExample {
     }
 }
 
-/// The prompt part of an example: images' patches, grids, and the chat template's user turn
-/// with the generation prompt, placeholders expanded, tokenized.
-fn encode_prompt(ck: &Checkpoint, question: &str, images: &[Vec<u8>]) -> hf::Result<(Vec<u32>, Vec<f32>, Vec<[usize; 3]>, String)> {
-    let mut pixels = Vec::new();
-    let mut grids = Vec::new();
-    for (j, bytes) in images.iter().enumerate() {
-        let p = ck.processor.preprocess_bytes(bytes).map_err(|e| HfError::Image(format!("image {j}: {e}")))?;
-        grids.push(p.grid);
-        pixels.extend(p.values);
-    }
-    let prompt = ck.chat.render(&user_turn(images.len(), question), true)?;
-    let ids = ck.encode(&ck.expand_image_pads(&prompt, &grids)?)?;
-    Ok((ids, pixels, grids, prompt))
-}
-
 /// A response laid out for a process reward model, the same way in training and scoring: the
 /// prompt, then each step's tokens, steps joined by the tokens of a newline; a step's score is
 /// read at its last token. `labels` (one per step, or none when scoring) become the targets.
 /// Returns the example and the step ends (indices in `ids`).
 pub fn encode_steps<S: AsRef<str>>(ck: &Checkpoint, question: &str, images: &[Vec<u8>], steps: &[S], labels: Option<&[f32]>) -> hf::Result<(QwenExample, Vec<usize>)> {
-    let (mut ids, pixels, grids, _) = encode_prompt(ck, question, images)?;
+    let PromptParts { mut ids, pixels, grids, .. } = ck.prompt_parts(question, images)?;
     let prompt_len = ids.len();
     let newline = ck.encode("\n")?;
     let mut ends = Vec::with_capacity(steps.len());
@@ -83,7 +68,7 @@ pub fn encode_steps<S: AsRef<str>>(ck: &Checkpoint, question: &str, images: &[Ve
 /// question) with the generation prompt, then the assistant turn; the response tokens are
 /// what the full conversation adds to the prompt (for Qwen: the text and `<|im_end|>\n`).
 pub fn encode(ck: &Checkpoint, question: &str, images: &[Vec<u8>], response: &str) -> hf::Result<QwenExample> {
-    let (mut ids, pixels, grids, prompt) = encode_prompt(ck, question, images)?;
+    let PromptParts { mut ids, pixels, grids, text: prompt } = ck.prompt_parts(question, images)?;
     let user = user_turn(images.len(), question);
     let mut turns = user.as_array().cloned().unwrap_or_default();
     turns.push(serde_json::json!({"role": "assistant", "content": response}));

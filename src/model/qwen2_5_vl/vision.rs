@@ -20,6 +20,19 @@ struct Block {
     heads: usize,
 }
 
+/// Pixel rows and image grids agree: the grids cover every row, each a multiple of the merge size.
+pub(crate) fn check_grids(pixels: &Tensor, grids: &[[usize; 3]], ms: usize) -> Result<()> {
+    let (n, _) = pixels.dims2()?;
+    let total: usize = grids.iter().map(|g| g.iter().product::<usize>()).sum();
+    if total != n {
+        candle_core::bail!("image grids {grids:?} cover {total} patches but pixel_values has {n} rows");
+    }
+    if let Some(g) = grids.iter().find(|g| g[1] % ms != 0 || g[2] % ms != 0) {
+        candle_core::bail!("image grid {g:?} is not a multiple of spatial_merge_size {ms}");
+    }
+    Ok(())
+}
+
 /// Rotary embedding of x (N, H, D) with tables (N, D) (the fused kernel for f32 on the CPU).
 pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
@@ -162,15 +175,9 @@ impl VisionTower {
     /// images in order, each image's merged tokens in row-major order.
     pub fn forward(&self, pixels: &Tensor, grids: &[[usize; 3]]) -> Result<Tensor> {
         let dev: &Device = pixels.device();
-        let (n, _) = pixels.dims2()?;
-        let total: usize = grids.iter().map(|g| g.iter().product::<usize>()).sum();
-        if total != n {
-            candle_core::bail!("image grids {grids:?} cover {total} patches but pixel_values has {n} rows");
-        }
         let ms = self.cfg.spatial_merge_size;
-        if let Some(g) = grids.iter().find(|g| g[1] % ms != 0 || g[2] % ms != 0) {
-            candle_core::bail!("image grid {g:?} is not a multiple of spatial_merge_size {ms}");
-        }
+        check_grids(pixels, grids, ms)?;
+        let n = pixels.dim(0)?;
         let unit = ms * ms;
         let l = self.layout(grids);
         let d = self.cfg.hidden_size;

@@ -179,15 +179,9 @@ impl VisionTower {
     /// DeepStack feature tensor of the same shape per `deepstack_visual_indexes`.
     pub fn forward(&self, pixels: &Tensor, grids: &[[usize; 3]]) -> Result<(Tensor, Vec<Tensor>)> {
         let dev: &Device = pixels.device();
-        let (n, _) = pixels.dims2()?;
-        let total: usize = grids.iter().map(|g| g.iter().product::<usize>()).sum();
-        if total != n {
-            candle_core::bail!("image grids {grids:?} cover {total} patches but pixel_values has {n} rows");
-        }
         let ms = self.cfg.spatial_merge_size;
-        if let Some(g) = grids.iter().find(|g| g[1] % ms != 0 || g[2] % ms != 0) {
-            candle_core::bail!("image grid {g:?} is not a multiple of spatial_merge_size {ms}");
-        }
+        crate::model::qwen2_5_vl::vision::check_grids(pixels, grids, ms)?;
+        let n = pixels.dim(0)?;
         let dt = self.patch_embed.dtype();
         let mut x = pixels.to_dtype(dt)?.matmul(&self.patch_embed.t()?)?.broadcast_add(&self.patch_bias)?;
         let (hw, idx, wt) = self.positions(grids);
