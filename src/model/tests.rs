@@ -525,3 +525,27 @@ fn frozen_weights_stay_and_the_rest_train() {
     }
     assert!(frozen > 5 && moved > 10, "{frozen} frozen, {moved} trained");
 }
+
+#[test]
+fn a_frozen_encoder_is_detached_and_the_trainable_gradients_stay() {
+    let (mut policy, ex) = setup(4);
+    let refs: Vec<_> = ex.iter().collect();
+    let grads = |p: &Policy| -> Vec<(String, Option<Vec<f32>>)> {
+        let (loss, _) = batch_loss(p, &refs).unwrap();
+        let store = loss.backward().unwrap();
+        p.named_vars().into_iter().map(|(n, v)| (n, store.get(v.as_tensor()).map(|g| g.flatten_all().unwrap().to_vec1().unwrap()))).collect()
+    };
+    let full = grads(&policy);
+    policy.model.set_vision_frozen(true);
+    let detached = grads(&policy);
+    let mut trainable = 0;
+    for ((name, a), (_, b)) in full.iter().zip(&detached) {
+        if name.starts_with("vision.") {
+            assert!(a.is_some() && b.is_none(), "{name}: the encoder should get a gradient only when it is not frozen");
+        } else {
+            assert_eq!(a, b, "{name}: detaching the frozen encoder changed a trainable gradient");
+            trainable += usize::from(a.is_some());
+        }
+    }
+    assert!(trainable > 10, "{trainable} trainable tensors with gradients");
+}

@@ -105,6 +105,9 @@ impl Operator for TrainOp {
                 (st, AdamW::new(self.spec.adamw.clone()))
             };
 
+            // a frozen encoder (every `vision.` weight): no backward pass through it
+            let vision: Vec<String> = policy.named_vars().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("vision.")).collect();
+            policy.model.set_vision_frozen(!vision.is_empty() && vision.iter().all(|n| opt.frozen(n)));
             // this iteration's training rows
             let filter = ctx.this_iteration(&self.spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
             if self.spec.objective == "regions" {

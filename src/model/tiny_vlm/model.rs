@@ -380,6 +380,9 @@ pub struct TinyVlm {
     device: Device,
     /// The CPU sampling path (a weight snapshot), set by `use_inference_kernels` on the CPU.
     cpu: Option<Arc<CpuDecoder>>,
+    /// Training with every `vision.` weight frozen: the encoder's output is detached, so the
+    /// backward pass stops at the projector instead of computing gradients nobody applies.
+    vision_frozen: bool,
 }
 
 impl TinyVlm {
@@ -412,6 +415,7 @@ impl TinyVlm {
             pool: cfg.vision_config.pool_grid.map(|g| region_pool(&cfg.vision_config, g, vb.device())).transpose()?,
             device: vb.device().clone(),
             cpu: None,
+            vision_frozen: false,
         })
     }
 
@@ -482,9 +486,15 @@ impl TinyVlm {
         self.vision.forward(patches)
     }
 
+    /// Whether training keeps the whole vision encoder frozen (see `vision_frozen`).
+    pub fn set_vision_frozen(&mut self, frozen: bool) {
+        self.vision_frozen = frozen;
+    }
+
     /// Image features in the text embedding space: (B, P, patch_dim) → (B, image_tokens, hidden).
     pub fn encode_images(&self, patches: &Tensor) -> Result<Tensor> {
         let f = self.vision.forward(patches)?;
+        let f = if self.vision_frozen { f.detach() } else { f };
         let v = match &self.pool {
             Some(pool) => pool_regions(pool, &f)?,
             None => merge_patches(&f, self.cfg.vision_config.grid(), self.cfg.vision_config.merge_size)?,
