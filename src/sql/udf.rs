@@ -21,6 +21,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(SynthCaption { grid: true, ..Default::default() }));
     ctx.register_udf(ScalarUDF::from(SynthCellLabels::default()));
     ctx.register_udf(ScalarUDF::from(SynthCellLabels { full: true, ..Default::default() }));
+    ctx.register_udf(ScalarUDF::from(SynthDrills::default()));
 }
 
 fn utf8_list() -> DataType {
@@ -357,5 +358,86 @@ impl ScalarUDFImpl for SynthCellLabels {
             b.append(true);
         }
         Ok(ColumnarValue::Array(Arc::new(b.finish())))
+    }
+}
+
+/// `synth_drills(scene)`: perception drills for warm-up, a list of {question, response} structs
+/// whose responses are single steps of the chain grammar (`synth::drills`). NULL when scene is
+/// NULL. Use: `SELECT d['question'], d['response'] FROM (SELECT unnest(synth_drills(scene)) AS d …)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SynthDrills {
+    signature: Signature,
+}
+
+impl Default for SynthDrills {
+    fn default() -> Self {
+        Self { signature: Signature::user_defined(Volatility::Immutable) }
+    }
+}
+
+fn drill_fields() -> arrow::datatypes::Fields {
+    vec![Field::new("question", DataType::Utf8, false), Field::new("response", DataType::Utf8, false)].into()
+}
+
+impl ScalarUDFImpl for SynthDrills {
+    fn name(&self) -> &str {
+        "synth_drills"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, t: &[DataType]) -> Result<Vec<DataType>> {
+        coerce(self.name(), t, &['s'])
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new_list_field(DataType::Struct(drill_fields()), true))))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::StructBuilder;
+        let a = arrays(&args)?;
+        let scene = strings(&a[0])?;
+        let items = StructBuilder::new(drill_fields(), vec![Box::new(StringBuilder::new()), Box::new(StringBuilder::new())]);
+        let mut b = ListBuilder::new(items).with_field(Arc::new(Field::new_list_field(DataType::Struct(drill_fields()), true)));
+        for i in 0..scene.len() {
+            if scene.is_null(i) {
+                b.append_null();
+                continue;
+            }
+            let s: crate::data::synth::Scene = serde_json::from_str(scene.value(i))
+                .map_err(|e| DataFusionError::Execution(format!("synth_drills: bad scene JSON in row {i}: {e}")))?;
+            for (q, r) in crate::data::synth::drills(&s) {
+                let st = b.values();
+                st.field_builder::<StringBuilder>(0).expect("question builder").append_value(q);
+                st.field_builder::<StringBuilder>(1).expect("response builder").append_value(r);
+                st.append(true);
+            }
+            b.append(true);
+        }
+        Ok(ColumnarValue::Array(Arc::new(b.finish())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn synth_drills_unnest_into_questions_and_responses() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        super::register(&ctx);
+        let scene = serde_json::to_string(&crate::data::synth::generate(0, "train", 0, false).scene).unwrap();
+        let want = crate::data::synth::drills(&serde_json::from_str(&scene).unwrap());
+        let sql = format!(
+            "SELECT d['question'] AS q, d['response'] AS r FROM (SELECT unnest(synth_drills(scene)) AS d FROM (VALUES ('{}'), (NULL)) AS t(scene))",
+            scene.replace('\'', "''")
+        );
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let mut got = Vec::new();
+        for b in &batches {
+            let (q, r) = (b.column(0).as_any().downcast_ref::<arrow::array::StringArray>().unwrap(), b.column(1).as_any().downcast_ref::<arrow::array::StringArray>().unwrap());
+            for i in 0..b.num_rows() {
+                got.push((q.value(i).to_string(), r.value(i).to_string()));
+            }
+        }
+        assert_eq!(got, want);
+        assert!(got.iter().any(|(q, r)| q == "How many red shapes are there?" && r.starts_with("There are ")));
     }
 }

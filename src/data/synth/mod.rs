@@ -174,6 +174,30 @@ fn mul_step(a: i64, b: i64) -> String {
     format!("{a} * {b} = {}.", a * b)
 }
 
+/// Perception drills for warm-up: (question, response) pairs whose responses are single steps of
+/// the chain grammar, read off the scene — each uniquely described object's digit, each colour's
+/// and shape's listing, each colour's count and digit sum.
+pub fn drills(scene: &Scene) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for o in &scene.objects {
+        let f = Filter { colour: Some(o.colour), shape: Some(o.shape) };
+        if scene.matching(&f).len() == 1 {
+            out.push((format!("What number does the {} show?", f.text()), format!("The {} shows {}.", f.text(), o.digit)));
+        }
+    }
+    let singles = Colour::ALL.iter().map(|&c| Filter { colour: Some(c), shape: None }).chain(Shape::ALL.iter().map(|&s| Filter { colour: None, shape: Some(s) }));
+    for f in singles {
+        out.push((format!("Which numbers do the {} shapes show?", f.text()), listing_step(scene, &f)));
+    }
+    let sums = scene.colour_sums();
+    for c in Colour::ALL {
+        let f = Filter { colour: Some(c), shape: None };
+        out.push((format!("How many {} shapes are there?", f.text()), count_step(&f, scene.matching(&f).len())));
+        out.push((format!("What do the {} numbers add up to?", c.name()), format!("The {} numbers add up to {}.", c.name(), sums[c.index()])));
+    }
+    out
+}
+
 // ---------- filters ----------
 
 /// A filter describing `o`: its colour (40%), its shape (30%) or both (30%).
@@ -592,5 +616,28 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&ex.scene).unwrap();
         let o = &v["objects"][0];
         assert!(o["shape"].is_string() && o["colour"].is_string() && o["digit"].is_u64());
+    }
+
+    #[test]
+    fn drills_are_true_steps_of_the_chain_grammar() {
+        for i in 0..50 {
+            let ex = generate(0, "train", i, false);
+            let d = drills(&ex.scene);
+            let unique = ex.scene.objects.iter().filter(|o| ex.scene.matching(&Filter { colour: Some(o.colour), shape: Some(o.shape) }).len() == 1).count();
+            assert_eq!(d.len(), unique + 4 + 3 + 4 + 4, "example {i}");
+            for (q, r) in &d {
+                assert!(q.ends_with('?'), "{q}");
+                let claim = oracle::parse_claim(r.strip_suffix('.').unwrap_or(r).trim()).or_else(|| oracle::parse_claim(r));
+                let claim = claim.unwrap_or_else(|| panic!("not a step of the grammar: {r}"));
+                let truth = match claim {
+                    oracle::Claim::Read(c, s, n) => ex.scene.digits(&Filter { colour: Some(c), shape: Some(s) }) == vec![n],
+                    oracle::Claim::Listing(f, v) => ex.scene.digits(&f) == v,
+                    oracle::Claim::Count(f, n) => ex.scene.matching(&f).len() as i64 == n,
+                    oracle::Claim::ColourSum(c, n) => ex.scene.colour_sums()[c.index()] == n,
+                    other => panic!("unexpected claim {other:?} for {r}"),
+                };
+                assert!(truth, "example {i}: `{q}` → `{r}` is false of the scene");
+            }
+        }
     }
 }
