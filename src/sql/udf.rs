@@ -361,7 +361,7 @@ impl ScalarUDFImpl for SynthCellLabels {
     }
 }
 
-/// `synth_drills(scene)`: perception drills for warm-up, a list of {question, response} structs
+/// `synth_drills(scene)`: skill drills for warm-up, a list of {kind, question, response} structs
 /// whose responses are single steps of the chain grammar (`synth::drills`). NULL when scene is
 /// NULL. Use: `SELECT d['question'], d['response'] FROM (SELECT unnest(synth_drills(scene)) AS d …)`.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -376,7 +376,7 @@ impl Default for SynthDrills {
 }
 
 fn drill_fields() -> arrow::datatypes::Fields {
-    vec![Field::new("question", DataType::Utf8, false), Field::new("response", DataType::Utf8, false)].into()
+    ["kind", "question", "response"].iter().map(|n| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>().into()
 }
 
 impl ScalarUDFImpl for SynthDrills {
@@ -396,7 +396,7 @@ impl ScalarUDFImpl for SynthDrills {
         use arrow::array::StructBuilder;
         let a = arrays(&args)?;
         let scene = strings(&a[0])?;
-        let items = StructBuilder::new(drill_fields(), vec![Box::new(StringBuilder::new()), Box::new(StringBuilder::new())]);
+        let items = StructBuilder::new(drill_fields(), vec![Box::new(StringBuilder::new()), Box::new(StringBuilder::new()), Box::new(StringBuilder::new())]);
         let mut b = ListBuilder::new(items).with_field(Arc::new(Field::new_list_field(DataType::Struct(drill_fields()), true)));
         for i in 0..scene.len() {
             if scene.is_null(i) {
@@ -405,10 +405,11 @@ impl ScalarUDFImpl for SynthDrills {
             }
             let s: crate::data::synth::Scene = serde_json::from_str(scene.value(i))
                 .map_err(|e| DataFusionError::Execution(format!("synth_drills: bad scene JSON in row {i}: {e}")))?;
-            for (q, r) in crate::data::synth::drills(&s) {
+            for d in crate::data::synth::drills(&s) {
                 let st = b.values();
-                st.field_builder::<StringBuilder>(0).expect("question builder").append_value(q);
-                st.field_builder::<StringBuilder>(1).expect("response builder").append_value(r);
+                st.field_builder::<StringBuilder>(0).expect("kind builder").append_value(d.kind);
+                st.field_builder::<StringBuilder>(1).expect("question builder").append_value(d.question);
+                st.field_builder::<StringBuilder>(2).expect("response builder").append_value(d.response);
                 st.append(true);
             }
             b.append(true);
@@ -426,18 +427,19 @@ mod tests {
         let scene = serde_json::to_string(&crate::data::synth::generate(0, "train", 0, false).scene).unwrap();
         let want = crate::data::synth::drills(&serde_json::from_str(&scene).unwrap());
         let sql = format!(
-            "SELECT d['question'] AS q, d['response'] AS r FROM (SELECT unnest(synth_drills(scene)) AS d FROM (VALUES ('{}'), (NULL)) AS t(scene))",
+            "SELECT d['kind'] AS k, d['question'] AS q, d['response'] AS r FROM (SELECT unnest(synth_drills(scene)) AS d FROM (VALUES ('{}'), (NULL)) AS t(scene))",
             scene.replace('\'', "''")
         );
         let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
         let mut got = Vec::new();
         for b in &batches {
-            let (q, r) = (b.column(0).as_any().downcast_ref::<arrow::array::StringArray>().unwrap(), b.column(1).as_any().downcast_ref::<arrow::array::StringArray>().unwrap());
+            let col = |j: usize| b.column(j).as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
             for i in 0..b.num_rows() {
-                got.push((q.value(i).to_string(), r.value(i).to_string()));
+                got.push((col(0).value(i).to_string(), col(1).value(i).to_string(), col(2).value(i).to_string()));
             }
         }
+        let want: Vec<_> = want.into_iter().map(|d| (d.kind.to_string(), d.question, d.response)).collect();
         assert_eq!(got, want);
-        assert!(got.iter().any(|(q, r)| q == "How many red shapes are there?" && r.starts_with("There are ")));
+        assert!(got.iter().any(|(k, q, r)| k == "count" && q.starts_with("How many red shapes are there?\n") && r.starts_with("Step 1: There are ")));
     }
 }

@@ -174,26 +174,78 @@ fn mul_step(a: i64, b: i64) -> String {
     format!("{a} * {b} = {}.", a * b)
 }
 
-/// Perception drills for warm-up: (question, response) pairs whose responses are single steps of
-/// the chain grammar, read off the scene — each uniquely described object's digit, each colour's
-/// and shape's listing, each colour's count and digit sum.
-pub fn drills(scene: &Scene) -> Vec<(String, String)> {
+/// One warm-up drill: a one-step problem of the task's format. The question ends with the task's
+/// instruction; the response is `Step 1: <a step of the chain grammar>` and, where the step yields
+/// a number, `Answer: <it>`. `kind` names the skill (read, listing, count, colour_sum, add,
+/// largest, smallest, sub, mul, most).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drill {
+    pub kind: &'static str,
+    pub question: String,
+    pub response: String,
+}
+
+/// Skill drills for warm-up, read off one scene. Perception: each uniquely described object's
+/// digit, each colour's and shape's listing, the listing of each colour+shape pair present, each
+/// colour's count and digit sum. Arithmetic on the scene's numbers, given in the question (the
+/// chains' non-visual steps): the sum, largest and smallest of each colour or shape listing of two
+/// or more digits, a difference and a product per colour, and the colour whose numbers add up to
+/// the most (when it is unique). Listings and `most` have no `Answer:` line (no number to give).
+pub fn drills(scene: &Scene) -> Vec<Drill> {
     let mut out = Vec::new();
+    let mut push = |kind: &'static str, question: String, step: String, answer: Option<i64>| {
+        let answer = answer.map(|a| format!("\nAnswer: {a}")).unwrap_or_default();
+        out.push(Drill { kind, question: format!("{question}\n{INSTRUCTION}"), response: format!("Step 1: {step}{answer}") })
+    };
     for o in &scene.objects {
         let f = Filter { colour: Some(o.colour), shape: Some(o.shape) };
         if scene.matching(&f).len() == 1 {
-            out.push((format!("What number does the {} show?", f.text()), format!("The {} shows {}.", f.text(), o.digit)));
+            push("read", format!("What number does the {} show?", f.text()), format!("The {} shows {}.", f.text(), o.digit), Some(i64::from(o.digit)));
         }
     }
-    let singles = Colour::ALL.iter().map(|&c| Filter { colour: Some(c), shape: None }).chain(Shape::ALL.iter().map(|&s| Filter { colour: None, shape: Some(s) }));
-    for f in singles {
-        out.push((format!("Which numbers do the {} shapes show?", f.text()), listing_step(scene, &f)));
+    let singles: Vec<Filter> = Colour::ALL
+        .iter()
+        .map(|&c| Filter { colour: Some(c), shape: None })
+        .chain(Shape::ALL.iter().map(|&s| Filter { colour: None, shape: Some(s) }))
+        .collect();
+    let pairs = all_filters().into_iter().filter(|f| f.colour.is_some() && f.shape.is_some() && !scene.matching(f).is_empty());
+    for f in singles.iter().copied().chain(pairs) {
+        push("listing", format!("Which numbers do the {} shapes show?", f.text()), listing_step(scene, &f), None);
     }
     let sums = scene.colour_sums();
     for c in Colour::ALL {
         let f = Filter { colour: Some(c), shape: None };
-        out.push((format!("How many {} shapes are there?", f.text()), count_step(&f, scene.matching(&f).len())));
-        out.push((format!("What do the {} numbers add up to?", c.name()), format!("The {} numbers add up to {}.", c.name(), sums[c.index()])));
+        let n = scene.matching(&f).len() as i64;
+        push("count", format!("How many {} shapes are there?", f.text()), count_step(&f, n as usize), Some(n));
+        let s = sums[c.index()];
+        push("colour_sum", format!("What do the {} numbers add up to?", c.name()), format!("The {} numbers add up to {s}.", c.name()), Some(s));
+    }
+    for f in &singles {
+        let d = scene.digits(f);
+        if let (true, Some(&mx), Some(&mn)) = (d.len() >= 2, d.iter().max(), d.iter().min()) {
+            let list = join(&d, ", ");
+            push("add", format!("What is {}?", join(&d, " + ")), add_step(&d), Some(d.iter().sum()));
+            push("largest", format!("Which is the largest of {list}?"), format!("The largest is {mx}."), Some(mx));
+            push("smallest", format!("Which is the smallest of {list}?"), format!("The smallest is {mn}."), Some(mn));
+        }
+    }
+    for (i, c) in Colour::ALL.iter().enumerate() {
+        let a = scene.digits(&Filter { colour: Some(*c), shape: None });
+        let other = Colour::ALL[(i + 1) % Colour::ALL.len()];
+        let b = scene.digits(&Filter { colour: Some(other), shape: None });
+        if let (Some(&mx), Some(&mn)) = (a.iter().max(), b.iter().min()) {
+            push("sub", format!("What is {mx} - {mn}?"), sub_step(mx, mn), Some(mx - mn));
+        }
+        let n = scene.matching(&Filter { colour: None, shape: Some(Shape::ALL[i % Shape::ALL.len()]) }).len() as i64;
+        if let Some(&x) = a.first() {
+            push("mul", format!("What is {x} * {n}?"), mul_step(x, n), Some(x * n));
+        }
+    }
+    let best = *sums.iter().max().unwrap_or(&0);
+    if sums.iter().filter(|&&s| s == best).count() == 1 {
+        let listed: Vec<String> = Colour::ALL.iter().map(|c| format!("{} {}", c.name(), sums[c.index()])).collect();
+        let top = Colour::ALL[sums.iter().position(|&s| s == best).unwrap_or(0)];
+        push("most", format!("Which colour adds up to the most: {}?", listed.join(", ")), format!("The most is {}.", top.name()), None);
     }
     out
 }
@@ -620,24 +672,52 @@ mod tests {
 
     #[test]
     fn drills_are_true_steps_of_the_chain_grammar() {
+        let mut kinds = std::collections::BTreeSet::new();
         for i in 0..50 {
             let ex = generate(0, "train", i, false);
             let d = drills(&ex.scene);
             let unique = ex.scene.objects.iter().filter(|o| ex.scene.matching(&Filter { colour: Some(o.colour), shape: Some(o.shape) }).len() == 1).count();
-            assert_eq!(d.len(), unique + 4 + 3 + 4 + 4, "example {i}");
-            for (q, r) in &d {
+            let pairs = all_filters().iter().filter(|f| f.colour.is_some() && f.shape.is_some() && !ex.scene.matching(f).is_empty()).count();
+            let perception = d.iter().filter(|x| ["read", "listing", "count", "colour_sum"].contains(&x.kind)).count();
+            assert_eq!(perception, unique + 4 + 3 + pairs + 4 + 4, "example {i}");
+            for x in &d {
+                kinds.insert(x.kind);
+                let q = x.question.strip_suffix(INSTRUCTION).and_then(|q| q.strip_suffix('\n')).unwrap_or_else(|| panic!("no instruction: {}", x.question));
                 assert!(q.ends_with('?'), "{q}");
+                let mut lines = x.response.lines();
+                let r = lines.next().and_then(|l| l.strip_prefix("Step 1: ")).unwrap_or_else(|| panic!("not `Step 1: …`: {}", x.response));
+                let answer: Option<i64> = lines.next().map(|l| l.strip_prefix("Answer: ").and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("bad answer line: {l}")));
+                assert!(lines.next().is_none(), "{}", x.response);
+                assert_eq!(answer.is_none(), ["listing", "most"].contains(&x.kind), "{}", x.response);
+                // the numbers the question gives (arithmetic drills), in order
+                let given: Vec<i64> = q.split(|c: char| !c.is_ascii_digit()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
                 let claim = oracle::parse_claim(r.strip_suffix('.').unwrap_or(r).trim()).or_else(|| oracle::parse_claim(r));
                 let claim = claim.unwrap_or_else(|| panic!("not a step of the grammar: {r}"));
+                let result = match &claim {
+                    oracle::Claim::Read(_, _, n) | oracle::Claim::Count(_, n) | oracle::Claim::ColourSum(_, n) | oracle::Claim::Largest(n) | oracle::Claim::Smallest(n) => Some(*n),
+                    oracle::Claim::Add(_, n) | oracle::Claim::Sub(_, _, n) | oracle::Claim::Mul(_, _, n) => Some(*n),
+                    _ => None,
+                };
+                assert_eq!(answer, result, "the answer line gives the step's result: {}", x.response);
                 let truth = match claim {
                     oracle::Claim::Read(c, s, n) => ex.scene.digits(&Filter { colour: Some(c), shape: Some(s) }) == vec![n],
                     oracle::Claim::Listing(f, v) => ex.scene.digits(&f) == v,
                     oracle::Claim::Count(f, n) => ex.scene.matching(&f).len() as i64 == n,
                     oracle::Claim::ColourSum(c, n) => ex.scene.colour_sums()[c.index()] == n,
-                    other => panic!("unexpected claim {other:?} for {r}"),
+                    oracle::Claim::Add(v, s) => v == given && v.iter().sum::<i64>() == s,
+                    oracle::Claim::Largest(n) => given.iter().max() == Some(&n),
+                    oracle::Claim::Smallest(n) => given.iter().min() == Some(&n),
+                    oracle::Claim::Sub(a, b, c) => vec![a, b] == given && a - b == c,
+                    oracle::Claim::Mul(a, b, c) => vec![a, b] == given && a * b == c,
+                    oracle::Claim::Most(c) => {
+                        let sums = ex.scene.colour_sums();
+                        given == Colour::ALL.iter().map(|c| sums[c.index()]).collect::<Vec<_>>() && sums.iter().all(|&s| s < sums[c.index()] || s == sums[c.index()])
+                            && sums.iter().filter(|&&s| s == sums[c.index()]).count() == 1
+                    }
                 };
                 assert!(truth, "example {i}: `{q}` → `{r}` is false of the scene");
             }
         }
+        assert_eq!(kinds.len(), 10, "every kind of drill occurs: {kinds:?}");
     }
 }
