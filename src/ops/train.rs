@@ -68,6 +68,7 @@ impl Operator for TrainOp {
             let manifests = |name: &str| ctx.input_manifests.iter().find(|(n, _)| n == name).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
             // where to start: our previous checkpoint (init: last) or the base
             let own_prev = if self.spec.init == "last" { checkpoint::latest(manifests(&self.stage)) } else { None };
+            let from_own = own_prev.is_some();
             let from = match own_prev {
                 Some(m) => m,
                 None => checkpoint::latest(manifests(&self.spec.base))
@@ -82,7 +83,10 @@ impl Operator for TrainOp {
             } else if policy.cfg.is_prm() {
                 return Err(self.fail(format!("objective `sft` but the checkpoint of `{}` is a process reward model", from.stage)));
             }
-            let resume = self.spec.optimizer == "continue" && files.contains_key(STATE_FILE);
+            // `continue` carries this stage's own optimizer and schedule from iteration to
+            // iteration; starting from another stage's checkpoint (the base) they start fresh —
+            // the warm-up's schedule is the warm-up's (as in train_hf)
+            let resume = self.spec.optimizer == "continue" && from_own && files.contains_key(STATE_FILE);
             let (mut state, mut opt) = if resume {
                 let st: TrainerState = serde_json::from_slice(&files[STATE_FILE]).map_err(|e| self.fail(format!("{STATE_FILE}: {e}")))?;
                 let moments = match files.get(OPTIMIZER_FILE) {

@@ -339,8 +339,8 @@ pub struct TrainSpec {
     /// (continuous / iterative RFT); `initial`: always from `base` (ReST-EM).
     #[serde(default = "default_init")]
     pub init: String,
-    /// `continue`: keep the optimizer moments and scheduler position of the checkpoint started
-    /// from; `reset`: a fresh optimizer.
+    /// `continue`: keep the optimizer moments and scheduler position of this stage's previous
+    /// iteration (a fresh optimizer when it starts from `base`); `reset`: a fresh optimizer.
     #[serde(default = "default_optimizer")]
     pub optimizer: String,
     #[serde(default = "default_epochs")]
