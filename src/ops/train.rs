@@ -119,8 +119,11 @@ impl Operator for TrainOp {
             }
             // a fixed order (the shuffle below is seeded), whatever order the input came in
             let (labels, needs) = if prm { (", labels", "question, images, response and labels (one per step)") } else { ("", "question, images and response") };
+            // a total order (the same question and response can come with different images or
+            // labels), so the seeded shuffle sees the same sequence in every run
+            let tie = if prm { ", array_to_string(labels, ',')" } else { "" };
             let q = format!(
-                "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response{labels} FROM \"{}\"{filter} ORDER BY question, response",
+                "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response{labels} FROM \"{}\"{filter} ORDER BY question, response, images[1]['bytes']{tie}",
                 self.spec.data
             );
             let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns {needs}: {e}", self.spec.data)))?.collect().await?;
@@ -209,7 +212,7 @@ impl TrainOp {
     /// weights (the head is dropped) and a fresh optimizer state.
     async fn pretrain_regions(&self, ctx: &OpContext<'_>, policy: Policy, mut state: TrainerState, filter: &str) -> Result<OpOutput> {
         use crate::train::regions::{RegionExample, RegionTrainer};
-        let q = format!("SELECT images, region_labels FROM \"{}\"{filter} ORDER BY region_labels", self.spec.data);
+        let q = format!("SELECT images, region_labels FROM \"{}\"{filter} ORDER BY region_labels, images[1]['bytes']", self.spec.data);
         let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns images and region_labels: {e}", self.spec.data)))?.collect().await?;
         let mut examples = Vec::new();
         for b in &batches {
