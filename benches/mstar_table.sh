@@ -2,7 +2,7 @@
 # The README's M-STAR results table: the demo (M-STAR) and its baselines for each seed, then
 # `mstar report` over all of them. The baselines start from a copy of the demo store's setup
 # stages (warm-up, PRM: iteration 0), which have the same fingerprints in every variant.
-#   bash benches/mstar_table.sh [SEEDS…]        (default: 0; each seed ≈ 20 + 4 × 8 min on 2 cores)
+#   bash benches/mstar_table.sh [SEEDS…]        (default: 0; each seed ≈ 22 + 4 × 7 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MSTAR=${MSTAR:-target/debug/mstar}
