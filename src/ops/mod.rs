@@ -123,6 +123,22 @@ pub trait Operator: Send + Sync {
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>>;
 }
 
+/// The SQL that reads a `train` stage's rows (question, images, response, and the labels of a
+/// PRM) and what they must have, in a total order — the same question and response can come
+/// with different images or labels — so that the seeded shuffle sees the same sequence in every
+/// run.
+pub fn training_rows_query(data: &str, filter: &str, prm: bool) -> (String, &'static str) {
+    let (labels, tie, needs) = if prm {
+        (", labels", ", array_to_string(labels, ',')", "question, images, response and labels (one per step)")
+    } else {
+        ("", "", "question, images and response")
+    };
+    let q = format!(
+        "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response{labels} FROM \"{data}\"{filter} ORDER BY question, response, images[1]['bytes']{tie}"
+    );
+    (q, needs)
+}
+
 /// A column of any string type as a plain `Utf8` array (SQL `VARCHAR` is `Utf8View`).
 pub fn strings(col: &arrow::array::ArrayRef) -> Result<arrow::array::StringArray> {
     use arrow::array::AsArray;

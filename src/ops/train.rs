@@ -117,15 +117,7 @@ impl Operator for TrainOp {
             if self.spec.objective == "regions" {
                 return self.pretrain_regions(ctx, policy, state, &filter).await;
             }
-            // a fixed order (the shuffle below is seeded), whatever order the input came in
-            let (labels, needs) = if prm { (", labels", "question, images, response and labels (one per step)") } else { ("", "question, images and response") };
-            // a total order (the same question and response can come with different images or
-            // labels), so the seeded shuffle sees the same sequence in every run
-            let tie = if prm { ", array_to_string(labels, ',')" } else { "" };
-            let q = format!(
-                "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response{labels} FROM \"{}\"{filter} ORDER BY question, response, images[1]['bytes']{tie}",
-                self.spec.data
-            );
+            let (q, needs) = super::training_rows_query(&self.spec.data, &filter, prm);
             let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns {needs}: {e}", self.spec.data)))?.collect().await?;
             let mut examples = Vec::new();
             for b in &batches {

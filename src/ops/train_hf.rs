@@ -58,12 +58,7 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
 
     // this iteration's rows, in a fixed order (the shuffle below is seeded)
     let filter = ctx.this_iteration(&spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
-    let (labels, needs) = if prm { (", labels", "question, images, response and labels (one per step)") } else { ("", "question, images and response") };
-    let tie = if prm { ", array_to_string(labels, ',')" } else { "" }; // a total order, as in train.rs
-    let q = format!(
-        "SELECT CAST(question AS VARCHAR) AS question, images, CAST(response AS VARCHAR) AS response{labels} FROM \"{}\"{filter} ORDER BY question, response, images[1]['bytes']{tie}",
-        spec.data
-    );
+    let (q, needs) = super::training_rows_query(&spec.data, &filter, prm);
     let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| op.fail(format!("data `{}` needs columns {needs}: {e}", spec.data)))?.collect().await?;
     let mut examples: Vec<QwenExample> = Vec::new();
     for b in &batches {
