@@ -3,7 +3,10 @@
 --   greedy_accuracy, greedy_steps_ok (synthetic task: the greedy answer's steps all pass the
 --   oracle), prompts, k, pass@k (a correct sample among K), sample_accuracy,
 --   pass@k_minus_greedy, reward_pass@2 (a correct sample among the 2 the PRM ranks highest,
---   ties to the lower sample_idx; only when the samples carry PRM scores)
+--   ties to the lower sample_idx; only when the samples carry PRM scores),
+--   sound_prm_top1 / sound_random1 (synthetic task, PRM scores: over the prompts with a correct
+--   sample, the share whose highest-scored correct sample has all its steps sound, and the
+--   share a correct sample picked at random would have: how well the PRM ranks reasoning)
 WITH s AS (SELECT * FROM ${samples} WHERE iteration = ${iteration}),
 g AS (
   SELECT split,
@@ -27,6 +30,17 @@ per_prompt AS (
          count(score) AS scored
   FROM ranked GROUP BY split, prompt_id
 ),
+correct_ranked AS (
+  SELECT split, prompt_id, CASE WHEN steps_ok THEN 1.0 ELSE 0.0 END AS ok,
+         ROW_NUMBER() OVER (PARTITION BY split, prompt_id ORDER BY score DESC, sample_idx ASC) AS rk
+  FROM s WHERE NOT greedy AND correct AND steps_ok IS NOT NULL AND score IS NOT NULL
+),
+rerank AS (
+  SELECT split, avg(top1) AS top1, avg(mean_ok) AS random1
+  FROM (SELECT split, prompt_id, max(CASE WHEN rk = 1 THEN ok ELSE 0.0 END) AS top1, avg(ok) AS mean_ok
+        FROM correct_ranked GROUP BY split, prompt_id)
+  GROUP BY split
+),
 sampled AS (
   SELECT split, avg(any_correct) AS pass_k, avg(accuracy) AS accuracy, avg(top2) AS top2,
          max(k) AS k, min(scored) AS scored
@@ -40,3 +54,5 @@ UNION ALL SELECT split, 'pass@k', pass_k FROM sampled
 UNION ALL SELECT split, 'sample_accuracy', accuracy FROM sampled
 UNION ALL SELECT split, 'reward_pass@2', top2 FROM sampled WHERE scored > 0
 UNION ALL SELECT sampled.split, 'pass@k_minus_greedy', pass_k - acc FROM sampled JOIN g ON sampled.split = g.split
+UNION ALL SELECT split, 'sound_prm_top1', top1 FROM rerank
+UNION ALL SELECT split, 'sound_random1', random1 FROM rerank

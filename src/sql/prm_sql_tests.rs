@@ -182,3 +182,28 @@ async fn eval_metrics_and_the_temperature_choice() {
         ]
     );
 }
+
+#[tokio::test]
+async fn eval_metrics_measure_how_the_prm_ranks_sound_reasoning() {
+    let ctx = super::new_session();
+    // x: correct samples 0.9 unsound, 0.5 sound, 0.3 sound (and a wrong one scored higher): the
+    // PRM's top correct is unsound, a random correct is sound 2/3 of the time. y: correct 0.2
+    // sound, 0.1 unsound: top sound, random 1/2. z: nothing correct, not counted.
+    ctx.sql(
+        "CREATE TABLE e (iteration INT, split VARCHAR, prompt_id VARCHAR, greedy BOOLEAN, temperature DOUBLE, sample_idx INT, correct BOOLEAN, steps_ok BOOLEAN, score DOUBLE) AS VALUES \
+         (1, 'test', 'x', true, 0.0, 0, true, true, 0.5), (1, 'test', 'y', true, 0.0, 0, false, false, 0.5), (1, 'test', 'z', true, 0.0, 0, false, false, 0.5), \
+         (1, 'test', 'x', false, 1.0, 0, true, false, 0.9), (1, 'test', 'x', false, 1.0, 1, true, true, 0.5), (1, 'test', 'x', false, 1.0, 2, true, true, 0.3), (1, 'test', 'x', false, 1.0, 3, false, false, 0.95), \
+         (1, 'test', 'y', false, 1.0, 0, true, true, 0.2), (1, 'test', 'y', false, 1.0, 1, true, false, 0.1), \
+         (1, 'test', 'z', false, 1.0, 0, false, false, 0.7), (1, 'test', 'z', false, 1.0, 1, false, true, 0.2)",
+    )
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap();
+    let m = run(&ctx, "eval_metrics", &[("iteration", "1"), ("samples", "e")], "name").await;
+    let sound: Vec<&String> = m.iter().filter(|r| r.contains(" sound_")).collect();
+    assert_eq!(sound.len(), 2, "{m:?}");
+    assert_eq!(sound[0], "test sound_prm_top1 0.5");
+    assert!(sound[1].starts_with("test sound_random1 0.58333"), "{m:?}");
+}
