@@ -61,6 +61,14 @@ enum Cmd {
         /// Write the result to this file instead of standard output
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Read the query from this file (e.g. one of the pipelines' `sql/*.sql`)
+        #[arg(long, conflicts_with = "query")]
+        file: Option<PathBuf>,
+        /// Set a `${NAME}` parameter of the query, as a pipeline's `params:` do (repeatable)
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// The query (may start with a `--` comment)
+        #[arg(allow_hyphen_values = true)]
         query: Option<String>,
     },
     /// Compare M-STAR runs: report.md (tables, mean ± spread over seeds) and PNG/SVG charts of
@@ -304,7 +312,23 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Sql { store, format, out, query } => {
+        Cmd::Sql { store, format, out, file, params, query } => {
+            let query = match &file {
+                Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("--file {}", f.display()))?),
+                None => query,
+            };
+            let query = match query {
+                Some(q) if !params.is_empty() || file.is_some() => {
+                    let mut set = mstar::sql::params::ParamSet::new();
+                    for kv in &params {
+                        let Some((k, v)) = kv.split_once('=') else { bail!("--param {kv}: expected NAME=VALUE") };
+                        set.insert(k.trim(), v.to_string());
+                    }
+                    let what = file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "the query".into());
+                    Some(mstar::sql::params::substitute(&q, &set).map_err(|e| anyhow::anyhow!("{what}: {e} — set it with --param NAME=VALUE"))?)
+                }
+                q => q,
+            };
             // `FROM 'file.parquet'` reads files directly, besides the run's tables
             let ctx = mstar::sql::new_session().enable_url_table();
             let mut tables = Vec::new();

@@ -69,6 +69,15 @@ fn sql_output_to_parquet_file_and_stdin_statements() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success());
     assert_eq!(text(&o.stdout), "a\n240\nb\n2\n");
+
+    // a query file with parameters, as the pipelines' sql/*.sql; a query may start with a comment
+    let file = p.path().join("per_iteration.sql");
+    std::fs::write(&file, "-- selected rows of one iteration\nSELECT count(*) AS n FROM selected WHERE iteration = ${iteration}\n").unwrap();
+    let file = file.to_str().unwrap();
+    assert_eq!(ok(bin().args(["sql", "--store", store, "--format", "csv", "--file", file, "--param", "iteration=1"])).0, "n\n61\n");
+    let (_, _, err) = fails(bin().args(["sql", "--store", store, "--file", file]));
+    assert!(err.contains("per_iteration.sql") && err.contains("${iteration}") && err.contains("--param"), "{err}");
+    assert_eq!(ok(bin().args(["sql", "--store", store, "--format", "csv", "-- a comment\nSELECT 3 AS c"])).0, "c\n3\n");
 }
 
 #[test]

@@ -35,9 +35,24 @@ pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
                 Some(v) => out.push_str(v),
                 None => {
                     let known: Vec<&str> = params.0.keys().map(String::as_str).collect();
+                    let mut missing: Vec<String> = Vec::new();
+                    let mut scan = ParamSet::new();
+                    // every parameter the text uses that is not set, in order of appearance
+                    let mut t = text;
+                    while let Some(p) = t.find("${") {
+                        let escaped = p > 0 && t.as_bytes()[p - 1] == b'$';
+                        let Some(e) = t[p + 2..].find('}') else { break };
+                        let n = t[p + 2..p + 2 + e].trim().to_string();
+                        if !escaped && !params.0.contains_key(&n) && !scan.0.contains_key(&n) {
+                            scan.insert(&n, String::new());
+                            missing.push(format!("`${{{n}}}`"));
+                        }
+                        t = &t[p + 2 + e + 1..];
+                    }
                     return Err(format!(
-                        "unknown SQL parameter `${{{name}}}` (known: {})",
-                        known.join(", ")
+                        "unknown SQL parameter {} (known: {})",
+                        missing.join(", "),
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
                     ));
                 }
             }
@@ -61,6 +76,8 @@ mod tests {
         p.insert("iteration", "3".into());
         assert_eq!(substitute("a = ${iteration} and b = '$${x}' and $1", &p).unwrap(), "a = 3 and b = '${x}' and $1");
         assert!(substitute("${nope}", &p).unwrap_err().contains("nope"));
+        let e = substitute("${a} $${b} ${iteration} ${c} ${a}", &p).unwrap_err();
+        assert_eq!(e, "unknown SQL parameter `${a}`, `${c}` (known: iteration)");
         assert!(substitute("${iteration", &p).is_err());
     }
 }
