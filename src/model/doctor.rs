@@ -67,7 +67,7 @@ pub fn doctor() -> Doctor {
     };
     add("device", format!("{} ({why})", if dev.is_cuda() { "cuda:0" } else { "cpu" }));
     add("dtype", "f32 (weights, activations, optimizer moments)".into());
-    add("cpu", format!("{}; {} threads for candle and sampling (RAYON_NUM_THREADS)", cpu_features(), candle_core::utils::get_num_threads()));
+    add("cpu", format!("{}; {} threads for sampling rows and training sub-batches (RAYON_NUM_THREADS), candle's own ops on {}", cpu_features(), super::threads(), candle_core::utils::get_num_threads()));
     if dev.is_cuda() {
         add("sampling kernels", "candle CUDA kernels + cuBLAS, fused RMSNorm/softmax for inference".into());
         add("training kernels", "candle CUDA ops composed (differentiable RMSNorm, softmax, RoPE)".into());

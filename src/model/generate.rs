@@ -273,7 +273,7 @@ fn generate_cpu(policy: &Policy, dec: &CpuDecoder, reqs: &[Request], layout: &La
         which.push(u);
     }
     let x: Vec<f32> = layout.embeddings(policy, &uniq)?.flatten_all()?.to_vec1()?;
-    let threads = candle_core::utils::get_num_threads().clamp(1, reqs.len());
+    let threads = super::threads().clamp(1, reqs.len());
     let per = reqs.len().div_ceil(threads);
     let rows: Vec<usize> = (0..reqs.len()).collect();
     let results: Vec<Vec<Generation>> = std::thread::scope(|s| {

@@ -14,6 +14,28 @@ pub mod tiny_vlm;
 pub mod tokenizer;
 
 use candle_core::Device;
+use std::sync::OnceLock;
+
+static THREADS: OnceLock<usize> = OnceLock::new();
+
+/// The threads mstar's CPU model code spreads its work over (generation rows, training
+/// sub-batches): `RAYON_NUM_THREADS`, else candle's default (the physical cores), read once.
+pub fn threads() -> usize {
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
+/// Makes candle's own CPU ops single-threaded for the rest of the process, after noting
+/// [`threads`]: mstar parallelizes above them (rows of a generation batch, sub-batches of a
+/// training step), which on these small models is about twice as fast as candle's per-op
+/// threads. Call first thing in `main`, before any other thread exists.
+pub fn parallelize_above_candle() {
+    threads();
+    // SAFETY: called at the start of `main`, when no other thread can read the environment
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
 
 /// The device models run on: CUDA when built with the `cuda` feature and a GPU is present
 /// (and `MSTAR_DEVICE` is not `cpu`), else the CPU.

@@ -549,3 +549,44 @@ fn a_frozen_encoder_is_detached_and_the_trainable_gradients_stay() {
     }
     assert!(trainable > 10, "{trainable} trainable tensors with gradients");
 }
+
+#[test]
+fn a_micro_batch_split_across_threads_gives_the_whole_batchs_loss_and_gradients() {
+    use crate::train::{chunked_backward, optimizer_step, CPU_CHUNK};
+    // 20 examples: sub-batches of 8, 8 and 4, on however many threads this process has
+    let (policy, ex) = setup(20);
+    let refs: Vec<_> = ex.iter().collect();
+    assert!(refs.len() > 2 * CPU_CHUNK);
+    let vars = policy.named_vars();
+    let grads_of = |chunked: bool| {
+        let mut st = state();
+        let mut captured = None;
+        optimizer_step(&vars, &mut AdamW::new(AdamWConfig::default()), &mut st, &[refs.clone()], None, |e| e.loss_terms(false), |mb, share, g| {
+            let l = if chunked {
+                chunked_backward(mb, share, g, |e| e.loss_terms(false), |c| Ok(batch_loss(&policy, c)?.0))?
+            } else {
+                g.backward(&batch_loss(&policy, mb)?.0, share)?
+            };
+            captured = Some(g.sum.clone());
+            Ok(l)
+        })
+        .unwrap();
+        captured.unwrap()
+    };
+    // the whole batch first: optimizer_step applies an update, so restore the weights between
+    let before: Vec<_> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
+    let whole = grads_of(false);
+    for ((_, v), t) in vars.iter().zip(&before) {
+        v.set(t).unwrap();
+    }
+    let split = grads_of(true);
+    assert_eq!(whole.len(), split.len());
+    assert_eq!(whole.len(), vars.len(), "every weight gets a gradient");
+    for (name, g) in &whole {
+        let a: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = split[name].flatten_all().unwrap().to_vec1().unwrap();
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err <= 1e-4 * scale, "{name}: gradients differ by {err} (scale {scale})");
+    }
+}
