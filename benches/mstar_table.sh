@@ -2,7 +2,7 @@
 # The README's M-STAR results table: the demo (M-STAR) and its baselines for each seed, then
 # `mstar report` over all of them. The baselines start from a copy of the demo store's setup
 # stages (warm-up, PRM: iteration 0), which have the same fingerprints in every variant.
-#   bash benches/mstar_table.sh [SEEDS…]        (default: 0; each seed ≈ 22 + 4 × 7 min on 2 cores)
+#   bash benches/mstar_table.sh [SEEDS…]        (default: 0; each seed ≈ 21 + 4 × 6 min on 2 cores)
 #   PARALLEL=1 bash benches/mstar_table.sh 0 1 2  (seeds side by side, a seed's baselines side by
 #                                                 side: for a GPU or many cores; logs in $OUT/logs)
 set -euo pipefail
