@@ -16,9 +16,11 @@ impl ParamSet {
     }
 }
 
-/// Replaces every `${name}`; an unknown name or an unclosed `${` is an error.
+/// Replaces every `${name}`; unknown names (all of them, listed in order of appearance) or an
+/// unclosed `${` are an error.
 pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
+    let mut missing: Vec<String> = Vec::new();
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
@@ -28,32 +30,19 @@ pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
             let Some(end) = tail.find('}') else {
-                return Err("unclosed `${` in SQL".to_string());
+                if missing.is_empty() {
+                    return Err("unclosed `${` in SQL".to_string());
+                }
+                break;
             };
             let name = tail[..end].trim();
             match params.0.get(name) {
                 Some(v) => out.push_str(v),
                 None => {
-                    let known: Vec<&str> = params.0.keys().map(String::as_str).collect();
-                    let mut missing: Vec<String> = Vec::new();
-                    let mut scan = ParamSet::new();
-                    // every parameter the text uses that is not set, in order of appearance
-                    let mut t = text;
-                    while let Some(p) = t.find("${") {
-                        let escaped = p > 0 && t.as_bytes()[p - 1] == b'$';
-                        let Some(e) = t[p + 2..].find('}') else { break };
-                        let n = t[p + 2..p + 2 + e].trim().to_string();
-                        if !escaped && !params.0.contains_key(&n) && !scan.0.contains_key(&n) {
-                            scan.insert(&n, String::new());
-                            missing.push(format!("`${{{n}}}`"));
-                        }
-                        t = &t[p + 2 + e + 1..];
+                    let m = format!("`${{{name}}}`");
+                    if !missing.contains(&m) {
+                        missing.push(m);
                     }
-                    return Err(format!(
-                        "unknown SQL parameter {} (known: {})",
-                        missing.join(", "),
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                    ));
                 }
             }
             rest = &tail[end + 1..];
@@ -61,6 +50,14 @@ pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
             out.push('$');
             rest = &after[1..];
         }
+    }
+    if !missing.is_empty() {
+        let known: Vec<&str> = params.0.keys().map(String::as_str).collect();
+        return Err(format!(
+            "unknown SQL parameter {} (known: {})",
+            missing.join(", "),
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ));
     }
     out.push_str(rest);
     Ok(out)
