@@ -161,3 +161,22 @@ fn micro_mixin_pseudo_labels_unlabeled_prompts_from_t_mixin_on() {
     );
     assert!(sql_csv(&s, "SELECT name FROM pseudo_metrics WHERE iteration = 2").contains("pseudo_label_accuracy") || one("SELECT count(*) FROM pseudo WHERE iteration = 2") == "0");
 }
+
+#[test]
+fn micro_prm_checks_trains_the_prm_on_step_labels_and_reading_checks() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("c").to_string_lossy().into_owned();
+    ok(&mut run_pipeline("pipelines/ablations/prm_checks.yaml", &s, &["iterations=1", "params.check_images=2"]));
+    let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
+    // perception drills of 2 images, one sample each, every one labelled
+    assert_eq!(one("SELECT count(DISTINCT regexp_replace(prompt_id, '-(What|Which|How) .*', '')) FROM check_prompts"), "2");
+    assert_eq!(one("SELECT count(*) = (SELECT count(*) FROM check_prompts) FROM check_samples"), "true");
+    // a check is labelled 1 exactly when the answer is the drill's response, on every step
+    assert_eq!(
+        one("SELECT count(*) FROM check_data c JOIN check_prompts p ON c.prompt_id = p.prompt_id WHERE array_distinct(c.labels) <> [CASE WHEN btrim(c.response, concat(' ', chr(10))) = p.gold THEN 1.0 ELSE 0.0 END] OR cardinality(c.labels) <> cardinality(split_steps(c.response))"),
+        "0"
+    );
+    // the PRM learns both kinds of rows
+    assert_eq!(one("SELECT (SELECT count(*) FROM prm_data) = (SELECT count(*) FROM mc_data) + (SELECT count(*) FROM check_data)"), "true");
+    assert_eq!(one("SELECT count(*) > 0 FROM step_scores WHERE iteration = 1"), "true");
+}

@@ -207,3 +207,34 @@ async fn eval_metrics_measure_how_the_prm_ranks_sound_reasoning() {
     assert_eq!(sound[0], "test sound_prm_top1 0.5");
     assert!(sound[1].starts_with("test sound_random1 0.58333"), "{m:?}");
 }
+
+#[tokio::test]
+async fn reading_checks_label_every_step_by_an_exact_match_with_the_drill() {
+    let ctx = super::new_session();
+    for stmt in [
+        "CREATE TABLE check_prompts (prompt_id VARCHAR, question VARCHAR, images VARCHAR, gold VARCHAR) AS VALUES
+           ('i-read', 'q1', 'img', concat('Step 1: The red circle shows 6.', chr(10), 'Answer: 6')),
+           ('i-list', 'q2', 'img', 'Step 1: The red shapes show 6, 2.')",
+        // right (two steps: the reading and the answer line), misread, right with trailing
+        // whitespace, wrong listing, and an empty response (no steps: left out)
+        "CREATE TABLE check_samples (prompt_id VARCHAR, sample_idx INT, response VARCHAR) AS VALUES
+           ('i-read', 0, concat('Step 1: The red circle shows 6.', chr(10), 'Answer: 6')),
+           ('i-read', 1, concat('Step 1: The red circle shows 8.', chr(10), 'Answer: 8')),
+           ('i-list', 0, concat('Step 1: The red shapes show 6, 2.', chr(10), '')),
+           ('i-list', 1, 'Step 1: The red shapes show 6.'),
+           ('i-list', 2, '')",
+    ] {
+        ctx.sql(stmt).await.unwrap().collect().await.unwrap();
+    }
+    let rows = run(&ctx, "prm_check_data", &[], "prompt_id, sample_idx").await;
+    // columns: prompt_id sample_idx question images response labels
+    assert_eq!(
+        rows,
+        vec![
+            "i-list 0 q2 img Step 1: The red shapes show 6, 2.\n [1.0]",
+            "i-list 1 q2 img Step 1: The red shapes show 6. [0.0]",
+            "i-read 0 q1 img Step 1: The red circle shows 6.\nAnswer: 6 [1.0, 1.0]",
+            "i-read 1 q1 img Step 1: The red circle shows 8.\nAnswer: 8 [0.0, 0.0]",
+        ]
+    );
+}
