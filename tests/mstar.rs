@@ -169,11 +169,11 @@ fn micro_prm_checks_trains_the_prm_on_step_labels_and_reading_checks() {
     ok(&mut run_pipeline("pipelines/ablations/prm_checks.yaml", &s, &["iterations=1", "params.check_images=2"]));
     let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
     // perception drills of 2 images, one sample each, every one labelled
-    assert_eq!(one("SELECT count(DISTINCT regexp_replace(prompt_id, '-(What|Which|How) .*', '')) FROM check_prompts"), "2");
+    assert_eq!(one("SELECT count(DISTINCT regexp_replace(prompt_id, '(?s)-(What|Which|How) .*', '')) FROM check_prompts"), "2");
     assert_eq!(one("SELECT count(*) = (SELECT count(*) FROM check_prompts) FROM check_samples"), "true");
     // a check is labelled 1 exactly when the answer is the drill's response, on every step
     assert_eq!(
-        one("SELECT count(*) FROM check_data c JOIN check_prompts p ON c.prompt_id = p.prompt_id WHERE array_distinct(c.labels) <> [CASE WHEN btrim(c.response, concat(' ', chr(10))) = p.gold THEN 1.0 ELSE 0.0 END] OR cardinality(c.labels) <> cardinality(split_steps(c.response))"),
+        one("SELECT count(*) FROM check_data c JOIN check_prompts p ON c.prompt_id = p.prompt_id WHERE array_distinct(c.labels) <> [CASE WHEN btrim(c.response, concat(' ', chr(9), chr(10), chr(13))) = p.gold THEN 1.0 ELSE 0.0 END] OR cardinality(c.labels) <> cardinality(split_steps(c.response))"),
         "0"
     );
     // the PRM learns both kinds of rows

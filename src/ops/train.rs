@@ -51,6 +51,12 @@ impl Operator for TrainOp {
         "train"
     }
 
+    /// 2: CPU micro-batches are sorted by length before their split into sub-batches, which
+    /// changes the gradients' rounding.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         // a checkpoint folder is an input: its files' names, sizes and mtimes
         async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()

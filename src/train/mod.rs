@@ -265,7 +265,8 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
             let (loss, _) = batch_loss(policy, mb)?;
             return grads.backward(&loss, share);
         }
-        // sub-batches of similar lengths pad less; the mean loss does not depend on the order
+        // sub-batches of similar lengths pad less; the mean loss is the same up to rounding, and
+        // the stable sort keeps it independent of the thread count
         let mut by_len = mb.to_vec();
         by_len.sort_by_key(|e| e.prompt.len() + e.response.len());
         chunked_backward(&by_len, share, grads, terms, |chunk| Ok(batch_loss(policy, chunk)?.0))
