@@ -213,6 +213,7 @@ enum DataCmd {
 }
 
 fn main() {
+    mstar::model::keep_freed_memory();
     mstar::model::parallelize_above_candle();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
