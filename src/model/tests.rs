@@ -563,7 +563,7 @@ fn a_micro_batch_split_across_threads_gives_the_whole_batchs_loss_and_gradients(
         let mut captured = None;
         optimizer_step(&vars, &mut AdamW::new(AdamWConfig::default()), &mut st, &[refs.clone()], None, |e| e.loss_terms(false), |mb, share, g| {
             let l = if chunked {
-                chunked_backward(mb, share, g, |e| e.loss_terms(false), |c| Ok(batch_loss(&policy, c)?.0))?
+                chunked_backward(mb, share, g, |e| e.loss_terms(false), |c, s| crate::train::autograd(&batch_loss(&policy, c)?.0, s))?
             } else {
                 g.backward(&batch_loss(&policy, mb)?.0, share)?
             };
@@ -589,4 +589,52 @@ fn a_micro_batch_split_across_threads_gives_the_whole_batchs_loss_and_gradients(
         let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(err <= 1e-4 * scale, "{name}: gradients differ by {err} (scale {scale})");
     }
+}
+
+/// The gradients (× 0.7) of one sub-batch through the hand-written CPU decoder backward and
+/// through candle's autograd, every weight within 1e-4 of its gradient's scale.
+fn hand_written_backward_equals_autograd(policy: &Policy, ex: &[crate::train::Example]) {
+    use crate::train::{autograd, cpu::sub_batch_grads, AdamW, Grads};
+    let refs: Vec<_> = ex.iter().collect();
+    let vars = policy.named_vars();
+    let frozen = AdamW::new(AdamWConfig { freeze: if policy.model.vision_is_frozen() { vec!["vision.".into()] } else { vec![] }, ..Default::default() });
+    let collect = |part: crate::train::Partial| {
+        let mut g = Grads::new(&vars, &frozen, 0);
+        g.add_partial(&part).unwrap();
+        g.sum
+    };
+    let (l_auto, p_auto) = autograd(&batch_loss(policy, &refs).unwrap().0, 0.7).unwrap();
+    let dec = policy.model.cpu_decoder().unwrap();
+    let (l_hand, p_hand) = sub_batch_grads(policy, &dec, &refs, 0.7).unwrap();
+    assert!((l_auto - l_hand).abs() < 1e-5 * l_auto.abs().max(1.0), "losses {l_auto} vs {l_hand}");
+    let (auto, hand) = (collect(p_auto), collect(p_hand));
+    let names = |m: &std::collections::BTreeMap<String, candle_core::Tensor>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&auto), names(&hand), "the same weights get gradients");
+    assert!(auto.len() > 10);
+    for (name, g) in &auto {
+        let a: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = hand[name].flatten_all().unwrap().to_vec1().unwrap();
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err <= 1e-4 * scale, "{name}: gradients differ by {err} (scale {scale})");
+    }
+}
+
+#[test]
+fn the_hand_written_cpu_backward_equals_autograd() {
+    // policy: whole model trained; encoder frozen; pooled regions; untied LM head; a PRM
+    let (mut policy, ex) = setup(5);
+    hand_written_backward_equals_autograd(&policy, &ex);
+    policy.model.set_vision_frozen(true);
+    hand_written_backward_equals_autograd(&policy, &ex);
+    let (policy, ex) = setup_with(4, &Device::Cpu, &serde_json::json!({"vision_config": {"pool_grid": 3}}));
+    hand_written_backward_equals_autograd(&policy, &ex);
+    let (policy, ex) = setup_with(3, &Device::Cpu, &serde_json::json!({"tie_word_embeddings": false}));
+    hand_written_backward_equals_autograd(&policy, &ex);
+    let (policy, mut ex) = setup(4);
+    let prm = policy.into_prm(1).unwrap();
+    for (i, e) in ex.iter_mut().enumerate() {
+        e.labels = (1..e.response.len()).step_by(4).map(|j| (j, [1.0, 0.0, 0.25][(i + j) % 3])).collect();
+    }
+    hand_written_backward_equals_autograd(&prm, &ex);
 }

@@ -1,6 +1,7 @@
 //! Supervised fine-tuning: AdamW with decoupled weight decay, LR schedules, gradient clipping,
 //! micro-batches with gradient accumulation, and optimizer/scheduler state for checkpoints.
 
+pub mod cpu;
 pub mod qwen;
 pub mod regions;
 
@@ -260,6 +261,9 @@ pub struct NonFiniteLoss {
 pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, micro: &[Vec<&Example>], clip: Option<f64>) -> Result<f64> {
     let prm = policy.cfg.is_prm();
     let terms = |e: &Example| e.loss_terms(prm);
+    // on the CPU the decoder trains outside candle's autograd (`train::cpu`), on a snapshot of
+    // this step's weights
+    let dec = if policy.device.is_cpu() && !autograd_forced() { Some(policy.model.cpu_decoder()?) } else { None };
     optimizer_step(&policy.named_vars(), opt, state, micro, clip, terms, |mb, share, grads| {
         if !policy.device.is_cpu() {
             let (loss, _) = batch_loss(policy, mb)?;
@@ -269,8 +273,31 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
         // the stable sort keeps it independent of the thread count
         let mut by_len = mb.to_vec();
         by_len.sort_by_key(|e| e.prompt.len() + e.response.len());
-        chunked_backward(&by_len, share, grads, terms, |chunk| Ok(batch_loss(policy, chunk)?.0))
+        chunked_backward(&by_len, share, grads, terms, |chunk, scale| match &dec {
+            Some(dec) => cpu::sub_batch_grads(policy, dec, chunk, scale),
+            None => autograd(&batch_loss(policy, chunk)?.0, scale),
+        })
     })
+}
+
+/// `MSTAR_TRAIN_AUTOGRAD=1` trains the tiny VLM on the CPU through candle's autograd, as on a
+/// GPU, instead of the hand-written decoder backward (for comparisons and benchmarks).
+pub fn autograd_forced() -> bool {
+    std::env::var("MSTAR_TRAIN_AUTOGRAD").is_ok_and(|v| v == "1")
+}
+
+/// Gradients of one sub-batch: candle's gradient store, gradients by variable name, or both.
+#[derive(Default)]
+pub struct Partial {
+    pub store: Option<candle_core::backprop::GradStore>,
+    pub named: Vec<(String, Tensor)>,
+}
+
+/// The mean loss of `loss` and the autograd gradients of `loss × scale`.
+pub fn autograd(loss: &Tensor, scale: f64) -> Result<(f64, Partial)> {
+    let l = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
+    let store = (loss * scale)?.backward()?;
+    Ok((l, Partial { store: Some(store), named: vec![] }))
 }
 
 /// Examples per sub-batch when [`chunked_backward`] splits a CPU micro-batch. Fixed, so the
@@ -278,36 +305,34 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
 pub const CPU_CHUNK: usize = 8;
 
 /// Adds to `grads` the gradients of a micro-batch's mean loss × `share`, computed in
-/// sub-batches of [`CPU_CHUNK`] examples on up to [`crate::model::threads`] threads, each
-/// sub-batch's mean loss weighted by its share of the loss terms and the gradients summed in
-/// sub-batch order. Returns the micro-batch's mean loss. On the CPU this runs candle's small
-/// ops on one thread each, about twice as fast on 2 cores as one batch with candle's per-op
-/// threads (`mstar model bench`).
+/// sub-batches of [`CPU_CHUNK`] examples on up to [`crate::model::threads`] threads and summed
+/// in sub-batch order. `run(sub_batch, scale)` returns a sub-batch's mean loss and the
+/// gradients of that loss × `scale` (here its share of the loss terms × `share`). Returns the
+/// micro-batch's mean loss. On the CPU this runs each sub-batch on one thread, about twice as
+/// fast on 2 cores as one batch with candle's per-op threads (`mstar model bench`).
 pub fn chunked_backward<E: Sync>(
     mb: &[&E],
     share: f64,
     grads: &mut Grads,
     terms: impl Fn(&E) -> usize + Sync,
-    loss: impl Fn(&[&E]) -> Result<Tensor> + Sync,
+    run: impl Fn(&[&E], f64) -> Result<(f64, Partial)> + Sync,
 ) -> Result<f64> {
     let chunks: Vec<&[&E]> = mb.chunks(CPU_CHUNK).collect();
     if chunks.len() <= 1 {
-        return grads.backward(&loss(mb)?, share);
+        let (l, part) = run(mb, share)?;
+        grads.check_value(l)?;
+        grads.add_partial(&part)?;
+        return Ok(l);
     }
     let n_mb = mb.iter().map(|e| terms(e)).sum::<usize>().max(1) as f64;
     let weight = |c: &[&E]| c.iter().map(|e| terms(e)).sum::<usize>() as f64 / n_mb;
     let threads = crate::model::threads().clamp(1, chunks.len());
-    let one = |c: &[&E]| -> Result<(Tensor, candle_core::backprop::GradStore)> {
-        let l = loss(c)?;
-        let store = (&l * (share * weight(c)))?.backward()?;
-        Ok((l, store))
-    };
-    let mut done: Vec<Option<Result<(Tensor, candle_core::backprop::GradStore)>>> = (0..chunks.len()).map(|_| None).collect();
+    let mut done: Vec<Option<Result<(f64, Partial)>>> = (0..chunks.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (chunks, one) = (&chunks, &one);
-                s.spawn(move || (t..chunks.len()).step_by(threads).map(|i| (i, one(chunks[i]))).collect::<Vec<_>>())
+                let (chunks, run, weight) = (&chunks, &run, &weight);
+                s.spawn(move || (t..chunks.len()).step_by(threads).map(|i| (i, run(chunks[i], share * weight(chunks[i])))).collect::<Vec<_>>())
             })
             .collect();
         for h in handles {
@@ -318,9 +343,9 @@ pub fn chunked_backward<E: Sync>(
     });
     let mut mean = 0.0;
     for (c, r) in chunks.iter().zip(done) {
-        let (l, store) = r.expect("every sub-batch ran")?;
-        mean += grads.check(&l)? * weight(c);
-        grads.add(&store)?;
+        let (l, part) = r.expect("every sub-batch ran")?;
+        mean += grads.check_value(l)? * weight(c);
+        grads.add_partial(&part)?;
     }
     Ok(mean)
 }
@@ -333,7 +358,12 @@ pub struct Grads<'a> {
     pub sum: BTreeMap<String, Tensor>,
 }
 
-impl Grads<'_> {
+impl<'a> Grads<'a> {
+    /// No gradients yet, for `vars` as `opt` trains them (its `freeze` list), at optimizer `step`.
+    pub fn new(vars: &'a [(String, Var)], opt: &AdamW, step: u64) -> Self {
+        Grads { vars, frozen: vars.iter().map(|(n, _)| opt.frozen(n)).collect(), step, sum: BTreeMap::new() }
+    }
+
     /// Adds the gradients `store` holds for the (unfrozen) variables.
     pub fn add(&mut self, store: &candle_core::backprop::GradStore) -> Result<()> {
         for ((name, var), &frozen) in self.vars.iter().zip(&self.frozen) {
@@ -351,6 +381,27 @@ impl Grads<'_> {
         Ok(())
     }
 
+    /// Adds a sub-batch's gradients: its gradient store's and its named ones.
+    pub fn add_partial(&mut self, part: &Partial) -> Result<()> {
+        if let Some(store) = &part.store {
+            self.add(store)?;
+        }
+        for (name, g) in &part.named {
+            let Some(i) = self.vars.iter().position(|(n, _)| n == name) else {
+                return Err(ModelError::Invalid(format!("a gradient for `{name}`, which is not a weight of the model")));
+            };
+            if self.frozen[i] {
+                continue;
+            }
+            let acc = match self.sum.remove(name) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            self.sum.insert(name.clone(), acc);
+        }
+        Ok(())
+    }
+
     /// Refuses a NaN/inf loss (nothing is applied), else adds the gradients of `loss · scale`.
     /// Returns the loss.
     pub fn backward(&mut self, loss: &Tensor, scale: f64) -> Result<f64> {
@@ -362,7 +413,11 @@ impl Grads<'_> {
 
     /// The loss's value, or the error that stops the stage when it is not finite.
     pub fn check(&self, loss: &Tensor) -> Result<f64> {
-        let l = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
+        self.check_value(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64)
+    }
+
+    /// `l`, or the error that stops the stage when it is not finite.
+    pub fn check_value(&self, l: f64) -> Result<f64> {
         if !l.is_finite() {
             return Err(ModelError::Invalid(NonFiniteLoss { loss: l, step: self.step }.to_string()));
         }
@@ -385,7 +440,7 @@ pub fn optimizer_step<E>(
     mut run: impl FnMut(&[&E], f64, &mut Grads) -> Result<f64>,
 ) -> Result<f64> {
     let total: usize = micro.iter().map(|m| m.iter().map(|e| terms(e)).sum::<usize>()).sum();
-    let mut grads = Grads { vars, frozen: vars.iter().map(|(n, _)| opt.frozen(n)).collect(), step: state.step, sum: BTreeMap::new() };
+    let mut grads = Grads::new(vars, opt, state.step);
     let mut loss_sum = 0.0;
     for mb in micro {
         let n: usize = mb.iter().map(|e| terms(e)).sum();

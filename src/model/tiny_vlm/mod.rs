@@ -5,6 +5,7 @@ pub mod config;
 pub mod decode_cpu;
 pub mod fused;
 pub mod model;
+pub mod train_cpu;
 
 pub use config::{Config, VisionConfig};
 pub use model::{causal_mask, masked_bce_with_logits, masked_cross_entropy, KvCache, Mask, TinyVlm};

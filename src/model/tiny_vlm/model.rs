@@ -491,6 +491,10 @@ impl TinyVlm {
         self.vision_frozen = frozen;
     }
 
+    pub fn vision_is_frozen(&self) -> bool {
+        self.vision_frozen
+    }
+
     /// Image features in the text embedding space: (B, P, patch_dim) → (B, image_tokens, hidden).
     pub fn encode_images(&self, patches: &Tensor) -> Result<Tensor> {
         let f = self.vision.forward(patches)?;

@@ -1,0 +1,368 @@
+//! The decoder's CPU training path: a forward pass that keeps its activations and a
+//! hand-written backward on f32 buffers with direct gemm calls, instead of candle's autograd.
+//!
+//! Same math as `model.rs` (RMSNorm, RoPE, causal attention, SwiGLU, tied or untied LM head,
+//! the PRM's score head); tested equal to candle's autograd gradients (`src/train/cpu.rs`).
+
+use super::decode_cpu::CpuDecoder;
+use gemm::{gemm, Parallelism};
+
+/// A matrix operand: (values, row stride, column stride).
+type Mat<'a> = (&'a [f32], usize, usize);
+
+/// c (m×n, row stride `crs`) = a (m×k) · b (k×n), or c += a · b when `acc`.
+#[allow(clippy::too_many_arguments)]
+fn mm(m: usize, n: usize, k: usize, c: &mut [f32], crs: usize, acc: bool, a: Mat, b: Mat) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(c.len() > last(m, n, crs, 1), "mm: output too short");
+    if k == 0 {
+        if !acc {
+            for r in 0..m {
+                c[r * crs..r * crs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(a.0.len() > last(m, k, a.1, a.2) && b.0.len() > last(k, n, b.1, b.2), "mm: operand too short");
+    // SAFETY: the asserts bound every index gemm reads or writes under these strides.
+    unsafe {
+        gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, crs as isize, acc,
+            a.0.as_ptr(), a.2 as isize, a.1 as isize,
+            b.0.as_ptr(), b.2 as isize, b.1 as isize,
+            1.0, 1.0, false, false, false, Parallelism::None,
+        )
+    }
+}
+
+/// Row-major (rows × cols) matrix as an operand.
+fn rm(v: &[f32], cols: usize) -> Mat<'_> {
+    (v, cols, 1)
+}
+
+/// The transpose of a row-major (rows × cols) matrix as an operand (cols × rows).
+fn tr(v: &[f32], cols: usize) -> Mat<'_> {
+    (v, 1, cols)
+}
+
+/// y = x · inv · g per row of `g.len()` values; returns each row's inv = 1/sqrt(mean(x²) + eps).
+fn rms_forward(y: &mut [f32], x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+    let h = g.len();
+    y.chunks_exact_mut(h)
+        .zip(x.chunks_exact(h))
+        .map(|(y, x)| {
+            let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt();
+            for ((y, v), g) in y.iter_mut().zip(x).zip(g) {
+                *y = v * inv * g;
+            }
+            inv
+        })
+        .collect()
+}
+
+/// RMSNorm's backward: dx += inv·(dn − n·mean(dn⊙n)) with n = x·inv and dn = dy⊙g;
+/// dg += Σ_rows dy⊙n.
+fn rms_backward(dx: &mut [f32], dg: &mut [f32], dy: &[f32], x: &[f32], inv: &[f32], g: &[f32]) {
+    let h = g.len();
+    for (((dx, dy), x), &inv) in dx.chunks_exact_mut(h).zip(dy.chunks_exact(h)).zip(x.chunks_exact(h)).zip(inv) {
+        let mut dot = 0f32;
+        for i in 0..h {
+            let n = x[i] * inv;
+            dg[i] += dy[i] * n;
+            dot += dy[i] * g[i] * n;
+        }
+        let mean = dot / h as f32;
+        for i in 0..h {
+            dx[i] += inv * (dy[i] * g[i] - x[i] * inv * mean);
+        }
+    }
+}
+
+/// RoPE (rotate-half convention) on every head of `row[..heads·hd]`, in place; `inverse`
+/// applies the transpose (the backward of the rotation).
+fn rope(row: &mut [f32], hd: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+    let half = hd / 2;
+    for head in row.chunks_exact_mut(hd) {
+        for i in 0..half {
+            let (a, b) = (head[i], head[i + half]);
+            if inverse {
+                head[i] = a * cos[i] + b * sin[i + half];
+                head[i + half] = b * cos[i + half] - a * sin[i];
+            } else {
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = b * cos[i + half] + a * sin[i + half];
+            }
+        }
+    }
+}
+
+/// What the loss reads from the final hidden states of the B·T rows.
+pub enum Objective<'a> {
+    /// Mean token cross-entropy of the LM head at `(row, target token)`.
+    Tokens(&'a [(usize, u32)]),
+    /// The PRM's mean binary cross-entropy of `score_head` (weight `w`, bias `b`) at
+    /// `(row, label in [0, 1])`.
+    Steps { at: &'a [(usize, f32)], w: &'a [f32], b: f32 },
+}
+
+/// Gradients of one decoder layer, in `LayerWeights`' layout (q/k/v and gate/up stacked).
+#[derive(Debug, Clone)]
+pub struct LayerGrads {
+    pub input_norm: Vec<f32>,
+    pub qkv: Vec<f32>,
+    pub o: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    pub gate_up: Vec<f32>,
+    pub down: Vec<f32>,
+}
+
+/// The mean loss's gradients: every decoder weight, the head, and the input embeddings.
+#[derive(Debug, Clone)]
+pub struct DecoderGrads {
+    pub layers: Vec<LayerGrads>,
+    pub norm: Vec<f32>,
+    /// (vocab × hidden), `Objective::Tokens` only (empty otherwise).
+    pub lm_head: Vec<f32>,
+    /// `score_head`'s weight and bias, `Objective::Steps` only.
+    pub score_w: Vec<f32>,
+    pub score_b: f32,
+    /// d loss / d input embeddings, (B·T × hidden).
+    pub x: Vec<f32>,
+}
+
+/// What the backward pass needs of one layer's forward.
+struct Saved {
+    x: Vec<f32>,
+    inv1: Vec<f32>,
+    h1: Vec<f32>,
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    attn: Vec<f32>,
+    mid: Vec<f32>,
+    inv2: Vec<f32>,
+    h2: Vec<f32>,
+    gu: Vec<f32>,
+    /// σ(gate), kept for the backward
+    sig: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Teacher-forced forward and backward of the decoder over `x`, the input embeddings of `b`
+/// sequences of `t` positions (B·T × hidden, sequence-major, positions 0..t, causal). Returns
+/// the mean loss of `objective` and its gradients.
+pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, objective: &Objective) -> (f32, DecoderGrads) {
+    let (h, nh, hd, inter) = (dec.hidden, dec.heads, dec.head_dim(), dec.inter);
+    let rows = b * t;
+    assert_eq!(x.len(), rows * h, "input embeddings");
+    assert!(t <= dec.max_positions(), "{t} positions, the RoPE table has {}", dec.max_positions());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let tt = t * t;
+    let table = |p: usize| (&dec.cos[p * hd..(p + 1) * hd], &dec.sin[p * hd..(p + 1) * hd]);
+
+    // ── forward ─────────────────────────────────────────────────────────────────────────
+    let mut saved = Vec::with_capacity(dec.layers.len());
+    for w in &dec.layers {
+        let mut h1 = vec![0f32; rows * h];
+        let inv1 = rms_forward(&mut h1, &x, &w.input_norm, dec.eps);
+        let mut qkv = vec![0f32; rows * 3 * h];
+        mm(rows, 3 * h, h, &mut qkv, 3 * h, false, rm(&h1, h), tr(&w.qkv, h));
+        for (r, row) in qkv.chunks_exact_mut(3 * h).enumerate() {
+            let (cos, sin) = table(r % t);
+            rope(&mut row[..2 * h], hd, cos, sin, false);
+        }
+        let mut probs = vec![0f32; b * nh * tt];
+        let mut attn = vec![0f32; rows * h];
+        for s in 0..b {
+            for head in 0..nh {
+                let p = &mut probs[(s * nh + head) * tt..(s * nh + head + 1) * tt];
+                let q = &qkv[s * t * 3 * h + head * hd..];
+                let k = &qkv[s * t * 3 * h + h + head * hd..];
+                let v = &qkv[s * t * 3 * h + 2 * h + head * hd..];
+                mm(t, t, hd, p, t, false, (q, 3 * h, 1), (k, 1, 3 * h));
+                for (i, row) in p.chunks_exact_mut(t).enumerate() {
+                    let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
+                    let mut sum = 0.0;
+                    for v in &mut row[..=i] {
+                        *v = (*v * scale - max).exp();
+                        sum += *v;
+                    }
+                    let inv = 1.0 / sum;
+                    row[..=i].iter_mut().for_each(|v| *v *= inv);
+                    row[i + 1..].fill(0.0);
+                }
+                mm(t, hd, t, &mut attn[s * t * h + head * hd..], h, false, rm(p, t), (v, 3 * h, 1));
+            }
+        }
+        let mut mid = x.clone();
+        mm(rows, h, h, &mut mid, h, true, rm(&attn, h), tr(&w.o, h));
+        let mut h2 = vec![0f32; rows * h];
+        let inv2 = rms_forward(&mut h2, &mid, &w.post_norm, dec.eps);
+        let mut gu = vec![0f32; rows * 2 * inter];
+        mm(rows, 2 * inter, h, &mut gu, 2 * inter, false, rm(&h2, h), tr(&w.gate_up, h));
+        let (mut act, mut sig) = (vec![0f32; rows * inter], vec![0f32; rows * inter]);
+        for ((a, sg), r) in act.chunks_exact_mut(inter).zip(sig.chunks_exact_mut(inter)).zip(gu.chunks_exact(2 * inter)) {
+            let (g, u) = r.split_at(inter);
+            for (((a, sg), g), u) in a.iter_mut().zip(sg.iter_mut()).zip(g).zip(u) {
+                *sg = 1.0 / (1.0 + (-g).exp());
+                *a = g * *sg * u;
+            }
+        }
+        let mut out = mid.clone();
+        mm(rows, h, inter, &mut out, h, true, rm(&act, inter), tr(&w.down, inter));
+        saved.push(Saved { x: std::mem::replace(&mut x, out), inv1, h1, qkv, probs, attn, mid, inv2, h2, gu, sig, act });
+    }
+    let mut hf = vec![0f32; rows * h];
+    let invf = rms_forward(&mut hf, &x, &dec.norm, dec.eps);
+
+    // ── the loss and its gradient at the final hidden states ───────────────────────────
+    let mut dhf = vec![0f32; rows * h];
+    let (mut lm_head, mut score_w, mut score_b) = (Vec::new(), Vec::new(), 0f32);
+    let loss = match objective {
+        Objective::Tokens(at) => {
+            let (n, v) = (at.len(), dec.vocab);
+            lm_head = vec![0f32; v * h];
+            let sel: Vec<f32> = at.iter().flat_map(|&(r, _)| hf[r * h..(r + 1) * h].iter().copied()).collect();
+            let mut logits = vec![0f32; n * v];
+            mm(n, v, h, &mut logits, v, false, rm(&sel, h), tr(&dec.lm_head, h));
+            let denom = n.max(1) as f32;
+            let mut loss = 0f64;
+            for (row, &(_, target)) in logits.chunks_exact_mut(v).zip(at.iter()) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+                let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
+                let lse = max + sum.ln();
+                loss += (lse - row[target as usize]) as f64;
+                for x in row.iter_mut() {
+                    *x = (*x - lse).exp() / denom;
+                }
+                row[target as usize] -= 1.0 / denom;
+            }
+            // d head = dlogitsᵀ · sel; d sel = dlogits · head
+            mm(v, h, n, &mut lm_head, h, false, tr(&logits, v), rm(&sel, h));
+            let mut dsel = vec![0f32; n * h];
+            mm(n, h, v, &mut dsel, h, false, rm(&logits, v), rm(&dec.lm_head, h));
+            for (&(r, _), d) in at.iter().zip(dsel.chunks_exact(h)) {
+                dhf[r * h..(r + 1) * h].iter_mut().zip(d).for_each(|(a, b)| *a += b);
+            }
+            (loss / denom as f64) as f32
+        }
+        Objective::Steps { at, w, b: bias } => {
+            score_w = vec![0f32; h];
+            let denom = at.len().max(1) as f32;
+            let mut loss = 0f64;
+            for &(r, y) in at.iter() {
+                let hr = &hf[r * h..(r + 1) * h];
+                let z = hr.iter().zip(w.iter()).map(|(a, b)| a * b).sum::<f32>() + bias;
+                loss += (z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()) as f64;
+                let dz = (1.0 / (1.0 + (-z).exp()) - y) / denom;
+                score_b += dz;
+                for i in 0..h {
+                    score_w[i] += dz * hr[i];
+                    dhf[r * h + i] += dz * w[i];
+                }
+            }
+            (loss / denom as f64) as f32
+        }
+    };
+
+    // ── backward ────────────────────────────────────────────────────────────────────────
+    let mut norm = vec![0f32; h];
+    let mut dx = vec![0f32; rows * h];
+    rms_backward(&mut dx, &mut norm, &dhf, &x, &invf, &dec.norm);
+    let mut layers = Vec::with_capacity(dec.layers.len());
+    // scratch of the backward, fully overwritten in every layer
+    let mut dp = vec![0f32; tt];
+    let (mut dact, mut dgu, mut dh) = (vec![0f32; rows * inter], vec![0f32; rows * 2 * inter], vec![0f32; rows * h]);
+    let (mut dattn, mut dqkv) = (vec![0f32; rows * h], vec![0f32; rows * 3 * h]);
+    for (w, s) in dec.layers.iter().zip(saved).rev() {
+        let mut g = LayerGrads {
+            input_norm: vec![0f32; h],
+            qkv: vec![0f32; 3 * h * h],
+            o: vec![0f32; h * h],
+            post_norm: vec![0f32; h],
+            gate_up: vec![0f32; 2 * inter * h],
+            down: vec![0f32; h * inter],
+        };
+        // MLP: out = mid + act · downᵀ
+        mm(h, inter, rows, &mut g.down, inter, false, tr(&dx, h), rm(&s.act, inter));
+        mm(rows, inter, h, &mut dact, inter, false, rm(&dx, h), rm(&w.down, inter));
+        for (((dr, gr), sr), da) in dgu.chunks_exact_mut(2 * inter).zip(s.gu.chunks_exact(2 * inter)).zip(s.sig.chunks_exact(inter)).zip(dact.chunks_exact(inter)) {
+            for i in 0..inter {
+                let (gv, u, sig) = (gr[i], gr[inter + i], sr[i]);
+                dr[i] = da[i] * u * sig * (1.0 + gv * (1.0 - sig));
+                dr[inter + i] = da[i] * gv * sig;
+            }
+        }
+        mm(2 * inter, h, rows, &mut g.gate_up, h, false, tr(&dgu, 2 * inter), rm(&s.h2, h));
+        mm(rows, h, 2 * inter, &mut dh, h, false, rm(&dgu, 2 * inter), rm(&w.gate_up, h));
+        rms_backward(&mut dx, &mut g.post_norm, &dh, &s.mid, &s.inv2, &w.post_norm); // dx is now d mid
+        // attention: mid = x + attn · oᵀ
+        mm(h, h, rows, &mut g.o, h, false, tr(&dx, h), rm(&s.attn, h));
+        mm(rows, h, h, &mut dattn, h, false, rm(&dx, h), rm(&w.o, h));
+        for sq in 0..b {
+            for head in 0..nh {
+                let p = &s.probs[(sq * nh + head) * tt..(sq * nh + head + 1) * tt];
+                let base = sq * t * 3 * h + head * hd;
+                let d_o = &dattn[sq * t * h + head * hd..];
+                // dP = dO · vᵀ; dv = Pᵀ · dO
+                mm(t, t, hd, &mut dp, t, false, (d_o, h, 1), (&s.qkv[base + 2 * h..], 1, 3 * h));
+                mm(t, hd, t, &mut dqkv[base + 2 * h..], 3 * h, false, tr(p, t), (d_o, h, 1));
+                // dS = scale · P ⊙ (dP − Σⱼ dPⱼ Pⱼ)
+                for (i, (dr, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+                    let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
+                    for (d, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                        *d = scale * pv * (*d - dot);
+                    }
+                    dr[i + 1..].fill(0.0);
+                }
+                // dq = dS · k; dk = dSᵀ · q
+                let (q, k) = (&s.qkv[base..], &s.qkv[base + h..]);
+                mm(t, hd, t, &mut dqkv[base..], 3 * h, false, rm(&dp, t), (k, 3 * h, 1));
+                mm(t, hd, t, &mut dqkv[base + h..], 3 * h, false, tr(&dp, t), (q, 3 * h, 1));
+            }
+        }
+        for (r, row) in dqkv.chunks_exact_mut(3 * h).enumerate() {
+            let (cos, sin) = table(r % t);
+            rope(&mut row[..2 * h], hd, cos, sin, true);
+        }
+        mm(3 * h, h, rows, &mut g.qkv, h, false, tr(&dqkv, 3 * h), rm(&s.h1, h));
+        mm(rows, h, 3 * h, &mut dh, h, false, rm(&dqkv, 3 * h), rm(&w.qkv, h));
+        rms_backward(&mut dx, &mut g.input_norm, &dh, &s.x, &s.inv1, &w.input_norm); // dx is now d x
+        layers.push(g);
+    }
+    layers.reverse();
+    (loss, DecoderGrads { layers, norm, lm_head, score_w, score_b, x: dx })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inverse_rope_is_the_rotations_transpose() {
+        // ⟨R a, b⟩ = ⟨a, Rᵀ b⟩ for the rotation of one head of 8 values
+        let (cos, sin): (Vec<f32>, Vec<f32>) = (0..8).map(|i| ((i as f32 * 0.7).cos(), (i as f32 * 0.7).sin())).unzip();
+        let a: Vec<f32> = (0..8).map(|i| (i as f32 * 1.3).sin()).collect();
+        let bv: Vec<f32> = (0..8).map(|i| (i as f32 * 0.4 + 1.0).cos()).collect();
+        let (mut ra, mut rtb) = (a.clone(), bv.clone());
+        rope(&mut ra, 8, &cos, &sin, false);
+        rope(&mut rtb, 8, &cos, &sin, true);
+        let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+        assert!((dot(&ra, &bv) - dot(&a, &rtb)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn mm_handles_transposed_and_strided_operands() {
+        // a (2×3), b (3×2) given as the transpose of a row-major (2×3)
+        let a = [1., 2., 3., 4., 5., 6.];
+        let bt = [1., 0., 2., 0., 1., 1.]; // b = [[1, 0], [0, 1], [2, 1]]
+        let mut c = vec![0f32; 4];
+        mm(2, 2, 3, &mut c, 2, false, rm(&a, 3), tr(&bt, 3));
+        assert_eq!(c, vec![7., 5., 16., 11.]);
+        mm(2, 2, 3, &mut c, 2, true, rm(&a, 3), tr(&bt, 3));
+        assert_eq!(c, vec![14., 10., 32., 22.]);
+    }
+}
