@@ -6,9 +6,10 @@ inputs, side by side in one run, at two model sizes.
 mstar's side is `mstar model bench` (it writes the weights and inputs it used); PyTorch then
 loads those files. Generation: greedy, batch B, prompt bucket as in the generate operator,
 KV cache, fixed number of new tokens (EOS ignored). SFT: forward + backward + AdamW step on a
-batch of synthetic examples; tokens/s counts every input position.
+batch of synthetic examples; tokens/s counts every input position. mstar's SFT is measured twice:
+its CPU path (the hand-written decoder backward) and candle's autograd (MSTAR_TRAIN_AUTOGRAD=1).
 
-Usage: python3 benches/policy_bench.py [--mstar PATH] [--sizes tiny,small] [--threads 2]
+Usage: python3 benches/policy_bench.py [--mstar PATH] [--sizes tiny,small] [--threads 2] [--sft-steps 10]
 Needs: pip install torch safetensors; a built mstar binary.
 """
 import argparse
@@ -59,13 +60,16 @@ def main():
     ap.add_argument("--mstar", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "debug", "mstar"))
     ap.add_argument("--sizes", default="tiny,small")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sft-steps", type=int, default=10)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for size in args.sizes.split(","):
         d = tempfile.mkdtemp(prefix=f"mstar-bench-{size}-")
-        out = subprocess.run([args.mstar, "model", "bench", "--size", size, "--out", d], check=True, capture_output=True, text=True)
-        ours = json.loads(out.stdout)
+        cmd = [args.mstar, "model", "bench", "--size", size, "--out", d, "--sft-steps", str(args.sft_steps)]
+        ours = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        env = dict(os.environ, MSTAR_TRAIN_AUTOGRAD="1")
+        autograd = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
         cfg = json.load(open(os.path.join(d, "config.json")))
         model = TinyVlm(cfg, load_file(os.path.join(d, "model.safetensors")))
         inp = load_file(os.path.join(d, "inputs.safetensors"))
@@ -87,11 +91,11 @@ def main():
         for _ in range(ours["sft_steps"]):
             step()
         sft_tps = ours["sft_tokens_per_step"] * ours["sft_steps"] / (time.perf_counter() - start)
-        rows.append((size, ours["params"], ours["gen_tokens_per_s"], gen_tps, ours["sft_tokens_per_s"], sft_tps))
-    print(f"| size | parameters | generation tok/s mstar | PyTorch | ratio | SFT tok/s mstar | PyTorch | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for size, p, g1, g2, s1, s2 in rows:
-        print(f"| {size} | {p:,} | {g1:,.0f} | {g2:,.0f} | {g1 / g2:.2f}× | {s1:,.0f} | {s2:,.0f} | {s1 / s2:.2f}× |")
+        rows.append((size, ours["params"], ours["gen_tokens_per_s"], gen_tps, ours["sft_tokens_per_s"], autograd["sft_tokens_per_s"], sft_tps))
+    print(f"| size | parameters | generation tok/s mstar | PyTorch | ratio | SFT tok/s mstar | mstar, candle autograd | PyTorch | ratio (mstar / PyTorch) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size, p, g1, g2, s1, s1a, s2 in rows:
+        print(f"| {size} | {p:,} | {g1:,.0f} | {g2:,.0f} | {g1 / g2:.2f}× | {s1:,.0f} | {s1a:,.0f} | {s2:,.0f} | {s1 / s2:.2f}× |")
 
 
 if __name__ == "__main__":
