@@ -31,7 +31,7 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
             Ok(Example {
                 prompt: policy.encode_prompt(&e.question)?,
                 response: policy.encode_response(&e.gold_cot)?,
-                patches: image_patches(&e.image_png, &cfg.vision_config).map_err(ModelError::Invalid)?,
+                patches: image_patches(&e.image_png, &cfg.vision_config).map_err(ModelError::Invalid)?.into(),
                 labels: vec![],
             })
         })
@@ -69,7 +69,7 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
     let mut gen_model = policy.model.clone();
     gen_model.use_inference_kernels(true)?;
     let train_model = std::mem::replace(&mut policy.model, gen_model);
-    let reqs: Vec<Request> = examples.iter().map(|e| Request { prompt: e.prompt.clone(), patches: e.patches.clone(), seed: 0 }).collect();
+    let reqs: Vec<Request> = examples.iter().map(|e| Request { prompt: e.prompt.clone(), patches: e.patches.to_vec(), seed: 0 }).collect();
     let params = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: new_tokens };
     generate(&policy, &reqs[..2.min(b)], &SamplingParams { max_new_tokens: 4, ..params.clone() }, bucket)?;
     let t = Instant::now();

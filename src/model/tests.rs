@@ -47,7 +47,7 @@ fn pooled_regions_train_and_decode() {
     // each of the 9 image tokens is the projection of its region's mean patch feature
     let (policy, ex) = setup_with(1, &Device::Cpu, &pooled);
     let v = policy.cfg.vision_config.clone();
-    let patches = candle_core::Tensor::from_vec(ex[0].patches.clone(), (1, v.num_patches(), v.patch_dim()), &Device::Cpu).unwrap();
+    let patches = candle_core::Tensor::from_vec(ex[0].patches.to_vec(), (1, v.num_patches(), v.patch_dim()), &Device::Cpu).unwrap();
     let f: Vec<Vec<f32>> = policy.model.vision_features(&patches).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
     let regions = v.patch_regions(3);
     let members: Vec<usize> = (0..regions.len()).filter(|&i| regions[i] == 4).collect();
@@ -165,7 +165,7 @@ fn sampling_does_not_depend_on_the_batch_on(dev: &Device) {
     let reqs: Vec<Request> = ex
         .iter()
         .enumerate()
-        .map(|(i, e)| Request { prompt: e.prompt.clone(), patches: e.patches.clone(), seed: rollout_seed(5, 1, &i.to_string(), 0) })
+        .map(|(i, e)| Request { prompt: e.prompt.clone(), patches: e.patches.to_vec(), seed: rollout_seed(5, 1, &i.to_string(), 0) })
         .collect();
     let params = SamplingParams { temperature: 1.0, top_p: 0.95, top_k: 0, max_new_tokens: 12 };
     let run = |bs: usize| -> Vec<_> { reqs.chunks(bs).flat_map(|c| generate(&policy, c, &params, bucket).unwrap()).collect() };
@@ -203,7 +203,7 @@ fn cached_step_equals_full_forward_with(dev: &Device, over: &serde_json::Value) 
     let e = &ex[0];
     let np = policy.cfg.vision_config.num_patches();
     let pd = policy.cfg.vision_config.patch_dim();
-    let patches = Tensor::from_vec(e.patches.clone(), (1, np, pd), dev).unwrap();
+    let patches = Tensor::from_vec(e.patches.to_vec(), (1, np, pd), dev).unwrap();
     let feats = m.encode_images(&patches).unwrap();
     let next = e.response[0];
     // full forward over prompt + one token
@@ -238,7 +238,7 @@ fn inference_kernels_agree_with_the_differentiable_path_on(dev: &Device) {
     let pd = policy.cfg.vision_config.patch_dim();
     let e = &ex[0];
     let ids = Tensor::new(e.prompt.as_slice(), &policy.device).unwrap().unsqueeze(0).unwrap();
-    let patches = Tensor::from_vec(e.patches.clone(), (1, np, pd), &policy.device).unwrap();
+    let patches = Tensor::from_vec(e.patches.to_vec(), (1, np, pd), &policy.device).unwrap();
     let slow: Vec<f32> = policy.model.forward(&ids, 1, &patches).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     policy.model.use_inference_kernels(true).unwrap();
     let fast: Vec<f32> = policy.model.forward(&ids, 1, &patches).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -251,7 +251,7 @@ fn inference_kernels_agree_with_the_differentiable_path_on(dev: &Device) {
 fn cpu_sampling_path_equals_the_candle_path() {
     let (mut policy, ex) = setup(5);
     // prompts of different lengths, and several samples of the same prompt (shared prefill)
-    let mut reqs: Vec<Request> = ex.iter().map(|e| Request { prompt: e.prompt.clone(), patches: e.patches.clone(), seed: 1 }).collect();
+    let mut reqs: Vec<Request> = ex.iter().map(|e| Request { prompt: e.prompt.clone(), patches: e.patches.to_vec(), seed: 1 }).collect();
     for s in 0..3 {
         reqs.push(Request { seed: 100 + s, ..reqs[2].clone() });
     }
@@ -291,7 +291,7 @@ fn the_model_learns_from_the_image() {
             let e = crate::data::synth::generate(3, "train", i, false);
             let mut response = policy.tokenizer.encode(&e.scene.caption()).unwrap();
             response.push(cfg.eos_token_id);
-            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap(), labels: vec![] }
+            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap().into(), labels: vec![] }
         })
         .collect();
     let refs: Vec<_> = exs.iter().collect();
@@ -352,7 +352,7 @@ fn prm_scores_are_the_policy_hidden_states_through_the_head() {
     let e = &ex[0];
     let ids: Vec<u32> = e.prompt.iter().chain(&e.response).copied().collect();
     let ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let patches = Tensor::from_vec(e.patches.clone(), (1, np, pd), &Device::Cpu).unwrap();
+    let patches = Tensor::from_vec(e.patches.to_vec(), (1, np, pd), &Device::Cpu).unwrap();
     let h_policy = policy.model.forward_hidden(&ids, 1, &patches).unwrap();
     let h_prm = prm.model.forward_hidden(&ids, 1, &patches).unwrap();
     let dh = (&h_policy - &h_prm).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -638,3 +638,4 @@ fn the_hand_written_cpu_backward_equals_autograd() {
     }
     hand_written_backward_equals_autograd(&prm, &ex);
 }
+

@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct TrainOp {
@@ -127,6 +128,8 @@ impl Operator for TrainOp {
             let (q, needs) = super::training_rows_query(&self.spec.data, &filter, prm);
             let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns {needs}: {e}", self.spec.data)))?.collect().await?;
             let mut examples = Vec::new();
+            // each distinct image is decoded once and its patches shared by its examples
+            let mut by_image: HashMap<Vec<u8>, Arc<[f32]>> = HashMap::new();
             for b in &batches {
                 let (qs, imgs, rs) = (super::strings(b.column(0))?, b.column(1), super::strings(b.column(2))?);
                 let ls = if prm { Some(arrow::compute::cast(b.column(3), &DataType::List(Arc::new(Field::new("item", DataType::Float64, true))))?) } else { None };
@@ -134,7 +137,14 @@ impl Operator for TrainOp {
                     let (Some(q), Some(r)) = (qs.is_valid(i).then(|| qs.value(i)), rs.is_valid(i).then(|| rs.value(i))) else { continue };
                     let img = first_image(imgs, i).ok_or_else(|| self.fail(format!("row {i} has no image")))?;
                     let prompt = policy.encode_prompt(q).map_err(|e| self.fail(e))?;
-                    let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?;
+                    let patches = match by_image.get(img.as_slice()) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p: Arc<[f32]> = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?.into();
+                            by_image.insert(img, p.clone());
+                            p
+                        }
+                    };
                     let Some(ls) = &ls else {
                         examples.push(Example { prompt, response: policy.encode_response(r).map_err(|e| self.fail(e))?, patches, labels: vec![] });
                         continue;

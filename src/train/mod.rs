@@ -163,7 +163,8 @@ pub struct TrainerState {
 pub struct Example {
     pub prompt: Vec<u32>,
     pub response: Vec<u32>,
-    pub patches: Vec<f32>,
+    /// Shared by the examples of one image (a drill set holds ≈ 34 per image).
+    pub patches: std::sync::Arc<[f32]>,
     /// PRM training only: (index into `response` of a step's last token, label in [0, 1]).
     pub labels: Vec<(usize, f32)>,
 }

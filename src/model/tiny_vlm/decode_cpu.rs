@@ -42,6 +42,20 @@ pub struct CpuDecoder {
 /// y (m × n) = x (m × k) · wᵀ with w (n × k) row-major; adds to y when `accumulate`.
 fn matmul_t(y: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
     assert!(y.len() >= m * n && x.len() >= m * k && w.len() >= n * k);
+    if m == 1 {
+        // gemm takes a different kernel for a single row (a dot product across k, summed in
+        // another order), so a row would round differently alone than in a batch; compute it
+        // as two rows instead, so results do not depend on how many rows decode together
+        let x2: Vec<f32> = x[..k].iter().chain(&x[..k]).copied().collect();
+        let mut y2 = vec![0f32; 2 * n];
+        if accumulate {
+            y2[..n].copy_from_slice(&y[..n]);
+            y2[n..].copy_from_slice(&y[..n]);
+        }
+        matmul_t(&mut y2, &x2, w, 2, k, n, accumulate);
+        y[..n].copy_from_slice(&y2[..n]);
+        return;
+    }
     // SAFETY: the asserts bound every index gemm touches (row-major strides below).
     unsafe {
         gemm(

@@ -366,3 +366,5 @@ mod tests {
         assert_eq!(c, vec![14., 10., 32., 22.]);
     }
 }
+
+
