@@ -15,7 +15,7 @@ fn pipeline(dir: &Path) -> std::path::PathBuf {
     std::fs::write(
         &f,
         r#"name: micro
-seed: 4
+seed: 3
 iterations: 2
 datasets:
   train: {path: synth/train.parquet}
@@ -69,10 +69,6 @@ stages:
     f
 }
 
-// Generation is batch-invariant up to float accumulation order (≈ 1e-7 in a logprob sum), so
-// a sampled token can in rare cases flip at a boundary of the sampling distribution. Seed 3
-// hit one in session 12 (one of 96 rollouts, on this barely trained model's near-uniform
-// distributions, after the training's rounding changed); seed 4 does not.
 const ROLLOUTS: &str = "SELECT iteration, prompt_id, sample_idx, seed, response, num_tokens, finish_reason, round(logprob, 3) AS logprob FROM rollouts ORDER BY iteration, prompt_id, sample_idx";
 
 #[test]

@@ -171,8 +171,8 @@ fn sampling_does_not_depend_on_the_batch_on(dev: &Device) {
     let run = |bs: usize| -> Vec<_> { reqs.chunks(bs).flat_map(|c| generate(&policy, c, &params, bucket).unwrap()).collect() };
     let one = run(1);
     assert_eq!(one.len(), 70);
-    // Tokens and finish reasons are identical; the logprob sums agree to float accumulation
-    // order (batched matmuls sum in a batch-dependent order), far below any sampling decision.
+    // Tokens and finish reasons are identical; through candle ops the logprob sums agree to
+    // float accumulation order (batched matmuls sum in a batch-dependent order).
     let same = |a: &[super::generate::Generation], b: &[super::generate::Generation]| {
         for (x, y) in a.iter().zip(b) {
             assert_eq!((&x.tokens, x.finish_reason), (&y.tokens, y.finish_reason));
@@ -185,6 +185,20 @@ fn sampling_does_not_depend_on_the_batch_on(dev: &Device) {
     let greedy = SamplingParams { temperature: 0.0, ..params.clone() };
     let g1: Vec<_> = reqs[..5].chunks(1).flat_map(|c| generate(&policy, c, &greedy, bucket).unwrap()).collect();
     same(&g1, &generate(&policy, &reqs[..5], &greedy, bucket).unwrap());
+    // the CPU sampling path (what the generate operator uses on a CPU) rounds every row the
+    // same at batch sizes 1 and 7 (`decode_cpu::matmul_t` computes fewer than 4 rows as 4);
+    // with ≥ 12 rows per thread a sum still rounds differently (≈ 3e-8 of a logprob sum;
+    // source not found yet), within the tolerance above
+    if dev.is_cpu() {
+        let mut fast = policy;
+        fast.model.use_inference_kernels(true).unwrap();
+        let run = |bs: usize| -> Vec<_> { reqs.chunks(bs).flat_map(|c| generate(&fast, c, &params, bucket).unwrap()).collect() };
+        let one = run(1);
+        for (x, y) in one.iter().zip(&run(7)) {
+            assert_eq!((&x.tokens, x.finish_reason, x.logprob.to_bits()), (&y.tokens, y.finish_reason, y.logprob.to_bits()), "logprobs {} vs {}", x.logprob, y.logprob);
+        }
+        same(&one, &run(64));
+    }
 }
 
 #[test]
@@ -638,4 +652,7 @@ fn the_hand_written_cpu_backward_equals_autograd() {
     }
     hand_written_backward_equals_autograd(&prm, &ex);
 }
+
+
+
 

@@ -39,21 +39,26 @@ pub struct CpuDecoder {
     pub sin: Vec<f32>,
 }
 
+/// Fewer rows than this are computed as this many (see `matmul_t`).
+const MIN_ROWS: usize = 4;
+
 /// y (m × n) = x (m × k) · wᵀ with w (n × k) row-major; adds to y when `accumulate`.
 fn matmul_t(y: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
     assert!(y.len() >= m * n && x.len() >= m * k && w.len() >= n * k);
-    if m == 1 {
-        // gemm takes a different kernel for a single row (a dot product across k, summed in
-        // another order), so a row would round differently alone than in a batch; compute it
-        // as two rows instead, so results do not depend on how many rows decode together
-        let x2: Vec<f32> = x[..k].iter().chain(&x[..k]).copied().collect();
-        let mut y2 = vec![0f32; 2 * n];
-        if accumulate {
-            y2[..n].copy_from_slice(&y[..n]);
-            y2[n..].copy_from_slice(&y[..n]);
+    if m < MIN_ROWS {
+        // gemm takes other kernels for one or two rows, which sum in another order, so a row
+        // would round differently alone than in a batch; compute such products as MIN_ROWS
+        // rows (the last one repeated), so results do not depend on how many rows decode
+        // together (tested: `a_row_rounds_the_same_in_any_batch`)
+        let mut x2 = Vec::with_capacity(MIN_ROWS * k);
+        let mut y2 = Vec::with_capacity(MIN_ROWS * n);
+        for r in 0..MIN_ROWS {
+            let src = r.min(m - 1);
+            x2.extend_from_slice(&x[src * k..(src + 1) * k]);
+            y2.extend_from_slice(&y[src * n..(src + 1) * n]);
         }
-        matmul_t(&mut y2, &x2, w, 2, k, n, accumulate);
-        y[..n].copy_from_slice(&y2[..n]);
+        matmul_t(&mut y2, &x2, w, MIN_ROWS, k, n, accumulate);
+        y[..m * n].copy_from_slice(&y2[..m * n]);
         return;
     }
     // SAFETY: the asserts bound every index gemm touches (row-major strides below).
@@ -272,5 +277,27 @@ impl CpuDecoder {
             rms_norm(&mut out[a * h..(a + 1) * h], last, &self.norm, self.eps);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_rounds_the_same_in_any_batch() {
+        // the decoder's shapes (tiny and small presets): every row of a product equals the same
+        // row computed alone or among others
+        for (n, k) in [(128usize, 128usize), (128, 352), (384, 128), (704, 128), (256, 688), (1376, 256), (320, 128)] {
+            let x: Vec<f32> = (0..16 * k).map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 991.0 - 0.5).collect();
+            let mut all = vec![0.25f32; 16 * n];
+            matmul_t(&mut all, &x, &w, 16, k, n, true);
+            for m in [1usize, 2, 3, 5, 9] {
+                let mut y = vec![0.25f32; m * n];
+                matmul_t(&mut y, &x[..m * k], &w, m, k, n, true);
+                assert!(y == all[..m * n], "{m} rows of {n} × {k} round differently");
+            }
+        }
     }
 }
