@@ -118,6 +118,12 @@ impl Operator for PrmLabelOp {
         "prm_label"
     }
 
+    /// 2: on the CPU, products of fewer than 4 rows are computed as 4 (`decode_cpu::matmul_t`),
+    /// which changes the rounding of some samples.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
