@@ -596,11 +596,16 @@ fn a_micro_batch_split_across_threads_gives_the_whole_batchs_loss_and_gradients(
     let split = grads_of(true);
     assert_eq!(whole.len(), split.len());
     assert_eq!(whole.len(), vars.len(), "every weight gets a gradient");
-    for (name, g) in &whole {
-        let a: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = split[name].flatten_all().unwrap().to_vec1().unwrap();
-        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert_gradients_close(&whole, &split);
+}
+
+/// Every gradient of `b` within 1e-4 of the largest magnitude of the same weight's in `a`.
+fn assert_gradients_close(a: &std::collections::BTreeMap<String, candle_core::Tensor>, b: &std::collections::BTreeMap<String, candle_core::Tensor>) {
+    for (name, g) in a {
+        let x: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
+        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = x.iter().zip(&y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
         assert!(err <= 1e-4 * scale, "{name}: gradients differ by {err} (scale {scale})");
     }
 }
@@ -625,13 +630,7 @@ fn hand_written_backward_equals_autograd(policy: &Policy, ex: &[crate::train::Ex
     let names = |m: &std::collections::BTreeMap<String, candle_core::Tensor>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&auto), names(&hand), "the same weights get gradients");
     assert!(auto.len() > 10);
-    for (name, g) in &auto {
-        let a: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = hand[name].flatten_all().unwrap().to_vec1().unwrap();
-        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-        let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(err <= 1e-4 * scale, "{name}: gradients differ by {err} (scale {scale})");
-    }
+    assert_gradients_close(&auto, &hand);
 }
 
 #[test]

@@ -5,8 +5,9 @@
 
 use gemm::{gemm, Parallelism};
 
-/// One decoder layer's weights, row-major `(out, in)` like candle's `Linear`; q/k/v and
-/// gate/up are stacked so each is one matrix product.
+/// One decoder layer's weights (or their gradients, `train_cpu`), row-major `(out, in)` like
+/// candle's `Linear`; q/k/v and gate/up are stacked so each is one matrix product.
+#[derive(Debug, Clone)]
 pub struct LayerWeights {
     pub input_norm: Vec<f32>,
     pub qkv: Vec<f32>,

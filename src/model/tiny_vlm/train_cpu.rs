@@ -4,7 +4,7 @@
 //! Same math as `model.rs` (RMSNorm, RoPE, causal attention, SwiGLU, tied or untied LM head,
 //! the PRM's score head); tested equal to candle's autograd gradients (`src/train/cpu.rs`).
 
-use super::decode_cpu::CpuDecoder;
+use super::decode_cpu::{CpuDecoder, LayerWeights};
 use gemm::{gemm, Parallelism};
 
 /// A matrix operand: (values, row stride, column stride).
@@ -109,21 +109,11 @@ pub enum Objective<'a> {
     Steps { at: &'a [(usize, f32)], w: &'a [f32], b: f32 },
 }
 
-/// Gradients of one decoder layer, in `LayerWeights`' layout (q/k/v and gate/up stacked).
-#[derive(Debug, Clone)]
-pub struct LayerGrads {
-    pub input_norm: Vec<f32>,
-    pub qkv: Vec<f32>,
-    pub o: Vec<f32>,
-    pub post_norm: Vec<f32>,
-    pub gate_up: Vec<f32>,
-    pub down: Vec<f32>,
-}
-
 /// The mean loss's gradients: every decoder weight, the head, and the input embeddings.
 #[derive(Debug, Clone)]
 pub struct DecoderGrads {
-    pub layers: Vec<LayerGrads>,
+    /// Per layer, in the weights' own layout (q/k/v and gate/up stacked).
+    pub layers: Vec<LayerWeights>,
     pub norm: Vec<f32>,
     /// (vocab × hidden), `Objective::Tokens` only (empty otherwise).
     pub lm_head: Vec<f32>,
@@ -278,7 +268,7 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
     let (mut dact, mut dgu, mut dh) = (vec![0f32; rows * inter], vec![0f32; rows * 2 * inter], vec![0f32; rows * h]);
     let (mut dattn, mut dqkv) = (vec![0f32; rows * h], vec![0f32; rows * 3 * h]);
     for (w, s) in dec.layers.iter().zip(saved).rev() {
-        let mut g = LayerGrads {
+        let mut g = LayerWeights {
             input_norm: vec![0f32; h],
             qkv: vec![0f32; 3 * h * h],
             o: vec![0f32; h * h],
