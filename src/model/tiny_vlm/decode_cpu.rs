@@ -2,7 +2,10 @@
 //! with direct gemm calls, free of candle's per-op allocation and dispatch (sampling only).
 //!
 //! Same math as `model.rs` (tested equal to it); weights are a snapshot taken when it is built.
+//! Prefill runs on gemm; decoding steps (one token per sequence) on `kernels::matmul`, whose
+//! rounding of a row does not depend on how many rows decode together.
 
+use super::kernels::{self, Operand, Packed};
 use gemm::{gemm, Parallelism};
 
 /// One decoder layer's weights (or their gradients, `train_cpu`), row-major `(out, in)` like
@@ -38,6 +41,15 @@ pub struct CpuDecoder {
     /// RoPE tables (max_positions, head_dim).
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
+    /// The decoding step's weights (`with_step_weights`); without them it runs on gemm.
+    pub step: Option<StepWeights>,
+}
+
+/// The products' weights packed for `kernels::matmul`.
+pub struct StepWeights {
+    /// Per layer: qkv, o, gate_up, down.
+    pub layers: Vec<[Packed; 4]>,
+    pub lm_head: Packed,
 }
 
 /// Fewer rows than this are computed as this many (see `matmul_t`).
@@ -85,6 +97,7 @@ fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 }
 
 /// Keys, values and validity of a group of sequences decoded together, plus scratch buffers.
+/// Per layer, sequence and head: keys transposed (head_dim × cap), values (cap × head_dim).
 pub struct Cache {
     seqs: usize,
     cap: usize,
@@ -152,11 +165,35 @@ impl CpuDecoder {
         tokens.iter().flat_map(|&t| self.embed[t as usize * h..(t as usize + 1) * h].iter().copied()).collect()
     }
 
+    /// This decoder with the decoding step's transposed weights (sampling only: they are a
+    /// second copy of every product's weights).
+    pub fn with_step_weights(mut self) -> Self {
+        let (h, inter) = (self.hidden, self.inter);
+        let layers = self
+            .layers
+            .iter()
+            .map(|w| {
+                [
+                    Packed::transposed(&w.qkv, 3 * h, h),
+                    Packed::transposed(&w.o, h, h),
+                    Packed::transposed(&w.gate_up, 2 * inter, h),
+                    Packed::transposed(&w.down, h, inter),
+                ]
+            })
+            .collect();
+        let lm_head = Packed::transposed(&self.lm_head, self.vocab, h);
+        self.step = Some(StepWeights { layers, lm_head });
+        self
+    }
+
     /// Logits (rows × vocab) of final hidden states (rows × hidden).
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
-        let rows = hidden.len() / self.hidden;
-        let mut out = vec![0.0; rows * self.vocab];
-        matmul_t(&mut out, hidden, &self.lm_head, rows, self.hidden, self.vocab, false);
+        let (rows, h, v) = (hidden.len() / self.hidden, self.hidden, self.vocab);
+        let mut out = vec![0.0; rows * v];
+        match &self.step {
+            Some(s) => kernels::matmul(&mut out, v, hidden, h, s.lm_head.operand(), rows, h, v, false),
+            None => matmul_t(&mut out, hidden, &self.lm_head, rows, h, v, false),
+        }
         out
     }
 
@@ -180,11 +217,20 @@ impl CpuDecoder {
         let sc = &mut cache.scratch;
         let scale = 1.0 / (hd as f32).sqrt();
         let half = hd / 2;
+        // a decoding step runs on the transposed weights, prefill on gemm
+        let step = self.step.as_ref().filter(|_| t == 1);
+        let product = |y: &mut [f32], x: &[f32], l: usize, which: usize, k: usize, n: usize, acc: bool| match step {
+            Some(s) => kernels::matmul(y, n, x, k, s.layers[l][which].operand(), rows, k, n, acc),
+            None => {
+                let w = &self.layers[l];
+                matmul_t(y, x, [&w.qkv, &w.o, &w.gate_up, &w.down][which], rows, k, n, acc)
+            }
+        };
         for (l, w) in self.layers.iter().enumerate() {
             let hb = sized(&mut sc.h, rows * h);
             rms_norm(hb, x, &w.input_norm, self.eps);
             let qkv = sized(&mut sc.qkv, rows * 3 * h);
-            matmul_t(qkv, hb, &w.qkv, rows, h, 3 * h, false);
+            product(qkv, hb, l, 0, h, 3 * h, false);
             // RoPE on q and k (rotate_half convention; the tables repeat each frequency twice)
             for (r, row) in qkv.chunks_exact_mut(3 * h).enumerate() {
                 let p = positions[r] as usize;
@@ -202,8 +248,11 @@ impl CpuDecoder {
                 for j in 0..t {
                     let row = &qkv[(a * t + j) * 3 * h..(a * t + j + 1) * 3 * h];
                     for head in 0..nh {
-                        let at = (((l * seqs + s) * nh + head) * cap + start + j) * hd;
-                        cache.k[at..at + hd].copy_from_slice(&row[h + head * hd..h + (head + 1) * hd]);
+                        let base = ((l * seqs + s) * nh + head) * cap * hd;
+                        for (d, &kv) in row[h + head * hd..h + (head + 1) * hd].iter().enumerate() {
+                            cache.k[base + d * cap + start + j] = kv;
+                        }
+                        let at = base + (start + j) * hd;
                         cache.v[at..at + hd].copy_from_slice(&row[2 * h + head * hd..2 * h + (head + 1) * hd]);
                     }
                 }
@@ -214,18 +263,23 @@ impl CpuDecoder {
                 let ok = &cache.valid[s * cap..s * cap + total];
                 for head in 0..nh {
                     let kv_at = ((l * seqs + s) * nh + head) * cap * hd;
-                    let (kc, vc) = (&cache.k[kv_at..kv_at + total * hd], &cache.v[kv_at..kv_at + total * hd]);
+                    let (kt, vc) = (&cache.k[kv_at..kv_at + cap * hd], &cache.v[kv_at..kv_at + total * hd]);
                     let q = &qkv[a * t * 3 * h + head * hd..];
-                    // SAFETY: q rows are t × hd at stride 3h inside qkv; kc is total × hd;
-                    // scores is t × total; out rows are t × hd at stride h inside attn.
-                    unsafe {
-                        gemm(
-                            t, total, hd,
-                            scores.as_mut_ptr(), 1, total as isize, false,
-                            q.as_ptr(), 1, 3 * h as isize,
-                            kc.as_ptr(), hd as isize, 1,
-                            0.0, scale, false, false, false, Parallelism::None,
-                        );
+                    if step.is_some() {
+                        kernels::matmul(scores, total, q, hd, Operand::rows(kt, cap), 1, hd, total, false);
+                        scores.iter_mut().for_each(|v| *v *= scale);
+                    } else {
+                        // SAFETY: q rows are t × hd at stride 3h inside qkv; kt is hd × cap;
+                        // scores is t × total.
+                        unsafe {
+                            gemm(
+                                t, total, hd,
+                                scores.as_mut_ptr(), 1, total as isize, false,
+                                q.as_ptr(), 1, 3 * h as isize,
+                                kt.as_ptr(), 1, cap as isize,
+                                0.0, scale, false, false, false, Parallelism::None,
+                            );
+                        }
                     }
                     for (i, row) in scores.chunks_exact_mut(total).enumerate() {
                         let slot = start + i;
@@ -246,22 +300,27 @@ impl CpuDecoder {
                         row.iter_mut().for_each(|v| *v *= inv);
                     }
                     let out = &mut attn[a * t * h + head * hd..];
-                    unsafe {
-                        gemm(
-                            t, hd, total,
-                            out.as_mut_ptr(), 1, h as isize, false,
-                            scores.as_ptr(), 1, total as isize,
-                            vc.as_ptr(), 1, hd as isize,
-                            0.0, 1.0, false, false, false, Parallelism::None,
-                        );
+                    if step.is_some() {
+                        kernels::matmul(out, h, scores, total, Operand::rows(vc, hd), 1, total, hd, false);
+                    } else {
+                        // SAFETY: out rows are t × hd at stride h inside attn; vc is total × hd.
+                        unsafe {
+                            gemm(
+                                t, hd, total,
+                                out.as_mut_ptr(), 1, h as isize, false,
+                                scores.as_ptr(), 1, total as isize,
+                                vc.as_ptr(), 1, hd as isize,
+                                0.0, 1.0, false, false, false, Parallelism::None,
+                            );
+                        }
                     }
                 }
             }
-            matmul_t(x, attn, &w.o, rows, h, h, true);
+            product(x, attn, l, 1, h, h, true);
             let hb = sized(&mut sc.h, rows * h);
             rms_norm(hb, x, &w.post_norm, self.eps);
             let gu = sized(&mut sc.gu, rows * 2 * inter);
-            matmul_t(gu, hb, &w.gate_up, rows, h, 2 * inter, false);
+            product(gu, hb, l, 2, h, 2 * inter, false);
             let act = sized(&mut sc.act, rows * inter);
             for (o, r) in act.chunks_exact_mut(inter).zip(gu.chunks_exact(2 * inter)) {
                 let (g, u) = r.split_at(inter);
@@ -269,7 +328,7 @@ impl CpuDecoder {
                     *o = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            matmul_t(x, act, &w.down, rows, inter, h, true);
+            product(x, act, l, 3, inter, h, true);
         }
         cache.len = total;
         let mut out = vec![0.0; n * h];

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod decode_cpu;
+pub mod kernels;
 pub mod fused;
 pub mod model;
 pub mod train_cpu;

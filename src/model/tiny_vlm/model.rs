@@ -427,7 +427,7 @@ impl TinyVlm {
     /// backward, and on the CPU snapshots the weights into the `decode_cpu` sampling path:
     /// for sampling and evaluation only, never for a model that trains.
     pub fn use_inference_kernels(&mut self, on: bool) -> Result<()> {
-        self.cpu = if on && self.device.is_cpu() { Some(Arc::new(self.cpu_decoder()?)) } else { None };
+        self.cpu = if on && self.device.is_cpu() { Some(Arc::new(self.cpu_decoder()?.with_step_weights())) } else { None };
         for b in &mut self.vision.blocks {
             b.fused = on;
             b.norm1.fused = on;
@@ -478,6 +478,7 @@ impl TinyVlm {
             lm_head: flat(self.lm_head.0.weight())?,
             cos: flat(&self.rotary.cos)?,
             sin: flat(&self.rotary.sin)?,
+            step: None,
         })
     }
 
