@@ -52,6 +52,9 @@ pub struct StepWeights {
     pub lm_head: Packed,
 }
 
+/// Query rows whose attention is computed together (over the slots the last of them sees).
+const QUERY_BLOCK: usize = 16;
+
 /// Fewer rows than this are computed as this many (see `matmul_t`).
 const MIN_ROWS: usize = 4;
 
@@ -265,54 +268,29 @@ impl CpuDecoder {
                     let kv_at = ((l * seqs + s) * nh + head) * cap * hd;
                     let (kt, vc) = (&cache.k[kv_at..kv_at + cap * hd], &cache.v[kv_at..kv_at + total * hd]);
                     let q = &qkv[a * t * 3 * h + head * hd..];
-                    if step.is_some() {
-                        kernels::matmul(scores, total, q, hd, Operand::rows(kt, cap), 1, hd, total, false);
-                        scores.iter_mut().for_each(|v| *v *= scale);
-                    } else {
-                        // SAFETY: q rows are t × hd at stride 3h inside qkv; kt is hd × cap;
-                        // scores is t × total.
-                        unsafe {
-                            gemm(
-                                t, total, hd,
-                                scores.as_mut_ptr(), 1, total as isize, false,
-                                q.as_ptr(), 1, 3 * h as isize,
-                                kt.as_ptr(), 1, cap as isize,
-                                0.0, scale, false, false, false, Parallelism::None,
-                            );
-                        }
-                    }
-                    for (i, row) in scores.chunks_exact_mut(total).enumerate() {
-                        let slot = start + i;
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, v) in row.iter_mut().enumerate() {
-                            if j > slot || !(ok[j] || j == slot) {
-                                *v = f32::NEG_INFINITY;
-                            } else if *v > max {
-                                max = *v;
-                            }
-                        }
-                        let mut sum = 0.0;
-                        for v in row.iter_mut() {
-                            *v = (*v - max).exp();
-                            sum += *v;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|v| *v *= inv);
-                    }
                     let out = &mut attn[a * t * h + head * hd..];
-                    if step.is_some() {
-                        kernels::matmul(out, h, scores, total, Operand::rows(vc, hd), 1, total, hd, false);
-                    } else {
-                        // SAFETY: out rows are t × hd at stride h inside attn; vc is total × hd.
-                        unsafe {
-                            gemm(
-                                t, hd, total,
-                                out.as_mut_ptr(), 1, h as isize, false,
-                                scores.as_ptr(), 1, total as isize,
-                                vc.as_ptr(), 1, hd as isize,
-                                0.0, 1.0, false, false, false, Parallelism::None,
-                            );
+                    // blocks of query rows see only the slots up to their last row's
+                    for qb in (0..t).step_by(QUERY_BLOCK) {
+                        let n_q = QUERY_BLOCK.min(t - qb);
+                        let seen = start + qb + n_q;
+                        let block = &mut scores[qb * total..(qb + n_q) * total];
+                        kernels::matmul(block, total, &q[qb * 3 * h..], 3 * h, Operand::rows(kt, cap), n_q, hd, seen, false);
+                        for (i, row) in block.chunks_exact_mut(total).enumerate() {
+                            let slot = start + qb + i;
+                            let row = &mut row[..seen];
+                            let mut max = f32::NEG_INFINITY;
+                            for (j, v) in row.iter_mut().enumerate() {
+                                if j > slot || !(ok[j] || j == slot) {
+                                    *v = f32::NEG_INFINITY;
+                                } else {
+                                    *v *= scale;
+                                    max = max.max(*v);
+                                }
+                            }
+                            let inv = 1.0 / kernels::exp_shifted_sum(row, max);
+                            row.iter_mut().for_each(|v| *v *= inv);
                         }
+                        kernels::matmul(&mut out[qb * h..], h, block, total, Operand::rows(vc, hd), n_q, seen, hd, false);
                     }
                 }
             }
@@ -324,9 +302,7 @@ impl CpuDecoder {
             let act = sized(&mut sc.act, rows * inter);
             for (o, r) in act.chunks_exact_mut(inter).zip(gu.chunks_exact(2 * inter)) {
                 let (g, u) = r.split_at(inter);
-                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
+                kernels::silu_mul(o, g, u);
             }
             product(x, act, l, 3, inter, h, true);
         }

@@ -86,9 +86,96 @@ fn matmul_scalar(y: &mut [f32], ldy: usize, x: &[f32], ldx: usize, w: Operand, m
     }
 }
 
+/// `v[i] = exp(v[i] - shift)` for every element; returns their sum (summed by lane, then the
+/// lanes in order, so the same for a row of the same length anywhere). −∞ gives 0.
+pub fn exp_shifted_sum(v: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; every access is masked to v's length
+        return unsafe { avx512::exp_shifted_sum(v, shift) };
+    }
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - shift).exp();
+        sum += *x;
+    }
+    sum
+}
+
+/// SwiGLU's activation: `out[i] = g[i] / (1 + exp(−g[i])) · u[i]`.
+pub fn silu_mul(out: &mut [f32], g: &[f32], u: &[f32]) {
+    assert!(g.len() == out.len() && u.len() == out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; every access is masked to the slices' common length
+        unsafe { avx512::silu_mul(out, g, u) };
+        return;
+    }
+    for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    fn tail(len: usize) -> __mmask16 {
+        if len >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << len) - 1) as __mmask16
+        }
+    }
+
+    /// e^x for 16 lanes: x = n·ln 2 + r, e^r by Cephes' expf polynomial (within 2 ulp of the
+    /// exact value), times 2^n by `scalef` (which overflows to ∞ and underflows to 0).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0)), _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(p, n)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_shifted_sum(v: &mut [f32], shift: f32) -> f32 {
+        let (p, sh) = (v.as_mut_ptr(), _mm512_set1_ps(shift));
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < v.len() {
+            let mk = tail(v.len() - i);
+            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, p.add(i)), sh));
+            _mm512_mask_storeu_ps(p.add(i), mk, e);
+            acc = _mm512_mask_add_ps(acc, mk, acc, e);
+            i += 16;
+        }
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().sum()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn silu_mul(out: &mut [f32], g: &[f32], u: &[f32]) {
+        let (o, gp, up) = (out.as_mut_ptr(), g.as_ptr(), u.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < out.len() {
+            let mk = tail(out.len() - i);
+            let gv = _mm512_maskz_loadu_ps(mk, gp.add(i));
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+            let s = _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(mk, up.add(i)));
+            _mm512_mask_storeu_ps(o.add(i), mk, s);
+            i += 16;
+        }
+    }
 
     /// Blocks of R rows × 16·V columns (R·V accumulators) inside each panel; a block's missing
     /// rows repeat its last real row and are not stored, columns beyond n are masked.
@@ -201,6 +288,43 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn exp_and_silu() {
+        let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.0517).chain([0.0, -0.0, 88.7, 89.5, -103.0, -150.0, f32::NEG_INFINITY, f32::INFINITY]).collect();
+        let shift = 0.75f32;
+        let mut v = xs.clone();
+        let sum = exp_shifted_sum(&mut v, shift);
+        let mut want = 0.0f64;
+        for (x, e) in xs.iter().zip(&v) {
+            let exact = ((*x - shift) as f64).exp();
+            want += exact;
+            if exact > f32::MAX as f64 {
+                assert_eq!(*e, f32::INFINITY, "exp({x} - {shift})");
+            } else if exact < 1e-37 {
+                assert!(*e >= 0.0 && (*e as f64) < 1e-37, "exp({x} - {shift}) = {e}");
+            } else {
+                assert!(((*e as f64) - exact).abs() <= 2.5e-7 * exact, "exp({x} - {shift}) = {e}, exact {exact}");
+            }
+        }
+        assert!(sum.is_infinite() && want.is_infinite());
+        // a row's sum: lanes then their order, the same at any offset of the same length
+        let row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut a, mut b) = (row.clone(), row.clone());
+        let (sa, sb) = (exp_shifted_sum(&mut a, 0.1), exp_shifted_sum(&mut b, 0.1));
+        assert!(sa == sb && a == b);
+        let exact: f64 = row.iter().map(|x| ((x - 0.1) as f64).exp()).sum();
+        assert!((sa as f64 - exact).abs() < 1e-5 * exact);
+        // SiLU(g)·u, including saturated gates
+        let g: Vec<f32> = (-60..60).map(|i| i as f32 * 1.7).collect();
+        let u: Vec<f32> = (0..120).map(|i| (i as f32 * 0.3).cos()).collect();
+        let mut out = vec![0.0; g.len()];
+        silu_mul(&mut out, &g, &u);
+        for ((o, g), u) in out.iter().zip(&g).zip(&u) {
+            let exact = *g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64;
+            assert!((*o as f64 - exact).abs() <= 1e-6 * exact.abs().max(1e-30), "silu({g})·{u} = {o}, exact {exact}");
         }
     }
 
