@@ -208,8 +208,11 @@ impl Layout {
         }
         let dev = &policy.device;
         let ids_t = Tensor::from_vec(ids, (reqs.len(), self.bucket), dev)?;
-        let patches_t = Tensor::from_vec(patches, (reqs.len(), np, pd), dev)?;
-        Ok(policy.model.embed(&ids_t, 1, &policy.model.encode_images(&patches_t)?)?)
+        let feats = match policy.model.cpu_path().and_then(|d| d.vision.as_ref()) {
+            Some(v) => Tensor::from_vec(v.forward(&patches, reqs.len()), (reqs.len(), np, cfg.vision_config.hidden_size), dev)?,
+            None => policy.model.vision_features(&Tensor::from_vec(patches, (reqs.len(), np, pd), dev)?)?,
+        };
+        Ok(policy.model.embed(&ids_t, 1, &policy.model.project_features(&feats)?)?)
     }
 }
 

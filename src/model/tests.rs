@@ -655,3 +655,31 @@ fn the_hand_written_cpu_backward_equals_autograd() {
 
 
 
+
+#[test]
+fn the_cpu_vision_path_equals_the_encoder() {
+    // the generate operator's vision features (vision_cpu) against candle's encoder, every
+    // weight moved off its initial value (norms start at 1); with a stem there is none
+    let (mut policy, ex) = setup_with(3, &Device::Cpu, &serde_json::json!({"vision_config": {"num_hidden_layers": 2}}));
+    for (_, var) in policy.named_vars() {
+        let noise = var.as_tensor().randn_like(0.0, 0.05).unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+    }
+    let v = policy.cfg.vision_config.clone();
+    let patches: Vec<f32> = ex.iter().flat_map(|e| e.patches.iter().copied()).collect();
+    let t = candle_core::Tensor::from_vec(patches.clone(), (3, v.num_patches(), v.patch_dim()), &Device::Cpu).unwrap();
+    let want: Vec<f32> = policy.model.vision_features(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    policy.model.use_inference_kernels(true).unwrap();
+    let cpu = policy.model.cpu_path().unwrap().vision.as_ref().expect("a CPU vision path");
+    let got = cpu.forward(&patches, 3);
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * scale, "feature {i}: {a} vs {b}");
+    }
+    // an image's features do not depend on the others encoded with it
+    let one = cpu.forward(&patches[2 * patches.len() / 3..], 1);
+    assert!(one == got[2 * got.len() / 3..], "an image's features depend on its batch");
+    let (stem, _) = setup_with(1, &Device::Cpu, &serde_json::json!({"vision_config": {"stem_channels": 4}}));
+    assert!(stem.model.cpu_vision().unwrap().is_none());
+}

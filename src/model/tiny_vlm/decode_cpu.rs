@@ -6,6 +6,7 @@
 //! rounding of a row does not depend on how many rows decode together.
 
 use super::kernels::{self, Operand, Packed};
+use super::vision_cpu::CpuVision;
 use gemm::{gemm, Parallelism};
 
 /// One decoder layer's weights (or their gradients, `train_cpu`), row-major `(out, in)` like
@@ -43,6 +44,8 @@ pub struct CpuDecoder {
     pub sin: Vec<f32>,
     /// The decoding step's weights (`with_step_weights`); without them it runs on gemm.
     pub step: Option<StepWeights>,
+    /// The vision encoder's CPU path (none with a convolutional stem).
+    pub vision: Option<CpuVision>,
 }
 
 /// The products' weights packed for `kernels::matmul`.
@@ -59,7 +62,7 @@ const QUERY_BLOCK: usize = 16;
 const MIN_ROWS: usize = 4;
 
 /// y (m × n) = x (m × k) · wᵀ with w (n × k) row-major; adds to y when `accumulate`.
-fn matmul_t(y: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
+pub(crate) fn matmul_t(y: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
     assert!(y.len() >= m * n && x.len() >= m * k && w.len() >= n * k);
     if m < MIN_ROWS {
         // gemm takes other kernels for one or two rows, which sum in another order, so a row
@@ -89,7 +92,7 @@ fn matmul_t(y: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, a
     }
 }
 
-fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+pub(crate) fn rms_norm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     for (o, r) in out.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
         let ms = r.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
         let inv = 1.0 / (ms + eps).sqrt();

@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod fused;
 pub mod model;
 pub mod train_cpu;
+pub mod vision_cpu;
 
 pub use config::{Config, VisionConfig};
 pub use model::{causal_mask, masked_bce_with_logits, masked_cross_entropy, KvCache, Mask, TinyVlm};

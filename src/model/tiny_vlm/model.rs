@@ -5,6 +5,7 @@ use super::config::{Config, VisionConfig};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 use super::decode_cpu::{CpuDecoder, LayerWeights};
+use super::vision_cpu::{Affine, Block, CpuVision};
 use super::fused::{CausalSoftmax, RmsNormOp, RopeOp};
 use std::sync::Arc;
 
@@ -427,7 +428,13 @@ impl TinyVlm {
     /// backward, and on the CPU snapshots the weights into the `decode_cpu` sampling path:
     /// for sampling and evaluation only, never for a model that trains.
     pub fn use_inference_kernels(&mut self, on: bool) -> Result<()> {
-        self.cpu = if on && self.device.is_cpu() { Some(Arc::new(self.cpu_decoder()?.with_step_weights())) } else { None };
+        self.cpu = if on && self.device.is_cpu() {
+            let mut dec = self.cpu_decoder()?.with_step_weights();
+            dec.vision = self.cpu_vision()?;
+            Some(Arc::new(dec))
+        } else {
+            None
+        };
         for b in &mut self.vision.blocks {
             b.fused = on;
             b.norm1.fused = on;
@@ -479,7 +486,46 @@ impl TinyVlm {
             cos: flat(&self.rotary.cos)?,
             sin: flat(&self.rotary.sin)?,
             step: None,
+            vision: None,
         })
+    }
+
+    /// A snapshot of the vision encoder's weights for its CPU path (none with a stem).
+    pub fn cpu_vision(&self) -> Result<Option<CpuVision>> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_dtype(DType::F32)?.to_vec1() };
+        let lin = |l: &Lin| -> Result<Affine> {
+            let b = match l.0.bias() {
+                Some(b) => flat(b)?,
+                None => vec![0.0; l.0.weight().dim(0)?],
+            };
+            Ok(Affine { w: flat(l.0.weight())?, b })
+        };
+        let v = &self.vision;
+        if v.stem.is_some() {
+            return Ok(None);
+        }
+        let blocks = v
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    norm1: flat(&b.norm1.weight)?,
+                    qkv: lin(&b.qkv)?,
+                    proj: lin(&b.proj)?,
+                    norm2: flat(&b.norm2.weight)?,
+                    fc1: lin(&b.fc1)?,
+                    fc2: lin(&b.fc2)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(CpuVision {
+            patch_embed: lin(&v.patch_embed)?,
+            pos_embed: flat(&v.pos_embed)?,
+            blocks,
+            norm: flat(&v.norm.weight)?,
+            heads: self.cfg.vision_config.num_attention_heads,
+            eps: self.cfg.rms_norm_eps as f32,
+        }))
     }
 
     /// The vision encoder's output (B, P, vision hidden), before merging and projection.
@@ -498,8 +544,13 @@ impl TinyVlm {
 
     /// Image features in the text embedding space: (B, P, patch_dim) → (B, image_tokens, hidden).
     pub fn encode_images(&self, patches: &Tensor) -> Result<Tensor> {
-        let f = self.vision.forward(patches)?;
-        let f = if self.vision_frozen { f.detach() } else { f };
+        self.project_features(&self.vision.forward(patches)?)
+    }
+
+    /// The vision encoder's features (B, P, vision hidden) merged or pooled and projected into
+    /// the text embedding space: (B, image_tokens, hidden).
+    pub fn project_features(&self, f: &Tensor) -> Result<Tensor> {
+        let f = if self.vision_frozen { f.detach() } else { f.clone() };
         let v = match &self.pool {
             Some(pool) => pool_regions(pool, &f)?,
             None => merge_patches(&f, self.cfg.vision_config.grid(), self.cfg.vision_config.merge_size)?,
