@@ -101,7 +101,8 @@ impl Operator for GenerateOp {
 
     /// 2: on the CPU, products of fewer than 4 rows are computed as 4 (`decode_cpu::matmul_t`),
     /// which changes the rounding of some samples. 3: decoding steps on `kernels::matmul`
-    /// (one fused multiply-add chain per output; a row rounds the same in any batch).
+    /// (one fused multiply-add chain per output; a row rounds the same in any batch), image
+    /// features from `vision_cpu`.
     fn version(&self) -> u32 {
         3
     }
