@@ -1,9 +1,10 @@
-//! Matrix products for the CPU decoding step whose every output is one sequential fused
-//! multiply-add chain over k, so a row's result never depends on the other rows, the SIMD width
-//! or the machine (AVX-512 here, the same chain in scalar code elsewhere: equal to the bit).
+//! The CPU sampling path's kernels: matrix products whose every output is one fused
+//! multiply-add chain over k, and a vectorized exp for softmax and SiLU (AVX-512; scalar else).
 //!
-//! A weight matrix is stored once, transposed and cut into panels of 64 columns (`Packed`), so
-//! each block of outputs streams one contiguous panel; gemm would re-pack it on every step.
+//! A chain per output means a row's result never depends on the other rows or the SIMD width
+//! (the scalar fallback is equal to the bit). A weight matrix is stored once, transposed and cut
+//! into panels of `PANEL` columns (`Packed`), so each block of outputs streams one contiguous
+//! panel; gemm would re-pack the whole matrix on every decoding step.
 
 /// Columns per panel: one block of the kernel.
 pub const PANEL: usize = 32;
