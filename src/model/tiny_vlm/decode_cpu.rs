@@ -172,8 +172,11 @@ impl CpuDecoder {
     }
 
     /// This decoder with the decoding step's transposed weights (sampling only: they are a
-    /// second copy of every product's weights).
+    /// second copy of every product's weights); unchanged where `kernels` has no SIMD path.
     pub fn with_step_weights(mut self) -> Self {
+        if !kernels::simd() {
+            return self;
+        }
         let (h, inter) = (self.hidden, self.inter);
         let layers = self
             .layers

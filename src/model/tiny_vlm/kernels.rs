@@ -63,13 +63,34 @@ pub fn matmul(y: &mut [f32], ldy: usize, x: &[f32], ldx: usize, w: Operand, m: u
     let last = (n - 1) / PANEL; // the furthest element read: the last panel's row k - 1
     assert!(k == 0 || w.data.len() >= last * w.panel_stride + (k - 1) * w.ldw + (n - last * PANEL));
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F; the asserts bound every index the kernel touches
-        // (its loads and stores beyond column n are masked off)
-        unsafe { avx512::matmul(y, ldy, x, ldx, w, m, k, n, accumulate) };
-        return;
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the asserts bound every index the kernel touches
+            // (its loads and stores beyond column n are masked off)
+            unsafe { avx512::matmul(y, ldy, x, ldx, w, m, k, n, accumulate) };
+            return;
+        }
+        if avx2() {
+            // SAFETY: as above, with AVX2 and FMA
+            unsafe { avx2::matmul(y, ldy, x, ldx, w, m, k, n, accumulate) };
+            return;
+        }
     }
     matmul_scalar(y, ldy, x, ldx, w, m, k, n, accumulate)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Whether `matmul` runs on SIMD here (AVX-512, or AVX2 with FMA). Without it a decoding step
+/// stays on gemm: the scalar chain is for correctness, not speed.
+pub fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f") || avx2();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -114,6 +135,57 @@ pub fn silu_mul(out: &mut [f32], g: &[f32], u: &[f32]) {
     }
     for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
         *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// The same blocks as `avx512` with 8-lane vectors (4 rows × 16 columns, 8 accumulators): each
+/// output is the same chain, so the results are equal to the bit.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    const ROWS: usize = 4;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul(y: &mut [f32], ldy: usize, x: &[f32], ldx: usize, w: super::Operand, m: usize, k: usize, n: usize, accumulate: bool) {
+        let (yp, xp, ldw) = (y.as_mut_ptr(), x.as_ptr(), w.ldw);
+        // lanes below `n - c` on: maskload/maskstore read the sign bit of each lane
+        let mask = |c: usize| -> __m256i {
+            let left = n.saturating_sub(c).min(8) as i32;
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+        };
+        let mut j = 0;
+        while j < n {
+            let masks = [mask(j), mask(j + 8)];
+            let wp = w.data.as_ptr().add((j / super::PANEL) * w.panel_stride + j % super::PANEL);
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min(ROWS);
+                let xr: [*const f32; ROWS] = std::array::from_fn(|d| xp.add((i + d.min(rows - 1)) * ldx));
+                let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+                for p in 0..k {
+                    let wrow = wp.add(p * ldw);
+                    let wv = [_mm256_maskload_ps(wrow, masks[0]), _mm256_maskload_ps(wrow.add(8), masks[1])];
+                    for d in 0..ROWS {
+                        let b = _mm256_set1_ps(*xr[d].add(p));
+                        for v in 0..2 {
+                            acc[d][v] = _mm256_fmadd_ps(b, wv[v], acc[d][v]);
+                        }
+                    }
+                }
+                for (d, row) in acc.iter().enumerate().take(rows) {
+                    let out = yp.add((i + d) * ldy + j);
+                    for (v, (&a, &mk)) in row.iter().zip(&masks).enumerate() {
+                        let o = out.add(8 * v);
+                        let s = if accumulate { _mm256_add_ps(_mm256_maskload_ps(o, mk), a) } else { a };
+                        _mm256_maskstore_ps(o, mk, s);
+                    }
+                }
+                i += ROWS;
+            }
+            j += 16;
+        }
     }
 }
 
@@ -271,6 +343,13 @@ mod tests {
                 matmul(&mut fast, n, &x, k, packed.operand(), m, k, n, accumulate);
                 matmul_scalar(&mut slow, n, &x, k, packed.operand(), m, k, n, accumulate);
                 assert!(fast == slow, "{m}×{k}×{n}: the SIMD path rounds differently from the scalar chain");
+                #[cfg(target_arch = "x86_64")]
+                if avx2() {
+                    let mut eight = data(m * n, 3);
+                    // SAFETY: AVX2 and FMA checked; the shapes are matmul's, as asserted there
+                    unsafe { avx2::matmul(&mut eight, n, &x, k, packed.operand(), m, k, n, accumulate) };
+                    assert!(eight == slow, "{m}×{k}×{n}: the AVX2 path rounds differently from the scalar chain");
+                }
                 let mut plain = data(m * n, 3);
                 matmul(&mut plain, n, &x, k, Operand::rows(&wt, n), m, k, n, accumulate);
                 assert!(plain == fast, "{m}×{k}×{n}: packed and row-major operands differ");
