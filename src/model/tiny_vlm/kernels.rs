@@ -27,8 +27,7 @@ impl<'a> Operand<'a> {
 
 /// A k × n matrix in panels of `PANEL` columns, each k × PANEL row-major, the last zero-padded.
 pub struct Packed {
-    pub k: usize,
-    pub n: usize,
+    k: usize,
     data: Vec<f32>,
 }
 
@@ -43,7 +42,7 @@ impl Packed {
                 panel[p * PANEL + j % PANEL] = v;
             }
         }
-        Self { k, n, data }
+        Self { k, data }
     }
 
     pub fn operand(&self) -> Operand<'_> {
