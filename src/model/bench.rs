@@ -32,6 +32,7 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
                 prompt: policy.encode_prompt(&e.question)?,
                 response: policy.encode_response(&e.gold_cot)?,
                 patches: image_patches(&e.image_png, &cfg.vision_config).map_err(ModelError::Invalid)?.into(),
+                features: None,
                 labels: vec![],
             })
         })

@@ -114,7 +114,7 @@ fn smoke(dev: &Device) -> Result<String, String> {
     let prompt = policy.encode_prompt(&ex.question).map_err(|e| e.to_string())?;
     let response = policy.encode_response(&ex.gold_cot).map_err(|e| e.to_string())?;
     let patches = super::tiny_vlm::image_patches(&ex.image_png, &cfg.vision_config).map_err(|e| e.to_string())?;
-    let example = crate::train::Example { prompt, response, patches: patches.into(), labels: vec![] };
+    let example = crate::train::Example { prompt, response, patches: patches.into(), features: None, labels: vec![] };
     let (loss, _) = crate::train::batch_loss(&policy, &[&example]).map_err(|e| e.to_string())?;
     let l = loss.to_scalar::<f32>().map_err(|e| e.to_string())?;
     if !l.is_finite() {

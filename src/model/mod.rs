@@ -123,7 +123,7 @@ pub(crate) mod test_util {
                 prompt.extend(policy.tokenizer.encode(&format!("{}\n", e.question)).unwrap());
                 let mut response = policy.tokenizer.encode(&e.gold_cot).unwrap();
                 response.push(cfg.eos_token_id);
-                Example { prompt, response, patches: image_patches(&e.image_png, &cfg.vision_config).unwrap().into(), labels: vec![] }
+                Example { prompt, response, patches: image_patches(&e.image_png, &cfg.vision_config).unwrap().into(), features: None, labels: vec![] }
             })
             .collect();
         (policy, examples)

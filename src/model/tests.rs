@@ -305,7 +305,7 @@ fn the_model_learns_from_the_image() {
             let e = crate::data::synth::generate(3, "train", i, false);
             let mut response = policy.tokenizer.encode(&e.scene.caption()).unwrap();
             response.push(cfg.eos_token_id);
-            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap().into(), labels: vec![] }
+            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap().into(), features: None, labels: vec![] }
         })
         .collect();
     let refs: Vec<_> = exs.iter().collect();
@@ -624,7 +624,8 @@ fn hand_written_backward_equals_autograd(policy: &Policy, ex: &[crate::train::Ex
     };
     let (l_auto, p_auto) = autograd(&batch_loss(policy, &refs).unwrap().0, 0.7).unwrap();
     let dec = policy.model.cpu_decoder().unwrap();
-    let (l_hand, p_hand) = sub_batch_grads(policy, &dec, &refs, 0.7).unwrap();
+    let vision = if policy.model.vision_is_frozen() { policy.model.cpu_vision().unwrap() } else { None };
+    let (l_hand, p_hand) = sub_batch_grads(policy, &dec, vision.as_ref(), &refs, 0.7).unwrap();
     assert!((l_auto - l_hand).abs() < 1e-5 * l_auto.abs().max(1.0), "losses {l_auto} vs {l_hand}");
     let (auto, hand) = (collect(p_auto), collect(p_hand));
     let names = |m: &std::collections::BTreeMap<String, candle_core::Tensor>| m.keys().cloned().collect::<Vec<_>>();
@@ -640,6 +641,11 @@ fn the_hand_written_cpu_backward_equals_autograd() {
     hand_written_backward_equals_autograd(&policy, &ex);
     policy.model.set_vision_frozen(true);
     hand_written_backward_equals_autograd(&policy, &ex);
+    // the frozen encoder's features computed once per image beforehand
+    let mut pre = ex.clone();
+    crate::train::frozen_features(&policy, &mut pre).unwrap();
+    assert!(pre.iter().all(|e| e.features.is_some()));
+    hand_written_backward_equals_autograd(&policy, &pre);
     let (policy, ex) = setup_with(4, &Device::Cpu, &serde_json::json!({"vision_config": {"pool_grid": 3}}));
     hand_written_backward_equals_autograd(&policy, &ex);
     let (policy, ex) = setup_with(3, &Device::Cpu, &serde_json::json!({"tie_word_embeddings": false}));
@@ -682,4 +688,36 @@ fn the_cpu_vision_path_equals_the_encoder() {
     assert!(one == got[2 * got.len() / 3..], "an image's features depend on its batch");
     let (stem, _) = setup_with(1, &Device::Cpu, &serde_json::json!({"vision_config": {"stem_channels": 4}}));
     assert!(stem.model.cpu_vision().unwrap().is_none());
+}
+
+/// `cargo test --lib bench_sub_batch_grads -- --ignored --nocapture`: the time of one CPU
+/// training sub-batch (8 drill-length sequences) of the tiny preset, as the drill stage runs it.
+#[test]
+#[ignore]
+fn bench_sub_batch_grads() {
+    let over = serde_json::json!({"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "vision_config": {"hidden_size": 96, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 256, "pool_grid": 3}});
+    let (mut policy, mut ex) = setup_with(8, &Device::Cpu, &over);
+    policy.model.set_vision_frozen(true);
+    for e in &mut ex {
+        e.prompt.truncate(26);
+        e.response.truncate(18);
+    }
+    crate::train::frozen_features(&policy, &mut ex).unwrap();
+    let refs: Vec<_> = ex.iter().collect();
+    let dec = policy.model.cpu_decoder().unwrap();
+    let vision = policy.model.cpu_vision().unwrap();
+    for _ in 0..3 {
+        crate::train::cpu::sub_batch_grads(&policy, &dec, vision.as_ref(), &refs, 1.0).unwrap();
+    }
+    let reps = 20;
+    let mut best = f64::INFINITY;
+    for _ in 0..6 {
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            crate::train::cpu::sub_batch_grads(&policy, &dec, vision.as_ref(), &refs, 1.0).unwrap();
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    eprintln!("sub_batch_grads: {:.2} ms per sub-batch of 8 × {} tokens (best of 6 × {reps})", best * 1e3 / reps as f64, 26 + 18 - 1 + 9);
 }

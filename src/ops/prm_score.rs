@@ -54,7 +54,7 @@ pub fn scorable(prm: &Policy, prompt: &[u32], patches: &[f32], prompt_id: &str, 
         return Ok(None);
     }
     let (tokens, ends) = prm.encode_steps(&steps)?;
-    let example = Example { prompt: prompt.to_vec(), response: tokens, patches: patches.into(), labels: vec![] };
+    let example = Example { prompt: prompt.to_vec(), response: tokens, patches: patches.into(), features: None, labels: vec![] };
     Ok(Some(Scorable { prompt_id: prompt_id.to_string(), sample_idx, steps, example, ends }))
 }
 

@@ -54,9 +54,11 @@ impl Operator for TrainOp {
 
     /// 2: CPU micro-batches are sorted by length before their split into sub-batches, which
     /// changes the gradients' rounding. 3: on the CPU the decoder's backward is hand-written
-    /// (`tiny_vlm::train_cpu`), equal to candle's autograd up to rounding.
+    /// (`tiny_vlm::train_cpu`), equal to candle's autograd up to rounding. 4: its attention,
+    /// softmax and SiLU on `tiny_vlm::kernels`, a frozen encoder outside candle, AdamW in one
+    /// pass (the same math, other rounding).
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
@@ -146,7 +148,7 @@ impl Operator for TrainOp {
                         }
                     };
                     let Some(ls) = &ls else {
-                        examples.push(Example { prompt, response: policy.encode_response(r).map_err(|e| self.fail(e))?, patches, labels: vec![] });
+                        examples.push(Example { prompt, response: policy.encode_response(r).map_err(|e| self.fail(e))?, patches, features: None, labels: vec![] });
                         continue;
                     };
                     let steps = crate::data::answer::split_steps(r);
@@ -161,9 +163,10 @@ impl Operator for TrainOp {
                     }
                     let (response, ends) = policy.encode_steps(&steps).map_err(|e| self.fail(e))?;
                     let labels = ends.into_iter().zip(row_labels).map(|(j, l)| (j, l.unwrap_or(0.0) as f32)).collect();
-                    examples.push(Example { prompt, response, patches, labels });
+                    examples.push(Example { prompt, response, patches, features: None, labels });
                 }
             }
+            crate::train::frozen_features(&policy, &mut examples).map_err(|e| self.fail(e))?;
             let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);
             if examples.is_empty() {
                 eprintln!("  train: no rows in `{}` this iteration; the checkpoint is carried over", self.spec.data);

@@ -5,13 +5,15 @@
 use super::{Example, Partial};
 use crate::model::policy::{ModelError, Policy, Result};
 use crate::model::tiny_vlm::decode_cpu::CpuDecoder;
+use crate::model::tiny_vlm::vision_cpu::CpuVision;
 use crate::model::tiny_vlm::train_cpu::{loss_and_grads, Objective};
 use candle_core::{Shape, Tensor};
 
 /// The mean loss of `chunk` and the gradients of that loss × `scale`, by variable name (the
 /// decoder, embeddings and heads) and as a candle gradient store (projector and encoder).
-/// `dec` is a snapshot of the policy's current weights.
-pub fn sub_batch_grads(policy: &Policy, dec: &CpuDecoder, chunk: &[&Example], scale: f64) -> Result<(f64, Partial)> {
+/// `dec` is a snapshot of the policy's current weights; `vision`, one of its frozen encoder's
+/// (the image features then come from it, outside candle).
+pub fn sub_batch_grads(policy: &Policy, dec: &CpuDecoder, vision: Option<&CpuVision>, chunk: &[&Example], scale: f64) -> Result<(f64, Partial)> {
     let cfg = &policy.cfg;
     let (h, ni, np, pd) = (cfg.hidden_size, cfg.vision_config.image_tokens(), cfg.vision_config.num_patches(), cfg.vision_config.patch_dim());
     let prm = cfg.is_prm();
@@ -31,7 +33,18 @@ pub fn sub_batch_grads(policy: &Policy, dec: &CpuDecoder, chunk: &[&Example], sc
         }
         patches.extend_from_slice(&e.patches);
     }
-    let feats = policy.model.encode_images(&Tensor::from_vec(patches, (b, np, pd), &policy.device)?)?;
+    let vh = cfg.vision_config.hidden_size;
+    let feats = match vision {
+        Some(v) => {
+            // a frozen encoder's output: computed once per image, or here
+            let f = match chunk.iter().map(|e| e.features.as_deref().filter(|f| f.len() == np * vh)).collect::<Option<Vec<_>>>() {
+                Some(fs) => fs.concat(),
+                None => v.forward(&patches, b),
+            };
+            policy.model.project_features(&Tensor::from_vec(f, (b, np, vh), &policy.device)?)?
+        }
+        None => policy.model.encode_images(&Tensor::from_vec(patches, (b, np, pd), &policy.device)?)?,
+    };
     let fv: Vec<f32> = feats.flatten_all()?.to_vec1()?;
 
     // input embeddings: [bos, image features…, the rest of the sequence, padding]

@@ -7,7 +7,7 @@ pub mod regions;
 
 use crate::model::policy::{ModelError, Policy, Result};
 use crate::model::tiny_vlm::{masked_bce_with_logits, masked_cross_entropy};
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -95,6 +95,30 @@ impl AdamW {
         let (bc1, bc2) = (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32));
         for (name, var) in vars {
             let Some(g) = grads.get(name) else { continue };
+            if var.device().is_cpu() && var.dtype() == DType::F32 && g.dtype() == DType::F32 {
+                // one pass over plain buffers instead of a dozen candle ops
+                let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+                let shape = var.shape().clone();
+                let (mut w, gv) = (flat(var.as_tensor())?, flat(g)?);
+                let mut m = self.m.get(name).map(flat).transpose()?.unwrap_or_else(|| vec![0.0; w.len()]);
+                let mut v = self.v.get(name).map(flat).transpose()?.unwrap_or_else(|| vec![0.0; w.len()]);
+                let decay = if c.weight_decay > 0.0 && var.rank() >= 2 { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+                let step = crate::model::tiny_vlm::kernels::AdamWStep {
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    inv_bc1: (1.0 / bc1) as f32,
+                    inv_bc2: (1.0 / bc2) as f32,
+                    eps: c.eps as f32,
+                    lr: lr as f32,
+                    decay,
+                };
+                crate::model::tiny_vlm::kernels::adamw(&mut w, &mut m, &mut v, &gv, step);
+                let dev = var.device();
+                var.set(&Tensor::from_vec(w, &shape, dev)?)?;
+                self.m.insert(name.clone(), Tensor::from_vec(m, &shape, dev)?);
+                self.v.insert(name.clone(), Tensor::from_vec(v, &shape, dev)?);
+                continue;
+            }
             let m = match self.m.get(name) {
                 Some(m) => ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?,
                 None => (g * (1.0 - c.beta1))?,
@@ -165,6 +189,9 @@ pub struct Example {
     pub response: Vec<u32>,
     /// Shared by the examples of one image (a drill set holds ≈ 34 per image).
     pub patches: std::sync::Arc<[f32]>,
+    /// The frozen vision encoder's output for the image (patches × vision hidden), computed
+    /// once per image by [`frozen_features`]; training reads it instead of running the encoder.
+    pub features: Option<std::sync::Arc<[f32]>>,
     /// PRM training only: (index into `response` of a step's last token, label in [0, 1]).
     pub labels: Vec<(usize, f32)>,
 }
@@ -178,6 +205,35 @@ impl Example {
             self.response.len()
         }
     }
+}
+
+/// When the policy trains on the CPU with its vision encoder frozen, runs the encoder once per
+/// distinct image (examples sharing one `patches` allocation share it) on up to
+/// [`crate::model::threads`] threads and stores its output in each example's `features`.
+pub fn frozen_features(policy: &Policy, examples: &mut [Example]) -> Result<()> {
+    if !policy.device.is_cpu() || autograd_forced() || !policy.model.vision_is_frozen() {
+        return Ok(());
+    }
+    let Some(vision) = policy.model.cpu_vision()? else { return Ok(()) };
+    let mut images: Vec<std::sync::Arc<[f32]>> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let which: Vec<usize> = examples
+        .iter()
+        .map(|e| *index.entry(std::sync::Arc::as_ptr(&e.patches) as *const f32 as usize).or_insert_with(|| {
+            images.push(e.patches.clone());
+            images.len() - 1
+        }))
+        .collect();
+    let threads = crate::model::threads().clamp(1, images.len().max(1));
+    let per = images.len().div_ceil(threads).max(1);
+    let feats: Vec<std::sync::Arc<[f32]>> = std::thread::scope(|s| {
+        let handles: Vec<_> = images.chunks(per).map(|part| s.spawn(|| part.iter().map(|p| std::sync::Arc::from(vision.forward(p, 1))).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a vision thread panicked")).collect()
+    });
+    for (e, i) in examples.iter_mut().zip(which) {
+        e.features = Some(feats[i].clone());
+    }
+    Ok(())
 }
 
 /// Inputs of one micro-batch: ids (B, T) right-padded, patches, targets and loss weights in
@@ -265,6 +321,8 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
     // on the CPU the decoder trains outside candle's autograd (`train::cpu`), on a snapshot of
     // this step's weights
     let dec = if policy.device.is_cpu() && !autograd_forced() { Some(policy.model.cpu_decoder()?) } else { None };
+    // a frozen encoder runs outside candle too
+    let vision = if dec.is_some() && policy.model.vision_is_frozen() { policy.model.cpu_vision()? } else { None };
     optimizer_step(&policy.named_vars(), opt, state, micro, clip, terms, |mb, share, grads| {
         if !policy.device.is_cpu() {
             let (loss, _) = batch_loss(policy, mb)?;
@@ -275,7 +333,7 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
         let mut by_len = mb.to_vec();
         by_len.sort_by_key(|e| e.prompt.len() + e.response.len());
         chunked_backward(&by_len, share, grads, terms, |chunk, scale| match &dec {
-            Some(dec) => cpu::sub_batch_grads(policy, dec, chunk, scale),
+            Some(dec) => cpu::sub_batch_grads(policy, dec, vision.as_ref(), chunk, scale),
             None => autograd(&batch_loss(policy, chunk)?.0, scale),
         })
     })

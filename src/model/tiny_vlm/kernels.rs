@@ -137,6 +137,56 @@ pub fn silu_mul(out: &mut [f32], g: &[f32], u: &[f32]) {
     }
 }
 
+/// SwiGLU's activation for training: `sig[i] = 1 / (1 + exp(−g[i]))` (kept for the backward)
+/// and `out[i] = g[i] · sig[i] · u[i]`.
+pub fn swiglu(out: &mut [f32], sig: &mut [f32], g: &[f32], u: &[f32]) {
+    assert!(g.len() == out.len() && u.len() == out.len() && sig.len() == out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; every access is masked to the slices' common length
+        unsafe { avx512::swiglu(out, sig, g, u) };
+        return;
+    }
+    for (((o, s), g), u) in out.iter_mut().zip(sig.iter_mut()).zip(g).zip(u) {
+        *s = 1.0 / (1.0 + (-g).exp());
+        *o = g * *s * u;
+    }
+}
+
+/// Constants of one AdamW update (f32, as candle's ops apply them).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub beta1: f32,
+    pub beta2: f32,
+    /// 1 / (1 − β₁ᵗ) and 1 / (1 − β₂ᵗ)
+    pub inv_bc1: f32,
+    pub inv_bc2: f32,
+    pub eps: f32,
+    pub lr: f32,
+    /// 1 − lr · weight decay (1 for no decay)
+    pub decay: f32,
+}
+
+/// One AdamW update in place, in one pass: m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g²,
+/// w ← w·decay − lr · (m / bc₁) / (√(v / bc₂) + ε). Every path rounds the same (no fused
+/// multiply-add).
+pub fn adamw(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamWStep) {
+    assert!(m.len() == w.len() && v.len() == w.len() && g.len() == w.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; every access is masked to the slices' common length
+        unsafe { avx512::adamw(w, m, v, g, c) };
+        return;
+    }
+    for i in 0..w.len() {
+        let gi = g[i];
+        m[i] = m[i] * c.beta1 + gi * (1.0 - c.beta1);
+        v[i] = v[i] * c.beta2 + gi * gi * (1.0 - c.beta2);
+        let u = m[i] * c.inv_bc1 / ((v[i] * c.inv_bc2).sqrt() + c.eps);
+        w[i] = w[i] * c.decay - u * c.lr;
+    }
+}
+
 /// The same blocks as `avx512` with 8-lane vectors (4 rows × 16 columns, 8 accumulators): each
 /// output is the same chain, so the results are equal to the bit.
 #[cfg(target_arch = "x86_64")]
@@ -245,6 +295,42 @@ mod avx512 {
             let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
             let s = _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(mk, up.add(i)));
             _mm512_mask_storeu_ps(o.add(i), mk, s);
+            i += 16;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn swiglu(out: &mut [f32], sig: &mut [f32], g: &[f32], u: &[f32]) {
+        let (o, sp, gp, up) = (out.as_mut_ptr(), sig.as_mut_ptr(), g.as_ptr(), u.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < out.len() {
+            let mk = tail(out.len() - i);
+            let gv = _mm512_maskz_loadu_ps(mk, gp.add(i));
+            let s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+            _mm512_mask_storeu_ps(sp.add(i), mk, s);
+            _mm512_mask_storeu_ps(o.add(i), mk, _mm512_mul_ps(_mm512_mul_ps(gv, s), _mm512_maskz_loadu_ps(mk, up.add(i))));
+            i += 16;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn adamw(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: super::AdamWStep) {
+        let (wp, mp, vp, gp) = (w.as_mut_ptr(), m.as_mut_ptr(), v.as_mut_ptr(), g.as_ptr());
+        let s = _mm512_set1_ps;
+        let (b1, b1c, b2, b2c) = (s(c.beta1), s(1.0 - c.beta1), s(c.beta2), s(1.0 - c.beta2));
+        let (ibc1, ibc2, eps, lr, decay) = (s(c.inv_bc1), s(c.inv_bc2), s(c.eps), s(c.lr), s(c.decay));
+        let mut i = 0;
+        while i < w.len() {
+            let mk = tail(w.len() - i);
+            let gv = _mm512_maskz_loadu_ps(mk, gp.add(i));
+            let mv = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, mp.add(i)), b1), _mm512_mul_ps(gv, b1c));
+            let vv = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, vp.add(i)), b2), _mm512_mul_ps(_mm512_mul_ps(gv, gv), b2c));
+            let u = _mm512_div_ps(_mm512_mul_ps(mv, ibc1), _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(vv, ibc2)), eps));
+            let wv = _mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, wp.add(i)), decay), _mm512_mul_ps(u, lr));
+            _mm512_mask_storeu_ps(mp.add(i), mk, mv);
+            _mm512_mask_storeu_ps(vp.add(i), mk, vv);
+            _mm512_mask_storeu_ps(wp.add(i), mk, wv);
             i += 16;
         }
     }
@@ -404,6 +490,36 @@ mod tests {
         for ((o, g), u) in out.iter().zip(&g).zip(&u) {
             let exact = *g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64;
             assert!((*o as f64 - exact).abs() <= 1e-6 * exact.abs().max(1e-30), "silu({g})·{u} = {o}, exact {exact}");
+        }
+    }
+
+    #[test]
+    fn swiglu_keeps_the_sigmoid() {
+        let g: Vec<f32> = (-60..60).map(|i| i as f32 * 1.7).collect();
+        let u: Vec<f32> = (0..120).map(|i| (i as f32 * 0.3).cos()).collect();
+        let (mut out, mut sig) = (vec![0.0; g.len()], vec![0.0; g.len()]);
+        swiglu(&mut out, &mut sig, &g, &u);
+        let mut silu = vec![0.0; g.len()];
+        silu_mul(&mut silu, &g, &u);
+        for i in 0..g.len() {
+            let s = 1.0 / (1.0 + (-g[i] as f64).exp());
+            assert!((sig[i] as f64 - s).abs() <= (1e-6 * s).max(1e-37), "sigmoid({}) = {}, exact {s}", g[i], sig[i]);
+            assert!((out[i] - silu[i]).abs() <= 1e-6 * silu[i].abs().max(1e-30), "swiglu({}) = {}, silu_mul {}", g[i], out[i], silu[i]);
+        }
+    }
+
+    #[test]
+    fn adamw_paths_round_the_same() {
+        let n = 103;
+        let (w0, m0, v0, g) = (data(n, 1), data(n, 2), data(n, 3).iter().map(|x| x * x).collect::<Vec<_>>(), data(n, 4));
+        let c = AdamWStep { beta1: 0.9, beta2: 0.999, inv_bc1: 1.0 / 0.19, inv_bc2: 1.0 / 0.002, eps: 1e-8, lr: 1e-3, decay: 1.0 - 1e-5 };
+        let (mut w, mut m, mut v) = (w0.clone(), m0.clone(), v0.clone());
+        adamw(&mut w, &mut m, &mut v, &g, c);
+        for i in 0..n {
+            let mi = m0[i] * c.beta1 + g[i] * (1.0 - c.beta1);
+            let vi = v0[i] * c.beta2 + g[i] * g[i] * (1.0 - c.beta2);
+            let wi = w0[i] * c.decay - mi * c.inv_bc1 / ((vi * c.inv_bc2).sqrt() + c.eps) * c.lr;
+            assert!(m[i] == mi && v[i] == vi && w[i] == wi, "element {i}");
         }
     }
 

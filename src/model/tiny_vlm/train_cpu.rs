@@ -5,6 +5,7 @@
 //! the PRM's score head); tested equal to candle's autograd gradients (`src/train/cpu.rs`).
 
 use super::decode_cpu::{CpuDecoder, LayerWeights};
+use super::kernels::{self, Operand};
 use gemm::{gemm, Parallelism};
 
 /// A matrix operand: (values, row stride, column stride).
@@ -100,6 +101,30 @@ fn rope(row: &mut [f32], hd: usize, cos: &[f32], sin: &[f32], inverse: bool) {
     }
 }
 
+/// Query rows whose attention is computed together, over the keys the last of them sees.
+const QUERY_BLOCK: usize = 16;
+
+/// dst (cols × rows, row-major) = the transpose of src's (rows × cols) at row stride `lds`,
+/// in tiles of 8 × 8 (the strided reads of a plain loop dominated the attention's time).
+fn transpose_into(dst: &mut [f32], src: &[f32], lds: usize, rows: usize, cols: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(dst.len() >= rows * cols && src.len() >= (rows - 1) * lds + cols);
+    const T: usize = 8;
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..cols).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                for c in c0..(c0 + T).min(cols) {
+                    // SAFETY: r < rows and c < cols, within the lengths asserted above
+                    unsafe { *d.add(c * rows + r) = *s.add(r * lds + c) };
+                }
+            }
+        }
+    }
+}
+
 /// What the loss reads from the final hidden states of the B·T rows.
 pub enum Objective<'a> {
     /// Mean token cross-entropy of the LM head at `(row, target token)`.
@@ -153,6 +178,8 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
     let tt = t * t;
     let table = |p: usize| (&dec.cos[p * hd..(p + 1) * hd], &dec.sin[p * hd..(p + 1) * hd]);
 
+    let mut kt = vec![0f32; hd * t];
+
     // ── forward ─────────────────────────────────────────────────────────────────────────
     let mut saved = Vec::with_capacity(dec.layers.len());
     for w in &dec.layers {
@@ -169,22 +196,23 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
         for s in 0..b {
             for head in 0..nh {
                 let p = &mut probs[(s * nh + head) * tt..(s * nh + head + 1) * tt];
-                let q = &qkv[s * t * 3 * h + head * hd..];
-                let k = &qkv[s * t * 3 * h + h + head * hd..];
-                let v = &qkv[s * t * 3 * h + 2 * h + head * hd..];
-                mm(t, t, hd, p, t, false, (q, 3 * h, 1), (k, 1, 3 * h));
-                for (i, row) in p.chunks_exact_mut(t).enumerate() {
-                    let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
-                    let mut sum = 0.0;
-                    for v in &mut row[..=i] {
-                        *v = (*v * scale - max).exp();
-                        sum += *v;
+                let base = s * t * 3 * h + head * hd;
+                transpose_into(&mut kt, &qkv[base + h..], 3 * h, t, hd);
+                for qb in (0..t).step_by(QUERY_BLOCK) {
+                    // a block of query rows sees the keys up to its last row
+                    let (n_q, seen) = (QUERY_BLOCK.min(t - qb), QUERY_BLOCK.min(t - qb) + qb);
+                    let block = &mut p[qb * t..(qb + n_q) * t];
+                    kernels::matmul(block, t, &qkv[base + qb * 3 * h..], 3 * h, Operand::rows(&kt, t), n_q, hd, seen, false);
+                    for (r, row) in block.chunks_exact_mut(t).enumerate() {
+                        let i = qb + r;
+                        let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
+                        row[..=i].iter_mut().for_each(|v| *v *= scale);
+                        let inv = 1.0 / kernels::exp_shifted_sum(&mut row[..=i], max);
+                        row[..=i].iter_mut().for_each(|v| *v *= inv);
+                        row[i + 1..].fill(0.0);
                     }
-                    let inv = 1.0 / sum;
-                    row[..=i].iter_mut().for_each(|v| *v *= inv);
-                    row[i + 1..].fill(0.0);
+                    kernels::matmul(&mut attn[s * t * h + qb * h + head * hd..], h, block, t, Operand::rows(&qkv[base + 2 * h..], 3 * h), n_q, seen, hd, false);
                 }
-                mm(t, hd, t, &mut attn[s * t * h + head * hd..], h, false, rm(p, t), (v, 3 * h, 1));
             }
         }
         let mut mid = x.clone();
@@ -196,10 +224,7 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
         let (mut act, mut sig) = (vec![0f32; rows * inter], vec![0f32; rows * inter]);
         for ((a, sg), r) in act.chunks_exact_mut(inter).zip(sig.chunks_exact_mut(inter)).zip(gu.chunks_exact(2 * inter)) {
             let (g, u) = r.split_at(inter);
-            for (((a, sg), g), u) in a.iter_mut().zip(sg.iter_mut()).zip(g).zip(u) {
-                *sg = 1.0 / (1.0 + (-g).exp());
-                *a = g * *sg * u;
-            }
+            kernels::swiglu(a, sg, g, u);
         }
         let mut out = mid.clone();
         mm(rows, h, inter, &mut out, h, true, rm(&act, inter), tr(&w.down, inter));
@@ -222,12 +247,12 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
             let mut loss = 0f64;
             for (row, &(_, target)) in logits.chunks_exact_mut(v).zip(at.iter()) {
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
-                let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
-                let lse = max + sum.ln();
-                loss += (lse - row[target as usize]) as f64;
-                for x in row.iter_mut() {
-                    *x = (*x - lse).exp() / denom;
-                }
+                let picked = row[target as usize];
+                // the row becomes softmax / denom, less 1 / denom at the target
+                let sum = kernels::exp_shifted_sum(row, max);
+                loss += (max + sum.ln() - picked) as f64;
+                let inv = 1.0 / (sum * denom);
+                row.iter_mut().for_each(|x| *x *= inv);
                 row[target as usize] -= 1.0 / denom;
             }
             // d head = dlogitsᵀ · sel; d sel = dlogits · head
@@ -264,7 +289,7 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
     rms_backward(&mut dx, &mut norm, &dhf, &x, &invf, &dec.norm);
     let mut layers = Vec::with_capacity(dec.layers.len());
     // scratch of the backward, fully overwritten in every layer
-    let mut dp = vec![0f32; tt];
+    let (mut dp, mut pt, mut dst) = (vec![0f32; tt], vec![0f32; tt], vec![0f32; tt]);
     let (mut dact, mut dgu, mut dh) = (vec![0f32; rows * inter], vec![0f32; rows * 2 * inter], vec![0f32; rows * h]);
     let (mut dattn, mut dqkv) = (vec![0f32; rows * h], vec![0f32; rows * 3 * h]);
     for (w, s) in dec.layers.iter().zip(saved).rev() {
@@ -297,21 +322,31 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
                 let p = &s.probs[(sq * nh + head) * tt..(sq * nh + head + 1) * tt];
                 let base = sq * t * 3 * h + head * hd;
                 let d_o = &dattn[sq * t * h + head * hd..];
-                // dP = dO · vᵀ; dv = Pᵀ · dO
-                mm(t, t, hd, &mut dp, t, false, (d_o, h, 1), (&s.qkv[base + 2 * h..], 1, 3 * h));
-                mm(t, hd, t, &mut dqkv[base + 2 * h..], 3 * h, false, tr(p, t), (d_o, h, 1));
-                // dS = scale · P ⊙ (dP − Σⱼ dPⱼ Pⱼ)
-                for (i, (dr, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
-                    let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
-                    for (d, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
-                        *d = scale * pv * (*d - dot);
+                transpose_into(&mut kt, &s.qkv[base + 2 * h..], 3 * h, t, hd); // vᵀ
+                transpose_into(&mut pt, p, t, t, t);
+                for qb in (0..t).step_by(QUERY_BLOCK) {
+                    let (n_q, seen) = (QUERY_BLOCK.min(t - qb), QUERY_BLOCK.min(t - qb) + qb);
+                    // dP = dO · vᵀ, then dS = scale · P ⊙ (dP − Σⱼ dPⱼ Pⱼ), zero above the diagonal
+                    let block = &mut dp[qb * t..(qb + n_q) * t];
+                    kernels::matmul(block, t, &d_o[qb * h..], h, Operand::rows(&kt, t), n_q, hd, seen, false);
+                    for (r, (dr, pr)) in block.chunks_exact_mut(t).zip(p[qb * t..].chunks_exact(t)).enumerate() {
+                        let i = qb + r;
+                        let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
+                        for (d, pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                            *d = scale * pv * (*d - dot);
+                        }
+                        dr[i + 1..].fill(0.0);
                     }
-                    dr[i + 1..].fill(0.0);
+                    // dq = dS · k
+                    kernels::matmul(&mut dqkv[base + qb * 3 * h..], 3 * h, block, t, Operand::rows(&s.qkv[base + h..], 3 * h), n_q, seen, hd, false);
                 }
-                // dq = dS · k; dk = dSᵀ · q
-                let (q, k) = (&s.qkv[base..], &s.qkv[base + h..]);
-                mm(t, hd, t, &mut dqkv[base..], 3 * h, false, rm(&dp, t), (k, 3 * h, 1));
-                mm(t, hd, t, &mut dqkv[base + h..], 3 * h, false, tr(&dp, t), (q, 3 * h, 1));
+                transpose_into(&mut dst, &dp, t, t, t);
+                for jb in (0..t).step_by(QUERY_BLOCK) {
+                    // key rows j see the queries i ≥ j: dv = Pᵀ · dO, dk = dSᵀ · q
+                    let (n_k, from) = (QUERY_BLOCK.min(t - jb), jb);
+                    kernels::matmul(&mut dqkv[base + 2 * h + jb * 3 * h..], 3 * h, &pt[jb * t + from..], t, Operand::rows(&d_o[from * h..], h), n_k, t - from, hd, false);
+                    kernels::matmul(&mut dqkv[base + h + jb * 3 * h..], 3 * h, &dst[jb * t + from..], t, Operand::rows(&s.qkv[base + from * 3 * h..], 3 * h), n_k, t - from, hd, false);
+                }
             }
         }
         for (r, row) in dqkv.chunks_exact_mut(3 * h).enumerate() {
