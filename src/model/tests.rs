@@ -721,3 +721,19 @@ fn bench_sub_batch_grads() {
     }
     eprintln!("sub_batch_grads: {:.2} ms per sub-batch of 8 × {} tokens (best of 6 × {reps})", best * 1e3 / reps as f64, 26 + 18 - 1 + 9);
 }
+
+#[test]
+fn a_training_pass_does_not_depend_on_the_reused_buffers() {
+    // the CPU backward reuses its activation buffers across passes: a pass after a longer one
+    // must equal the same pass before it, to the bit
+    let (policy, ex) = setup(6);
+    let dec = policy.model.cpu_decoder().unwrap();
+    let run = |n: usize| {
+        let refs: Vec<_> = ex[..n].iter().collect();
+        let (l, p) = crate::train::cpu::sub_batch_grads(&policy, &dec, None, &refs, 1.0).unwrap();
+        (l, p.named.iter().map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect::<Vec<_>>())
+    };
+    let first = run(2);
+    let _ = run(6);
+    assert!(run(2) == first, "a pass changed after a longer one");
+}

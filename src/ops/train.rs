@@ -206,6 +206,7 @@ impl Operator for TrainOp {
                     l
                 );
             }
+            crate::model::tiny_vlm::train_cpu::release_workspaces();
             let log = train_log(&self.stage, steps, epochs, losses, lrs)?;
             ctx.side.push("train_log", log);
             let mut files = policy.to_files().map_err(|e| self.fail(e))?;

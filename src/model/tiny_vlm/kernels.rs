@@ -153,6 +153,93 @@ pub fn swiglu(out: &mut [f32], sig: &mut [f32], g: &[f32], u: &[f32]) {
     }
 }
 
+/// SwiGLU's backward, given `da` = d loss / d act with act = g · σ(g) · u:
+/// `dg = da · u · σ · (1 + g · (1 − σ))` and `du = da · g · σ`.
+pub fn swiglu_backward(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], sig: &[f32], da: &[f32]) {
+    let n = dg.len();
+    assert!(du.len() == n && g.len() == n && u.len() == n && sig.len() == n && da.len() == n);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; every access is masked to the slices' common length
+        unsafe { avx512::swiglu_backward(dg, du, g, u, sig, da) };
+        return;
+    }
+    for i in 0..n {
+        dg[i] = da[i] * u[i] * sig[i] * (1.0 + g[i] * (1.0 - sig[i]));
+        du[i] = da[i] * g[i] * sig[i];
+    }
+}
+
+/// RMSNorm of every row of `g.len()` values: `y = x · inv · g` with `inv = 1/√(mean(x²) + eps)`,
+/// each row's `inv` written to `inv` (kept for the backward).
+pub fn rms_rows(y: &mut [f32], inv: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
+    let h = g.len();
+    assert!(y.len() == x.len() && x.len() == inv.len() * h);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; rows are h long, every access masked to them
+        unsafe { avx512::rms_rows(y, inv, x, g, eps) };
+        return;
+    }
+    for ((y, x), inv) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)).zip(inv.iter_mut()) {
+        *inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt();
+        for ((y, v), g) in y.iter_mut().zip(x).zip(g) {
+            *y = v * *inv * g;
+        }
+    }
+}
+
+/// RMSNorm's backward over rows: with n = x·inv and dn = dy ⊙ g, `dx += inv·(dn − n·mean(dn ⊙ n))`
+/// and `dg += Σ_rows dy ⊙ n`.
+pub fn rms_backward_rows(dx: &mut [f32], dg: &mut [f32], dy: &[f32], x: &[f32], inv: &[f32], g: &[f32]) {
+    let h = g.len();
+    assert!(dx.len() == x.len() && dy.len() == x.len() && x.len() == inv.len() * h && dg.len() == h);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: as in rms_rows
+        unsafe { avx512::rms_backward_rows(dx, dg, dy, x, inv, g) };
+        return;
+    }
+    for (((dx, dy), x), &inv) in dx.chunks_exact_mut(h).zip(dy.chunks_exact(h)).zip(x.chunks_exact(h)).zip(inv) {
+        let mut dot = 0f32;
+        for i in 0..h {
+            let n = x[i] * inv;
+            dg[i] += dy[i] * n;
+            dot += dy[i] * g[i] * n;
+        }
+        let mean = dot / h as f32;
+        for i in 0..h {
+            dx[i] += inv * (dy[i] * g[i] - x[i] * inv * mean);
+        }
+    }
+}
+
+/// RoPE (rotate-half) on every head of `row` (heads of `cos.len()` values), in place;
+/// `inverse` applies the transpose of the rotation (its backward).
+pub fn rope(row: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
+    let hd = cos.len();
+    assert!(sin.len() == hd && hd % 2 == 0 && row.len() % hd == 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: heads are hd long, every access masked to their halves
+        unsafe { avx512::rope(row, cos, sin, inverse) };
+        return;
+    }
+    let half = hd / 2;
+    for head in row.chunks_exact_mut(hd) {
+        for i in 0..half {
+            let (a, b) = (head[i], head[i + half]);
+            if inverse {
+                head[i] = a * cos[i] + b * sin[i + half];
+                head[i + half] = b * cos[i + half] - a * sin[i];
+            } else {
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = b * cos[i + half] + a * sin[i + half];
+            }
+        }
+    }
+}
+
 /// Constants of one AdamW update (f32, as candle's ops apply them).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
@@ -310,6 +397,108 @@ mod avx512 {
             let s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
             _mm512_mask_storeu_ps(sp.add(i), mk, s);
             _mm512_mask_storeu_ps(o.add(i), mk, _mm512_mul_ps(_mm512_mul_ps(gv, s), _mm512_maskz_loadu_ps(mk, up.add(i))));
+            i += 16;
+        }
+    }
+
+    /// The sum of a 16-lane vector (lanes in order).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn hsum(v: __m512) -> f32 {
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
+        lanes.iter().sum()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rms_rows(y: &mut [f32], inv: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
+        let h = g.len();
+        for (r, inv) in inv.iter_mut().enumerate() {
+            let (xp, yp) = (x.as_ptr().add(r * h), y.as_mut_ptr().add(r * h));
+            let mut acc = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < h {
+                let v = _mm512_maskz_loadu_ps(tail(h - i), xp.add(i));
+                acc = _mm512_fmadd_ps(v, v, acc);
+                i += 16;
+            }
+            *inv = 1.0 / (hsum(acc) / h as f32 + eps).sqrt();
+            let iv = _mm512_set1_ps(*inv);
+            let mut i = 0;
+            while i < h {
+                let mk = tail(h - i);
+                let v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xp.add(i)), iv), _mm512_maskz_loadu_ps(mk, g.as_ptr().add(i)));
+                _mm512_mask_storeu_ps(yp.add(i), mk, v);
+                i += 16;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rms_backward_rows(dx: &mut [f32], dg: &mut [f32], dy: &[f32], x: &[f32], inv: &[f32], g: &[f32]) {
+        let h = g.len();
+        for (r, &inv) in inv.iter().enumerate() {
+            let (xp, dyp, dxp) = (x.as_ptr().add(r * h), dy.as_ptr().add(r * h), dx.as_mut_ptr().add(r * h));
+            let iv = _mm512_set1_ps(inv);
+            let mut dot = _mm512_setzero_ps();
+            let mut i = 0;
+            while i < h {
+                let mk = tail(h - i);
+                let n = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xp.add(i)), iv);
+                let d = _mm512_maskz_loadu_ps(mk, dyp.add(i));
+                let dgp = dg.as_mut_ptr().add(i);
+                _mm512_mask_storeu_ps(dgp, mk, _mm512_fmadd_ps(d, n, _mm512_maskz_loadu_ps(mk, dgp)));
+                dot = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_maskz_loadu_ps(mk, g.as_ptr().add(i))), n, dot);
+                i += 16;
+            }
+            let mean = _mm512_set1_ps(hsum(dot) / h as f32);
+            let mut i = 0;
+            while i < h {
+                let mk = tail(h - i);
+                let dn = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, dyp.add(i)), _mm512_maskz_loadu_ps(mk, g.as_ptr().add(i)));
+                let n = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xp.add(i)), iv);
+                let add = _mm512_mul_ps(iv, _mm512_sub_ps(dn, _mm512_mul_ps(n, mean)));
+                _mm512_mask_storeu_ps(dxp.add(i), mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, dxp.add(i)), add));
+                i += 16;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rope(row: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
+        let hd = cos.len();
+        let half = hd / 2;
+        let (c, s) = (cos.as_ptr(), sin.as_ptr());
+        for head in row.chunks_exact_mut(hd) {
+            let p = head.as_mut_ptr();
+            let mut i = 0;
+            while i < half {
+                let mk = tail(half - i);
+                let ld = |q: *const f32| _mm512_maskz_loadu_ps(mk, q);
+                let (a, b) = (ld(p.add(i)), ld(p.add(half + i)));
+                let (c1, c2, s1, s2) = (ld(c.add(i)), ld(c.add(half + i)), ld(s.add(i)), ld(s.add(half + i)));
+                let (na, nb) = if inverse {
+                    (_mm512_add_ps(_mm512_mul_ps(a, c1), _mm512_mul_ps(b, s2)), _mm512_sub_ps(_mm512_mul_ps(b, c2), _mm512_mul_ps(a, s1)))
+                } else {
+                    (_mm512_sub_ps(_mm512_mul_ps(a, c1), _mm512_mul_ps(b, s1)), _mm512_add_ps(_mm512_mul_ps(b, c2), _mm512_mul_ps(a, s2)))
+                };
+                _mm512_mask_storeu_ps(p.add(i), mk, na);
+                _mm512_mask_storeu_ps(p.add(half + i), mk, nb);
+                i += 16;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn swiglu_backward(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], sig: &[f32], da: &[f32]) {
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < dg.len() {
+            let mk = tail(dg.len() - i);
+            let ld = |p: *const f32| _mm512_maskz_loadu_ps(mk, p.add(i));
+            let (gv, uv, sv, dv) = (ld(g.as_ptr()), ld(u.as_ptr()), ld(sig.as_ptr()), ld(da.as_ptr()));
+            let dgv = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dv, uv), sv), _mm512_add_ps(one, _mm512_mul_ps(gv, _mm512_sub_ps(one, sv))));
+            _mm512_mask_storeu_ps(dg.as_mut_ptr().add(i), mk, dgv);
+            _mm512_mask_storeu_ps(du.as_mut_ptr().add(i), mk, _mm512_mul_ps(_mm512_mul_ps(dv, gv), sv));
             i += 16;
         }
     }
@@ -505,6 +694,66 @@ mod tests {
             let s = 1.0 / (1.0 + (-g[i] as f64).exp());
             assert!((sig[i] as f64 - s).abs() <= (1e-6 * s).max(1e-37), "sigmoid({}) = {}, exact {s}", g[i], sig[i]);
             assert!((out[i] - silu[i]).abs() <= 1e-6 * silu[i].abs().max(1e-30), "swiglu({}) = {}, silu_mul {}", g[i], out[i], silu[i]);
+        }
+    }
+
+    #[test]
+    fn the_inverse_rope_is_the_rotations_transpose() {
+        // ⟨R a, b⟩ = ⟨a, Rᵀ b⟩ for the rotation of two heads of 40 values (a masked tail)
+        let (cos, sin): (Vec<f32>, Vec<f32>) = (0..40).map(|i| ((i as f32 * 0.7).cos(), (i as f32 * 0.7).sin())).unzip();
+        let a: Vec<f32> = (0..80).map(|i| (i as f32 * 1.3).sin()).collect();
+        let bv: Vec<f32> = (0..80).map(|i| (i as f32 * 0.4 + 1.0).cos()).collect();
+        let (mut ra, mut rtb) = (a.clone(), bv.clone());
+        rope(&mut ra, &cos, &sin, false);
+        rope(&mut rtb, &cos, &sin, true);
+        let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>();
+        assert!((dot(&ra, &bv) - dot(&a, &rtb)).abs() < 1e-5);
+        // the forward: a rotation by each position's angle, pair by pair
+        for i in 0..20 {
+            let (x, y) = (a[i], a[i + 20]);
+            assert!((ra[i] - (x * cos[i] - y * sin[i])).abs() < 1e-6 && (ra[i + 20] - (y * cos[i + 20] + x * sin[i + 20])).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rms_rows_and_their_backward() {
+        let (h, rows) = (40, 3);
+        let (x, g, dy) = (data(h * rows, 1), data(h, 2), data(h * rows, 3));
+        let (mut y, mut inv) = (vec![0.0; h * rows], vec![0.0; rows]);
+        rms_rows(&mut y, &mut inv, &x, &g, 1e-5);
+        let (mut dx, mut dg) = (data(h * rows, 4), vec![0.5; h]);
+        let dx0 = dx.clone();
+        rms_backward_rows(&mut dx, &mut dg, &dy, &x, &inv, &g);
+        let mut dg_want = vec![0.5f64; h];
+        for r in 0..rows {
+            let xr = &x[r * h..(r + 1) * h];
+            let iv = 1.0 / (xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / h as f64 + 1e-5).sqrt();
+            assert!((inv[r] as f64 - iv).abs() < 1e-5 * iv);
+            let dot: f64 = (0..h).map(|i| dy[r * h + i] as f64 * g[i] as f64 * xr[i] as f64 * iv).sum();
+            for i in 0..h {
+                assert!((y[r * h + i] as f64 - xr[i] as f64 * iv * g[i] as f64).abs() < 1e-5);
+                let n = xr[i] as f64 * iv;
+                dg_want[i] += dy[r * h + i] as f64 * n;
+                let want = dx0[r * h + i] as f64 + iv * (dy[r * h + i] as f64 * g[i] as f64 - n * dot / h as f64);
+                assert!((dx[r * h + i] as f64 - want).abs() < 1e-4, "dx[{r}][{i}]");
+            }
+        }
+        assert!(dg.iter().zip(&dg_want).all(|(a, b)| (*a as f64 - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn swiglu_backward_is_the_derivative() {
+        let n = 37;
+        let (g, u, da) = (data(n, 1).iter().map(|x| x * 8.0).collect::<Vec<_>>(), data(n, 2), data(n, 3));
+        let sig: Vec<f32> = g.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect();
+        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+        swiglu_backward(&mut dg, &mut du, &g, &u, &sig, &da);
+        let f = |g: f64, u: f64| g / (1.0 + (-g).exp()) * u;
+        for i in 0..n {
+            let (gi, ui, e) = (g[i] as f64, u[i] as f64, 1e-3);
+            let want_g = da[i] as f64 * (f(gi + e, ui) - f(gi - e, ui)) / (2.0 * e);
+            let want_u = da[i] as f64 * (f(gi, ui + e) - f(gi, ui - e)) / (2.0 * e);
+            assert!((dg[i] as f64 - want_g).abs() < 1e-4 && (du[i] as f64 - want_u).abs() < 1e-4, "element {i}");
         }
     }
 

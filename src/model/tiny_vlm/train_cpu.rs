@@ -5,7 +5,7 @@
 //! the PRM's score head); tested equal to candle's autograd gradients (`src/train/cpu.rs`).
 
 use super::decode_cpu::{CpuDecoder, LayerWeights};
-use super::kernels::{self, Operand};
+use super::kernels::{self, rms_backward_rows as rms_backward, rope, Operand};
 use gemm::{gemm, Parallelism};
 
 /// A matrix operand: (values, row stride, column stride).
@@ -48,57 +48,6 @@ fn rm(v: &[f32], cols: usize) -> Mat<'_> {
 /// The transpose of a row-major (rows × cols) matrix as an operand (cols × rows).
 fn tr(v: &[f32], cols: usize) -> Mat<'_> {
     (v, 1, cols)
-}
-
-/// y = x · inv · g per row of `g.len()` values; returns each row's inv = 1/sqrt(mean(x²) + eps).
-fn rms_forward(y: &mut [f32], x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
-    let h = g.len();
-    y.chunks_exact_mut(h)
-        .zip(x.chunks_exact(h))
-        .map(|(y, x)| {
-            let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() / h as f32 + eps).sqrt();
-            for ((y, v), g) in y.iter_mut().zip(x).zip(g) {
-                *y = v * inv * g;
-            }
-            inv
-        })
-        .collect()
-}
-
-/// RMSNorm's backward: dx += inv·(dn − n·mean(dn⊙n)) with n = x·inv and dn = dy⊙g;
-/// dg += Σ_rows dy⊙n.
-fn rms_backward(dx: &mut [f32], dg: &mut [f32], dy: &[f32], x: &[f32], inv: &[f32], g: &[f32]) {
-    let h = g.len();
-    for (((dx, dy), x), &inv) in dx.chunks_exact_mut(h).zip(dy.chunks_exact(h)).zip(x.chunks_exact(h)).zip(inv) {
-        let mut dot = 0f32;
-        for i in 0..h {
-            let n = x[i] * inv;
-            dg[i] += dy[i] * n;
-            dot += dy[i] * g[i] * n;
-        }
-        let mean = dot / h as f32;
-        for i in 0..h {
-            dx[i] += inv * (dy[i] * g[i] - x[i] * inv * mean);
-        }
-    }
-}
-
-/// RoPE (rotate-half convention) on every head of `row[..heads·hd]`, in place; `inverse`
-/// applies the transpose (the backward of the rotation).
-fn rope(row: &mut [f32], hd: usize, cos: &[f32], sin: &[f32], inverse: bool) {
-    let half = hd / 2;
-    for head in row.chunks_exact_mut(hd) {
-        for i in 0..half {
-            let (a, b) = (head[i], head[i + half]);
-            if inverse {
-                head[i] = a * cos[i] + b * sin[i + half];
-                head[i + half] = b * cos[i + half] - a * sin[i];
-            } else {
-                head[i] = a * cos[i] - b * sin[i];
-                head[i + half] = b * cos[i + half] + a * sin[i + half];
-            }
-        }
-    }
 }
 
 /// Query rows whose attention is computed together, over the keys the last of them sees.
@@ -150,6 +99,7 @@ pub struct DecoderGrads {
 }
 
 /// What the backward pass needs of one layer's forward.
+#[derive(Default)]
 struct Saved {
     x: Vec<f32>,
     inv1: Vec<f32>,
@@ -166,43 +116,95 @@ struct Saved {
     act: Vec<f32>,
 }
 
+/// The activations and scratch of one training pass, reused by later passes (buffers only
+/// grow; every pass writes what it reads): fresh zeroed buffers cost ≈ 7% of a step in memset.
+#[derive(Default)]
+struct Workspace {
+    saved: Vec<Saved>,
+    xf: Vec<f32>,
+    hf: Vec<f32>,
+    invf: Vec<f32>,
+    dhf: Vec<f32>,
+    kt: Vec<f32>,
+    dp: Vec<f32>,
+    pt: Vec<f32>,
+    dst: Vec<f32>,
+    dact: Vec<f32>,
+    dgu: Vec<f32>,
+    dh: Vec<f32>,
+    dattn: Vec<f32>,
+    dqkv: Vec<f32>,
+}
+
+/// Workspaces not in use: training threads live for one optimizer step, their buffers longer.
+static WORKSPACES: std::sync::Mutex<Vec<Workspace>> = std::sync::Mutex::new(Vec::new());
+
+/// Frees the buffers kept for later training passes (at the end of a training stage).
+pub fn release_workspaces() {
+    WORKSPACES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// The first `n` values of `v`, grown (zero-filled) when shorter.
+fn fit(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
 /// Teacher-forced forward and backward of the decoder over `x`, the input embeddings of `b`
 /// sequences of `t` positions (B·T × hidden, sequence-major, positions 0..t, causal). Returns
 /// the mean loss of `objective` and its gradients.
-pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, objective: &Objective) -> (f32, DecoderGrads) {
+pub fn loss_and_grads(dec: &CpuDecoder, x: Vec<f32>, b: usize, t: usize, objective: &Objective) -> (f32, DecoderGrads) {
+    let mut ws = WORKSPACES.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+    let out = passes(&mut ws, dec, x, b, t, objective);
+    WORKSPACES.lock().unwrap_or_else(|e| e.into_inner()).push(ws);
+    out
+}
+
+fn passes(ws: &mut Workspace, dec: &CpuDecoder, x: Vec<f32>, b: usize, t: usize, objective: &Objective) -> (f32, DecoderGrads) {
     let (h, nh, hd, inter) = (dec.hidden, dec.heads, dec.head_dim(), dec.inter);
     let rows = b * t;
+    let nl = dec.layers.len();
     assert_eq!(x.len(), rows * h, "input embeddings");
     assert!(t <= dec.max_positions(), "{t} positions, the RoPE table has {}", dec.max_positions());
     let scale = 1.0 / (hd as f32).sqrt();
     let tt = t * t;
     let table = |p: usize| (&dec.cos[p * hd..(p + 1) * hd], &dec.sin[p * hd..(p + 1) * hd]);
-
-    let mut kt = vec![0f32; hd * t];
+    if ws.saved.len() < nl {
+        ws.saved.resize_with(nl, Saved::default);
+    }
+    match ws.saved.first_mut() {
+        Some(s) => fit(&mut s.x, rows * h).copy_from_slice(&x),
+        None => fit(&mut ws.xf, rows * h).copy_from_slice(&x),
+    }
+    drop(x);
 
     // ── forward ─────────────────────────────────────────────────────────────────────────
-    let mut saved = Vec::with_capacity(dec.layers.len());
-    for w in &dec.layers {
-        let mut h1 = vec![0f32; rows * h];
-        let inv1 = rms_forward(&mut h1, &x, &w.input_norm, dec.eps);
-        let mut qkv = vec![0f32; rows * 3 * h];
-        mm(rows, 3 * h, h, &mut qkv, 3 * h, false, rm(&h1, h), tr(&w.qkv, h));
+    let kt = fit(&mut ws.kt, hd * t);
+    for (l, w) in dec.layers.iter().enumerate() {
+        let (cur, rest) = ws.saved.split_at_mut(l + 1);
+        let s = &mut cur[l];
+        let x = &s.x[..rows * h];
+        let (h1, inv1) = (fit(&mut s.h1, rows * h), fit(&mut s.inv1, rows));
+        kernels::rms_rows(h1, inv1, x, &w.input_norm, dec.eps);
+        let qkv = fit(&mut s.qkv, rows * 3 * h);
+        mm(rows, 3 * h, h, qkv, 3 * h, false, rm(h1, h), tr(&w.qkv, h));
         for (r, row) in qkv.chunks_exact_mut(3 * h).enumerate() {
             let (cos, sin) = table(r % t);
-            rope(&mut row[..2 * h], hd, cos, sin, false);
+            rope(&mut row[..2 * h], cos, sin, false);
         }
-        let mut probs = vec![0f32; b * nh * tt];
-        let mut attn = vec![0f32; rows * h];
-        for s in 0..b {
+        let (probs, attn) = (fit(&mut s.probs, b * nh * tt), fit(&mut s.attn, rows * h));
+        for sq in 0..b {
             for head in 0..nh {
-                let p = &mut probs[(s * nh + head) * tt..(s * nh + head + 1) * tt];
-                let base = s * t * 3 * h + head * hd;
-                transpose_into(&mut kt, &qkv[base + h..], 3 * h, t, hd);
+                let p = &mut probs[(sq * nh + head) * tt..(sq * nh + head + 1) * tt];
+                let base = sq * t * 3 * h + head * hd;
+                transpose_into(kt, &qkv[base + h..], 3 * h, t, hd);
                 for qb in (0..t).step_by(QUERY_BLOCK) {
                     // a block of query rows sees the keys up to its last row
                     let (n_q, seen) = (QUERY_BLOCK.min(t - qb), QUERY_BLOCK.min(t - qb) + qb);
                     let block = &mut p[qb * t..(qb + n_q) * t];
-                    kernels::matmul(block, t, &qkv[base + qb * 3 * h..], 3 * h, Operand::rows(&kt, t), n_q, hd, seen, false);
+                    kernels::matmul(block, t, &qkv[base + qb * 3 * h..], 3 * h, Operand::rows(kt, t), n_q, hd, seen, false);
                     for (r, row) in block.chunks_exact_mut(t).enumerate() {
                         let i = qb + r;
                         let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
@@ -211,30 +213,37 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
                         row[..=i].iter_mut().for_each(|v| *v *= inv);
                         row[i + 1..].fill(0.0);
                     }
-                    kernels::matmul(&mut attn[s * t * h + qb * h + head * hd..], h, block, t, Operand::rows(&qkv[base + 2 * h..], 3 * h), n_q, seen, hd, false);
+                    kernels::matmul(&mut attn[sq * t * h + qb * h + head * hd..], h, block, t, Operand::rows(&qkv[base + 2 * h..], 3 * h), n_q, seen, hd, false);
                 }
             }
         }
-        let mut mid = x.clone();
-        mm(rows, h, h, &mut mid, h, true, rm(&attn, h), tr(&w.o, h));
-        let mut h2 = vec![0f32; rows * h];
-        let inv2 = rms_forward(&mut h2, &mid, &w.post_norm, dec.eps);
-        let mut gu = vec![0f32; rows * 2 * inter];
-        mm(rows, 2 * inter, h, &mut gu, 2 * inter, false, rm(&h2, h), tr(&w.gate_up, h));
-        let (mut act, mut sig) = (vec![0f32; rows * inter], vec![0f32; rows * inter]);
+        let mid = fit(&mut s.mid, rows * h);
+        mid.copy_from_slice(x);
+        mm(rows, h, h, mid, h, true, rm(attn, h), tr(&w.o, h));
+        let (h2, inv2) = (fit(&mut s.h2, rows * h), fit(&mut s.inv2, rows));
+        kernels::rms_rows(h2, inv2, mid, &w.post_norm, dec.eps);
+        let gu = fit(&mut s.gu, rows * 2 * inter);
+        mm(rows, 2 * inter, h, gu, 2 * inter, false, rm(h2, h), tr(&w.gate_up, h));
+        let (act, sig) = (fit(&mut s.act, rows * inter), fit(&mut s.sig, rows * inter));
         for ((a, sg), r) in act.chunks_exact_mut(inter).zip(sig.chunks_exact_mut(inter)).zip(gu.chunks_exact(2 * inter)) {
             let (g, u) = r.split_at(inter);
             kernels::swiglu(a, sg, g, u);
         }
-        let mut out = mid.clone();
-        mm(rows, h, inter, &mut out, h, true, rm(&act, inter), tr(&w.down, inter));
-        saved.push(Saved { x: std::mem::replace(&mut x, out), inv1, h1, qkv, probs, attn, mid, inv2, h2, gu, sig, act });
+        // the layer's output: the next layer's input
+        let out = match rest.first_mut() {
+            Some(next) => fit(&mut next.x, rows * h),
+            None => fit(&mut ws.xf, rows * h),
+        };
+        out.copy_from_slice(mid);
+        mm(rows, h, inter, out, h, true, rm(act, inter), tr(&w.down, inter));
     }
-    let mut hf = vec![0f32; rows * h];
-    let invf = rms_forward(&mut hf, &x, &dec.norm, dec.eps);
+    let x = &ws.xf[..rows * h];
+    let (hf, invf) = (fit(&mut ws.hf, rows * h), fit(&mut ws.invf, rows));
+    kernels::rms_rows(hf, invf, x, &dec.norm, dec.eps);
 
     // ── the loss and its gradient at the final hidden states ───────────────────────────
-    let mut dhf = vec![0f32; rows * h];
+    let dhf = fit(&mut ws.dhf, rows * h);
+    dhf.fill(0.0);
     let (mut lm_head, mut score_w, mut score_b) = (Vec::new(), Vec::new(), 0f32);
     let loss = match objective {
         Objective::Tokens(at) => {
@@ -286,13 +295,16 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
     // ── backward ────────────────────────────────────────────────────────────────────────
     let mut norm = vec![0f32; h];
     let mut dx = vec![0f32; rows * h];
-    rms_backward(&mut dx, &mut norm, &dhf, &x, &invf, &dec.norm);
-    let mut layers = Vec::with_capacity(dec.layers.len());
+    rms_backward(&mut dx, &mut norm, dhf, x, invf, &dec.norm);
+    let mut layers = Vec::with_capacity(nl);
     // scratch of the backward, fully overwritten in every layer
-    let (mut dp, mut pt, mut dst) = (vec![0f32; tt], vec![0f32; tt], vec![0f32; tt]);
-    let (mut dact, mut dgu, mut dh) = (vec![0f32; rows * inter], vec![0f32; rows * 2 * inter], vec![0f32; rows * h]);
-    let (mut dattn, mut dqkv) = (vec![0f32; rows * h], vec![0f32; rows * 3 * h]);
-    for (w, s) in dec.layers.iter().zip(saved).rev() {
+    let (dp, pt, dst) = (fit(&mut ws.dp, tt), fit(&mut ws.pt, tt), fit(&mut ws.dst, tt));
+    let (dact, dgu, dh) = (fit(&mut ws.dact, rows * inter), fit(&mut ws.dgu, rows * 2 * inter), fit(&mut ws.dh, rows * h));
+    let (dattn, dqkv) = (fit(&mut ws.dattn, rows * h), fit(&mut ws.dqkv, rows * 3 * h));
+    for (w, s) in dec.layers.iter().zip(&ws.saved).rev() {
+        let (sx, sh1, sqkv, sprobs, sattn) = (&s.x[..rows * h], &s.h1[..rows * h], &s.qkv[..rows * 3 * h], &s.probs[..b * nh * tt], &s.attn[..rows * h]);
+        let (smid, sh2, sgu, ssig, sact) = (&s.mid[..rows * h], &s.h2[..rows * h], &s.gu[..rows * 2 * inter], &s.sig[..rows * inter], &s.act[..rows * inter]);
+        let (sinv1, sinv2) = (&s.inv1[..rows], &s.inv2[..rows]);
         let mut g = LayerWeights {
             input_norm: vec![0f32; h],
             qkv: vec![0f32; 3 * h * h],
@@ -302,33 +314,31 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
             down: vec![0f32; h * inter],
         };
         // MLP: out = mid + act · downᵀ
-        mm(h, inter, rows, &mut g.down, inter, false, tr(&dx, h), rm(&s.act, inter));
-        mm(rows, inter, h, &mut dact, inter, false, rm(&dx, h), rm(&w.down, inter));
-        for (((dr, gr), sr), da) in dgu.chunks_exact_mut(2 * inter).zip(s.gu.chunks_exact(2 * inter)).zip(s.sig.chunks_exact(inter)).zip(dact.chunks_exact(inter)) {
-            for i in 0..inter {
-                let (gv, u, sig) = (gr[i], gr[inter + i], sr[i]);
-                dr[i] = da[i] * u * sig * (1.0 + gv * (1.0 - sig));
-                dr[inter + i] = da[i] * gv * sig;
-            }
+        mm(h, inter, rows, &mut g.down, inter, false, tr(&dx, h), rm(sact, inter));
+        mm(rows, inter, h, dact, inter, false, rm(&dx, h), rm(&w.down, inter));
+        for (((dr, gr), sr), da) in dgu.chunks_exact_mut(2 * inter).zip(sgu.chunks_exact(2 * inter)).zip(ssig.chunks_exact(inter)).zip(dact.chunks_exact(inter)) {
+            let (dg, du) = dr.split_at_mut(inter);
+            let (gv, u) = gr.split_at(inter);
+            kernels::swiglu_backward(dg, du, gv, u, sr, da);
         }
-        mm(2 * inter, h, rows, &mut g.gate_up, h, false, tr(&dgu, 2 * inter), rm(&s.h2, h));
-        mm(rows, h, 2 * inter, &mut dh, h, false, rm(&dgu, 2 * inter), rm(&w.gate_up, h));
-        rms_backward(&mut dx, &mut g.post_norm, &dh, &s.mid, &s.inv2, &w.post_norm); // dx is now d mid
+        mm(2 * inter, h, rows, &mut g.gate_up, h, false, tr(dgu, 2 * inter), rm(sh2, h));
+        mm(rows, h, 2 * inter, dh, h, false, rm(dgu, 2 * inter), rm(&w.gate_up, h));
+        rms_backward(&mut dx, &mut g.post_norm, dh, smid, sinv2, &w.post_norm); // dx is now d mid
         // attention: mid = x + attn · oᵀ
-        mm(h, h, rows, &mut g.o, h, false, tr(&dx, h), rm(&s.attn, h));
-        mm(rows, h, h, &mut dattn, h, false, rm(&dx, h), rm(&w.o, h));
+        mm(h, h, rows, &mut g.o, h, false, tr(&dx, h), rm(sattn, h));
+        mm(rows, h, h, dattn, h, false, rm(&dx, h), rm(&w.o, h));
         for sq in 0..b {
             for head in 0..nh {
-                let p = &s.probs[(sq * nh + head) * tt..(sq * nh + head + 1) * tt];
+                let p = &sprobs[(sq * nh + head) * tt..(sq * nh + head + 1) * tt];
                 let base = sq * t * 3 * h + head * hd;
                 let d_o = &dattn[sq * t * h + head * hd..];
-                transpose_into(&mut kt, &s.qkv[base + 2 * h..], 3 * h, t, hd); // vᵀ
-                transpose_into(&mut pt, p, t, t, t);
+                transpose_into(kt, &sqkv[base + 2 * h..], 3 * h, t, hd); // vᵀ
+                transpose_into(pt, p, t, t, t);
                 for qb in (0..t).step_by(QUERY_BLOCK) {
                     let (n_q, seen) = (QUERY_BLOCK.min(t - qb), QUERY_BLOCK.min(t - qb) + qb);
                     // dP = dO · vᵀ, then dS = scale · P ⊙ (dP − Σⱼ dPⱼ Pⱼ), zero above the diagonal
                     let block = &mut dp[qb * t..(qb + n_q) * t];
-                    kernels::matmul(block, t, &d_o[qb * h..], h, Operand::rows(&kt, t), n_q, hd, seen, false);
+                    kernels::matmul(block, t, &d_o[qb * h..], h, Operand::rows(kt, t), n_q, hd, seen, false);
                     for (r, (dr, pr)) in block.chunks_exact_mut(t).zip(p[qb * t..].chunks_exact(t)).enumerate() {
                         let i = qb + r;
                         let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
@@ -338,24 +348,24 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
                         dr[i + 1..].fill(0.0);
                     }
                     // dq = dS · k
-                    kernels::matmul(&mut dqkv[base + qb * 3 * h..], 3 * h, block, t, Operand::rows(&s.qkv[base + h..], 3 * h), n_q, seen, hd, false);
+                    kernels::matmul(&mut dqkv[base + qb * 3 * h..], 3 * h, block, t, Operand::rows(&sqkv[base + h..], 3 * h), n_q, seen, hd, false);
                 }
-                transpose_into(&mut dst, &dp, t, t, t);
+                transpose_into(dst, dp, t, t, t);
                 for jb in (0..t).step_by(QUERY_BLOCK) {
                     // key rows j see the queries i ≥ j: dv = Pᵀ · dO, dk = dSᵀ · q
-                    let (n_k, from) = (QUERY_BLOCK.min(t - jb), jb);
-                    kernels::matmul(&mut dqkv[base + 2 * h + jb * 3 * h..], 3 * h, &pt[jb * t + from..], t, Operand::rows(&d_o[from * h..], h), n_k, t - from, hd, false);
-                    kernels::matmul(&mut dqkv[base + h + jb * 3 * h..], 3 * h, &dst[jb * t + from..], t, Operand::rows(&s.qkv[base + from * 3 * h..], 3 * h), n_k, t - from, hd, false);
+                    let n_k = QUERY_BLOCK.min(t - jb);
+                    kernels::matmul(&mut dqkv[base + 2 * h + jb * 3 * h..], 3 * h, &pt[jb * t + jb..], t, Operand::rows(&d_o[jb * h..], h), n_k, t - jb, hd, false);
+                    kernels::matmul(&mut dqkv[base + h + jb * 3 * h..], 3 * h, &dst[jb * t + jb..], t, Operand::rows(&sqkv[base + jb * 3 * h..], 3 * h), n_k, t - jb, hd, false);
                 }
             }
         }
         for (r, row) in dqkv.chunks_exact_mut(3 * h).enumerate() {
             let (cos, sin) = table(r % t);
-            rope(&mut row[..2 * h], hd, cos, sin, true);
+            rope(&mut row[..2 * h], cos, sin, true);
         }
-        mm(3 * h, h, rows, &mut g.qkv, h, false, tr(&dqkv, 3 * h), rm(&s.h1, h));
-        mm(rows, h, 3 * h, &mut dh, h, false, rm(&dqkv, 3 * h), rm(&w.qkv, h));
-        rms_backward(&mut dx, &mut g.input_norm, &dh, &s.x, &s.inv1, &w.input_norm); // dx is now d x
+        mm(3 * h, h, rows, &mut g.qkv, h, false, tr(dqkv, 3 * h), rm(sh1, h));
+        mm(rows, h, 3 * h, dh, h, false, rm(dqkv, 3 * h), rm(&w.qkv, h));
+        rms_backward(&mut dx, &mut g.input_norm, dh, sx, sinv1, &w.input_norm); // dx is now d x
         layers.push(g);
     }
     layers.reverse();
@@ -365,19 +375,6 @@ pub fn loss_and_grads(dec: &CpuDecoder, mut x: Vec<f32>, b: usize, t: usize, obj
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_inverse_rope_is_the_rotations_transpose() {
-        // ⟨R a, b⟩ = ⟨a, Rᵀ b⟩ for the rotation of one head of 8 values
-        let (cos, sin): (Vec<f32>, Vec<f32>) = (0..8).map(|i| ((i as f32 * 0.7).cos(), (i as f32 * 0.7).sin())).unzip();
-        let a: Vec<f32> = (0..8).map(|i| (i as f32 * 1.3).sin()).collect();
-        let bv: Vec<f32> = (0..8).map(|i| (i as f32 * 0.4 + 1.0).cos()).collect();
-        let (mut ra, mut rtb) = (a.clone(), bv.clone());
-        rope(&mut ra, 8, &cos, &sin, false);
-        rope(&mut rtb, 8, &cos, &sin, true);
-        let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
-        assert!((dot(&ra, &bv) - dot(&a, &rtb)).abs() < 1e-5);
-    }
 
     #[test]
     fn mm_handles_transposed_and_strided_operands() {
