@@ -56,7 +56,7 @@ impl Operator for TrainOp {
     /// changes the gradients' rounding. 3: on the CPU the decoder's backward is hand-written
     /// (`tiny_vlm::train_cpu`), equal to candle's autograd up to rounding. 4: its attention,
     /// softmax and SiLU on `tiny_vlm::kernels`, a frozen encoder outside candle, AdamW in one
-    /// pass (the same math, other rounding).
+    /// pass, vision pretraining in sub-batches on threads (the same math, other rounding).
     fn version(&self) -> u32 {
         4
     }

@@ -17,6 +17,8 @@ pub struct RegionTrainer {
     head_w: Var,
     head_b: Var,
     opt: candle_nn::AdamW,
+    /// What `opt` trains: the encoder's weights and the head
+    vars: Vec<Var>,
     classes: usize,
 }
 
@@ -37,8 +39,8 @@ impl RegionTrainer {
         let mut vars: Vec<Var> = policy.named_vars().into_iter().filter(|(k, _)| k.starts_with("vision.")).map(|(_, v)| v).collect();
         vars.push(head_w.clone());
         vars.push(head_b.clone());
-        let opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: 1e-3, weight_decay, ..Default::default() })?;
-        Ok(Self { pool, head_w, head_b, opt, classes })
+        let opt = candle_nn::AdamW::new(vars.clone(), candle_nn::ParamsAdamW { lr: 1e-3, weight_decay, ..Default::default() })?;
+        Ok(Self { pool, head_w, head_b, opt, vars, classes })
     }
 
     /// Region logits (B·g², classes) of a batch of patches (B, P, patch_dim).
@@ -65,16 +67,62 @@ impl RegionTrainer {
         Ok((Tensor::from_vec(p, (examples.len(), v.num_patches(), v.patch_dim()), dev)?, Tensor::from_vec(y, examples.len() * r, dev)?))
     }
 
-    /// One optimizer step at learning rate `lr`; returns the mean cross-entropy.
+    /// One optimizer step at learning rate `lr`; returns the mean cross-entropy. On the CPU the
+    /// batch is split into sub-batches of [`super::CPU_CHUNK`] images on up to
+    /// [`crate::model::threads`] threads (candle's own ops run single-threaded), each weighted by
+    /// its share of the images; their gradients are summed in sub-batch order, so the step does
+    /// not depend on the thread count.
     pub fn step(&mut self, policy: &Policy, examples: &[&RegionExample], lr: f64) -> Result<f64> {
-        let (p, y) = self.batch(policy, examples)?;
-        let loss = candle_nn::loss::cross_entropy(&self.logits(policy, &p)?, &y)?;
-        let l = loss.to_scalar::<f32>()? as f64;
+        let run = |chunk: &[&RegionExample]| -> Result<(f64, candle_core::backprop::GradStore)> {
+            let (p, y) = self.batch(policy, chunk)?;
+            let loss = candle_nn::loss::cross_entropy(&self.logits(policy, &p)?, &y)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            let share = chunk.len() as f64 / examples.len().max(1) as f64;
+            Ok((l * share, (loss * share)?.backward()?))
+        };
+        let chunks: Vec<&[&RegionExample]> = if policy.device.is_cpu() { examples.chunks(super::CPU_CHUNK).collect() } else { vec![examples] };
+        let threads = crate::model::threads().clamp(1, chunks.len().max(1));
+        let mut done: Vec<Option<Result<(f64, candle_core::backprop::GradStore)>>> = (0..chunks.len()).map(|_| None).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (chunks, run) = (&chunks, &run);
+                    s.spawn(move || (t..chunks.len()).step_by(threads).map(|i| (i, run(chunks[i]))).collect::<Vec<_>>())
+                })
+                .collect();
+            for h in handles {
+                for (i, r) in h.join().expect("a vision training thread panicked") {
+                    done[i] = Some(r);
+                }
+            }
+        });
+        let (mut l, mut grads) = (0.0, None::<candle_core::backprop::GradStore>);
+        for r in done {
+            let (part, mut store) = r.expect("every sub-batch ran")?;
+            l += part;
+            grads = Some(match grads {
+                None => store,
+                Some(mut sum) => {
+                    for var in &self.vars {
+                        if let Some(g) = store.remove(var.as_tensor()) {
+                            let acc = match sum.remove(var.as_tensor()) {
+                                Some(prev) => (prev + g)?,
+                                None => g,
+                            };
+                            sum.insert(var.as_tensor(), acc);
+                        }
+                    }
+                    sum
+                }
+            });
+        }
         if !l.is_finite() {
             return Err(ModelError::Invalid(format!("the region loss became {l}; the step was not applied")));
         }
         self.opt.set_learning_rate(lr);
-        self.opt.backward_step(&loss)?;
+        if let Some(g) = grads {
+            self.opt.step(&g)?;
+        }
         Ok(l)
     }
 
@@ -114,6 +162,18 @@ mod tests {
         assert!(t.accuracy(&policy, &refs).unwrap() > 0.9);
         let after = policy.named_tensors()["vision.patch_embed.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_ne!(before, after, "the encoder did not train");
+        // a batch of 3 sub-batches: the step's loss is the batch's mean cross-entropy
+        let many: Vec<RegionExample> = (0..20)
+            .map(|k| RegionExample {
+                patches: (0..v.num_patches() * v.patch_dim()).map(|i| (((i * 7 + k * 13) % 17) as f32 / 8.5) - 1.0).collect(),
+                labels: (0..9).map(|r| ((r + k) % 4) as u32).collect(),
+            })
+            .collect();
+        let refs: Vec<&RegionExample> = many.iter().collect();
+        let (p, y) = t.batch(&policy, &refs).unwrap();
+        let whole = candle_nn::loss::cross_entropy(&t.logits(&policy, &p).unwrap(), &y).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let stepped = t.step(&policy, &refs, 1e-3).unwrap();
+        assert!((whole - stepped).abs() < 1e-5 * whole.max(1.0), "sub-batches' loss {stepped}, the batch's {whole}");
         let bad = RegionExample { patches: examples[0].patches.clone(), labels: vec![0; 4] };
         assert!(t.step(&policy, &[&bad], 1e-3).unwrap_err().to_string().contains("expected 9 labels"));
     }
