@@ -83,19 +83,24 @@ impl RegionTrainer {
         let chunks: Vec<&[&RegionExample]> = if policy.device.is_cpu() { examples.chunks(super::CPU_CHUNK).collect() } else { vec![examples] };
         let threads = crate::model::threads().clamp(1, chunks.len().max(1));
         let mut done: Vec<Option<Result<(f64, candle_core::backprop::GradStore)>>> = (0..chunks.len()).map(|_| None).collect();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (chunks, run) = (&chunks, &run);
-                    s.spawn(move || (t..chunks.len()).step_by(threads).map(|i| (i, run(chunks[i]))).collect::<Vec<_>>())
-                })
-                .collect();
-            for h in handles {
-                for (i, r) in h.join().expect("a vision training thread panicked") {
-                    done[i] = Some(r);
+        if chunks.len() <= 1 {
+            // one sub-batch (always on a GPU): on this thread
+            done = chunks.iter().map(|c| Some(run(c))).collect();
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (chunks, run) = (&chunks, &run);
+                        s.spawn(move || (t..chunks.len()).step_by(threads).map(|i| (i, run(chunks[i]))).collect::<Vec<_>>())
+                    })
+                    .collect();
+                for h in handles {
+                    for (i, r) in h.join().expect("a vision training thread panicked") {
+                        done[i] = Some(r);
+                    }
                 }
-            }
-        });
+            });
+        }
         let (mut l, mut grads) = (0.0, None::<candle_core::backprop::GradStore>);
         for r in done {
             let (part, mut store) = r.expect("every sub-batch ran")?;
