@@ -711,15 +711,17 @@ fn bench_sub_batch_grads() {
         crate::train::cpu::sub_batch_grads(&policy, &dec, vision.as_ref(), &refs, 1.0).unwrap();
     }
     let reps = 20;
-    let mut best = f64::INFINITY;
+    let (mut best, mut total) = (f64::INFINITY, 0.0);
     for _ in 0..6 {
         let t = std::time::Instant::now();
         for _ in 0..reps {
             crate::train::cpu::sub_batch_grads(&policy, &dec, vision.as_ref(), &refs, 1.0).unwrap();
         }
         best = best.min(t.elapsed().as_secs_f64());
+        total += t.elapsed().as_secs_f64();
     }
-    eprintln!("sub_batch_grads: {:.2} ms per sub-batch of 8 × {} tokens (best of 6 × {reps})", best * 1e3 / reps as f64, 26 + 18 - 1 + 9);
+    let ms = |s: f64, n: usize| s * 1e3 / n as f64;
+    eprintln!("sub_batch_grads: {:.2} ms per sub-batch of 8 × {} tokens (best of 6 × {reps}; mean {:.2})", ms(best, reps), 26 + 18 - 1 + 9, ms(total, 6 * reps));
 }
 
 #[test]

@@ -218,7 +218,7 @@ pub fn rms_backward_rows(dx: &mut [f32], dg: &mut [f32], dy: &[f32], x: &[f32], 
 /// `inverse` applies the transpose of the rotation (its backward).
 pub fn rope(row: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
     let hd = cos.len();
-    assert!(sin.len() == hd && hd % 2 == 0 && row.len() % hd == 0);
+    assert!(sin.len() == hd && hd.is_multiple_of(2) && row.len().is_multiple_of(hd));
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: heads are hd long, every access masked to their halves
