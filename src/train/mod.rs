@@ -322,7 +322,8 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
     // this step's weights
     let dec = if policy.device.is_cpu() && !autograd_forced() { Some(policy.model.cpu_decoder()?) } else { None };
     // a frozen encoder runs outside candle too
-    let vision = if dec.is_some() && policy.model.vision_is_frozen() { policy.model.cpu_vision()? } else { None };
+    let precomputed = micro.iter().flatten().all(|e| e.features.is_some());
+    let vision = if dec.is_some() && policy.model.vision_is_frozen() && !precomputed { policy.model.cpu_vision()? } else { None };
     optimizer_step(&policy.named_vars(), opt, state, micro, clip, terms, |mb, share, grads| {
         if !policy.device.is_cpu() {
             let (loss, _) = batch_loss(policy, mb)?;
@@ -385,13 +386,30 @@ pub fn chunked_backward<E: Sync>(
     }
     let n_mb = mb.iter().map(|e| terms(e)).sum::<usize>().max(1) as f64;
     let weight = |c: &[&E]| c.iter().map(|e| terms(e)).sum::<usize>() as f64 / n_mb;
-    let threads = crate::model::threads().clamp(1, chunks.len());
-    let mut done: Vec<Option<Result<(f64, Partial)>>> = (0..chunks.len()).map(|_| None).collect();
+    let done = on_threads(&chunks, |c| run(c, share * weight(c)));
+    let mut mean = 0.0;
+    for (c, r) in chunks.iter().zip(done) {
+        let (l, part) = r?;
+        mean += grads.check_value(l)? * weight(c);
+        grads.add_partial(&part)?;
+    }
+    Ok(mean)
+}
+
+/// `run` of every item, in item order, on up to [`crate::model::threads`] threads (item i on
+/// thread i mod threads, so the assignment does not depend on timing); one item runs on the
+/// calling thread.
+pub fn on_threads<C: Sync, T: Send>(items: &[C], run: impl Fn(&C) -> T + Sync) -> Vec<T> {
+    if items.len() <= 1 {
+        return items.iter().map(run).collect();
+    }
+    let threads = crate::model::threads().clamp(1, items.len());
+    let mut done: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (chunks, run, weight) = (&chunks, &run, &weight);
-                s.spawn(move || (t..chunks.len()).step_by(threads).map(|i| (i, run(chunks[i], share * weight(chunks[i])))).collect::<Vec<_>>())
+                let run = &run;
+                s.spawn(move || (t..items.len()).step_by(threads).map(|i| (i, run(&items[i]))).collect::<Vec<_>>())
             })
             .collect();
         for h in handles {
@@ -400,13 +418,7 @@ pub fn chunked_backward<E: Sync>(
             }
         }
     });
-    let mut mean = 0.0;
-    for (c, r) in chunks.iter().zip(done) {
-        let (l, part) = r.expect("every sub-batch ran")?;
-        mean += grads.check_value(l)? * weight(c);
-        grads.add_partial(&part)?;
-    }
-    Ok(mean)
+    done.into_iter().map(|r| r.expect("every item ran")).collect()
 }
 
 /// Gradients of one optimizer step, summed over micro-batches, by variable name.

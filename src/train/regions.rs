@@ -68,10 +68,10 @@ impl RegionTrainer {
     }
 
     /// One optimizer step at learning rate `lr`; returns the mean cross-entropy. On the CPU the
-    /// batch is split into sub-batches of [`super::CPU_CHUNK`] images on up to
-    /// [`crate::model::threads`] threads (candle's own ops run single-threaded), each weighted by
-    /// its share of the images; their gradients are summed in sub-batch order, so the step does
-    /// not depend on the thread count.
+    /// batch is split into sub-batches of [`super::CPU_CHUNK`] images run by
+    /// [`super::on_threads`] (candle's own ops run single-threaded), each weighted by its share
+    /// of the images; their gradients are summed in sub-batch order, so the step does not depend
+    /// on the thread count.
     pub fn step(&mut self, policy: &Policy, examples: &[&RegionExample], lr: f64) -> Result<f64> {
         let run = |chunk: &[&RegionExample]| -> Result<(f64, candle_core::backprop::GradStore)> {
             let (p, y) = self.batch(policy, chunk)?;
@@ -81,29 +81,10 @@ impl RegionTrainer {
             Ok((l * share, (loss * share)?.backward()?))
         };
         let chunks: Vec<&[&RegionExample]> = if policy.device.is_cpu() { examples.chunks(super::CPU_CHUNK).collect() } else { vec![examples] };
-        let threads = crate::model::threads().clamp(1, chunks.len().max(1));
-        let mut done: Vec<Option<Result<(f64, candle_core::backprop::GradStore)>>> = (0..chunks.len()).map(|_| None).collect();
-        if chunks.len() <= 1 {
-            // one sub-batch (always on a GPU): on this thread
-            done = chunks.iter().map(|c| Some(run(c))).collect();
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let (chunks, run) = (&chunks, &run);
-                        s.spawn(move || (t..chunks.len()).step_by(threads).map(|i| (i, run(chunks[i]))).collect::<Vec<_>>())
-                    })
-                    .collect();
-                for h in handles {
-                    for (i, r) in h.join().expect("a vision training thread panicked") {
-                        done[i] = Some(r);
-                    }
-                }
-            });
-        }
+        let done = super::on_threads(&chunks, |c| run(c));
         let (mut l, mut grads) = (0.0, None::<candle_core::backprop::GradStore>);
         for r in done {
-            let (part, mut store) = r.expect("every sub-batch ran")?;
+            let (part, mut store) = r?;
             l += part;
             grads = Some(match grads {
                 None => store,
@@ -148,13 +129,16 @@ mod tests {
     fn region_pretraining_reaches_the_encoder_and_fits_labels() {
         let (policy, _) = crate::model::test_util::setup(1);
         let v = policy.cfg.vision_config.clone();
-        // two fixed images whose 3×3 regions carry distinct labels
-        let examples: Vec<RegionExample> = (0..2)
-            .map(|k| RegionExample {
-                patches: (0..v.num_patches() * v.patch_dim()).map(|i| (((i * 7 + k * 13) % 17) as f32 / 8.5) - 1.0).collect(),
-                labels: (0..9).map(|r| ((r + k) % 4) as u32).collect(),
-            })
-            .collect();
+        // fixed images whose 3×3 regions carry distinct labels
+        let images = |n: usize| -> Vec<RegionExample> {
+            (0..n)
+                .map(|k| RegionExample {
+                    patches: (0..v.num_patches() * v.patch_dim()).map(|i| (((i * 7 + k * 13) % 17) as f32 / 8.5) - 1.0).collect(),
+                    labels: (0..9).map(|r| ((r + k) % 4) as u32).collect(),
+                })
+                .collect()
+        };
+        let examples = images(2);
         let refs: Vec<&RegionExample> = examples.iter().collect();
         let before = policy.named_tensors()["vision.patch_embed.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mut t = RegionTrainer::new(&policy, 3, 4, 0.0, 1).unwrap();
@@ -168,12 +152,7 @@ mod tests {
         let after = policy.named_tensors()["vision.patch_embed.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_ne!(before, after, "the encoder did not train");
         // a batch of 3 sub-batches: the step's loss is the batch's mean cross-entropy
-        let many: Vec<RegionExample> = (0..20)
-            .map(|k| RegionExample {
-                patches: (0..v.num_patches() * v.patch_dim()).map(|i| (((i * 7 + k * 13) % 17) as f32 / 8.5) - 1.0).collect(),
-                labels: (0..9).map(|r| ((r + k) % 4) as u32).collect(),
-            })
-            .collect();
+        let many = images(20);
         let refs: Vec<&RegionExample> = many.iter().collect();
         let (p, y) = t.batch(&policy, &refs).unwrap();
         let whole = candle_nn::loss::cross_entropy(&t.logits(&policy, &p).unwrap(), &y).unwrap().to_scalar::<f32>().unwrap() as f64;
