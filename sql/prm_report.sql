@@ -4,6 +4,10 @@
 --   sound_share_*     share of rollouts whose reasoning is fully sound (steps_ok) among the
 --                     PRM's top-2 correct, 2 random correct, and all correct rollouts
 --   step_ok_share_*   the same three groups: mean share of a rollout's steps the oracle accepts
+--   pair_auroc_prm    within each prompt's correct rollouts, P(a sound one scores above an
+--                     unsound one), ties ½: what top-k selection depends on
+--   pair_auroc_logprob the same for the policy's own mean token log-probability (no PRM)
+--   pairs             the (sound, unsound) pairs behind the two
 -- Reads `step_scores`, `scored` (with steps_ok) and `prompts` (scene, meta) of this iteration.
 WITH steps AS (
   SELECT s.score, synth_step_ok(p.scene, p.meta, v.response, s.step_idx) AS ok
@@ -35,6 +39,13 @@ correct AS (
          ROW_NUMBER() OVER (PARTITION BY v.prompt_id ORDER BY md5(concat('${seed}', '/', v.prompt_id, '/', CAST(v.sample_idx AS VARCHAR))), v.sample_idx) AS by_chance
   FROM scored v LEFT JOIN step_share x ON v.prompt_id = x.prompt_id AND v.sample_idx = x.sample_idx
   WHERE v.iteration = ${iteration} AND v.correct
+),
+pairs AS (
+  SELECT CASE WHEN a.score > b.score THEN 1.0 WHEN a.score = b.score THEN 0.5 ELSE 0.0 END AS prm,
+         CASE WHEN a.lp > b.lp THEN 1.0 WHEN a.lp = b.lp THEN 0.5 ELSE 0.0 END AS lp
+  FROM (SELECT prompt_id, score, logprob / greatest(num_tokens, 1) AS lp, steps_ok FROM scored WHERE iteration = ${iteration} AND correct) a
+  JOIN (SELECT prompt_id, score, logprob / greatest(num_tokens, 1) AS lp, steps_ok FROM scored WHERE iteration = ${iteration} AND correct) b
+    ON a.prompt_id = b.prompt_id AND a.steps_ok AND NOT b.steps_ok
 )
 SELECT '${split}' AS split, 'step_auroc' AS name, (SELECT v FROM auc) AS value
 UNION ALL SELECT '${split}', 'steps', CAST((SELECT n FROM auc) AS DOUBLE)
@@ -44,3 +55,6 @@ UNION ALL SELECT '${split}', 'sound_share_all_correct', avg(CASE WHEN steps_ok T
 UNION ALL SELECT '${split}', 'step_ok_share_prm_top2', avg(share) FROM correct WHERE by_prm <= 2
 UNION ALL SELECT '${split}', 'step_ok_share_random2', avg(share) FROM correct WHERE by_chance <= 2
 UNION ALL SELECT '${split}', 'step_ok_share_all_correct', avg(share) FROM correct
+UNION ALL SELECT '${split}', 'pair_auroc_prm', avg(prm) FROM pairs
+UNION ALL SELECT '${split}', 'pair_auroc_logprob', avg(lp) FROM pairs
+UNION ALL SELECT '${split}', 'pairs', CAST(count(*) AS DOUBLE) FROM pairs

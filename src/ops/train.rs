@@ -225,20 +225,11 @@ impl TrainOp {
     /// weights (the head is dropped) and a fresh optimizer state.
     async fn pretrain_regions(&self, ctx: &OpContext<'_>, policy: Policy, mut state: TrainerState, filter: &str) -> Result<OpOutput> {
         use crate::train::regions::{RegionExample, RegionTrainer};
-        let q = format!("SELECT images, region_labels FROM \"{}\"{filter} ORDER BY region_labels, images[1]['bytes']", self.spec.data);
-        let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns images and region_labels: {e}", self.spec.data)))?.collect().await?;
-        let mut examples = Vec::new();
-        for b in &batches {
-            let labels = arrow::compute::cast(b.column(1), &DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))))?;
-            for i in 0..b.num_rows() {
-                let img = first_image(b.column(0), i).ok_or_else(|| self.fail(format!("row {i} has no image")))?;
-                if labels.is_null(i) {
-                    return Err(self.fail(format!("row {i} has no region_labels")));
-                }
-                let l: Vec<u32> = labels.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::UInt32Type>().iter().map(|x| x.unwrap_or(u32::MAX)).collect();
-                examples.push(RegionExample { patches: image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?, labels: l });
-            }
-        }
+        let examples = self.region_examples(ctx, &policy, &self.spec.data, filter).await?;
+        let held_out = match &self.spec.eval_data {
+            Some(t) => self.region_examples(ctx, &policy, t, "").await?,
+            None => vec![],
+        };
         let Some(first) = examples.first() else { return Err(self.fail(format!("no rows in `{}`", self.spec.data))) };
         let grid = (first.labels.len() as f64).sqrt().round() as usize;
         let classes = examples.iter().flat_map(|e| e.labels.iter()).filter(|&&l| l != u32::MAX).max().map_or(0, |m| *m as usize + 1);
@@ -246,6 +237,18 @@ impl TrainOp {
             return Err(self.fail(format!("region_labels has {} entries; expected a square number (g × g regions)", first.labels.len())));
         }
         let mut trainer = RegionTrainer::new(&policy, grid, classes, self.spec.adamw.weight_decay, ctx.pipeline.seed).map_err(|e| self.fail(e))?;
+        let held_out: Vec<&RegionExample> = held_out.iter().collect();
+        let mut eval_rows: Vec<(i64, u32, u64, u64)> = vec![];
+        let mut evaluate = |trainer: &RegionTrainer, step: u64| -> Result<()> {
+            if held_out.is_empty() {
+                return Ok(());
+            }
+            let per = trainer.evaluate(&policy, &held_out).map_err(|e| self.fail(format!("eval_data `{}`: {e}", self.spec.eval_data.as_deref().unwrap_or_default())))?;
+            let (n, c) = per.iter().fold((0, 0), |(n, c), e| (n + e.1, c + e.2));
+            eprintln!("  train (regions): held-out accuracy {:.2}% of {n} regions at step {step}", 100.0 * c as f64 / n.max(1) as f64);
+            eval_rows.extend(per.into_iter().map(|(l, n, c)| (step as i64, l, n, c)));
+            Ok(())
+        };
         let mb = self.spec.micro_batch.max(1);
         let total = examples.len().div_ceil(mb) * self.spec.epochs as usize;
         let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);
@@ -270,16 +273,59 @@ impl TrainOp {
                 let done = losses.len();
                 if done * 10 / total.max(1) != (done - 1) * 10 / total.max(1) || done == total {
                     eprintln!("  train (regions): step {done}/{total}, loss {loss:.4}, lr {lr:.2e}, {:.1}s", started.elapsed().as_secs_f64());
+                    evaluate(&trainer, state.step)?;
                 }
             }
         }
         state.rng = state.rng.wrapping_add(self.spec.epochs as u64);
         ctx.side.push("train_log", train_log(&self.stage, steps, epochs, losses, lrs)?);
+        if !eval_rows.is_empty() {
+            ctx.side.push("region_eval", region_eval(&self.stage, &eval_rows)?);
+        }
         let mut files = policy.to_files().map_err(|e| self.fail(e))?;
         files.push((STATE_FILE, serde_json::to_vec_pretty(&state).map_err(|e| self.fail(e))?));
         let dir = format!("{}/{}", ctx.files_dir(), ctx.attempt);
         Ok(OpOutput::Files(checkpoint::write(ctx.store, &dir, files).await?))
     }
+
+    /// Rows of `images` + `region_labels` of `table` (a deterministic order), as patches.
+    async fn region_examples(&self, ctx: &OpContext<'_>, policy: &Policy, table: &str, filter: &str) -> Result<Vec<crate::train::regions::RegionExample>> {
+        let q = format!("SELECT images, region_labels FROM \"{table}\"{filter} ORDER BY region_labels, images[1]['bytes']");
+        let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("`{table}` needs columns images and region_labels: {e}")))?.collect().await?;
+        let mut examples = Vec::new();
+        for b in &batches {
+            let labels = arrow::compute::cast(b.column(1), &DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))))?;
+            for i in 0..b.num_rows() {
+                let img = first_image(b.column(0), i).ok_or_else(|| self.fail(format!("`{table}` row {i} has no image")))?;
+                if labels.is_null(i) {
+                    return Err(self.fail(format!("`{table}` row {i} has no region_labels")));
+                }
+                let l: Vec<u32> = labels.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::UInt32Type>().iter().map(|x| x.unwrap_or(u32::MAX)).collect();
+                examples.push(crate::train::regions::RegionExample { patches: image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?, labels: l });
+            }
+        }
+        Ok(examples)
+    }
+}
+
+/// The `region_eval` table: held-out regions and correct argmaxes per (step, label).
+fn region_eval(stage: &str, rows: &[(i64, u32, u64, u64)]) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("stage", DataType::Utf8, false),
+            Field::new("step", DataType::Int64, false),
+            Field::new("label", DataType::Int64, false),
+            Field::new("regions", DataType::Int64, false),
+            Field::new("correct", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec![stage.to_string(); rows.len()])),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| i64::from(r.1)).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.2 as i64).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.3 as i64).collect::<Vec<_>>())),
+        ],
+    )?)
 }
 
 pub(crate) fn train_log(stage: &str, steps: Vec<i64>, epochs: Vec<i64>, losses: Vec<f64>, lrs: Vec<f64>) -> Result<RecordBatch> {

@@ -361,6 +361,10 @@ pub struct TrainSpec {
     /// pretraining on `images` and `region_labels` (g×g class ids per image, reading order).
     #[serde(default = "default_objective")]
     pub objective: String,
+    /// `regions` only: a stage of held-out `images` and `region_labels`, scored at every tenth
+    /// of the training and at the end into the `region_eval` table (per label: regions, correct).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_data: Option<String>,
 }
 
 fn default_objective() -> String {
@@ -987,7 +991,11 @@ impl Validator<'_> {
                                 self.dec.error(&at("lora"), "lora needs rank ≥ 1, alpha > 0 and at least one target module");
                             }
                         }
-                        let named: Vec<(&str, &String)> = [("data", &t.data), ("base", &t.base)].into_iter().filter(|(_, n)| !n.is_empty()).collect();
+                        if t.eval_data.is_some() && t.objective != "regions" {
+                            self.dec.error(&at("eval_data"), "eval_data applies to objective `regions` only");
+                        }
+                        let named: Vec<(&str, &String)> =
+                            [("data", &t.data), ("base", &t.base)].into_iter().chain(t.eval_data.as_ref().map(|e| ("eval_data", e))).filter(|(_, n)| !n.is_empty()).collect();
                         for (field, name) in named {
                             if let Some(r) = self.check_input(&at(field), &common.id, scope, name, false, &scopes) {
                                 if !inputs.contains(&r) {
@@ -1389,5 +1397,18 @@ mod tests {
         let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"seed"), "{e:?}");
         assert!(paths.contains(&"bogus"), "{e:?}");
+    }
+
+    #[test]
+    fn regions_eval_data_is_an_input_and_only_for_regions() {
+        let head = "name: t\nstages:\n  - {id: init, op: model_init, corpus: c}\n  - {id: c, op: sql, scope: setup, query: select 1 as x}\n  - {id: h, op: sql, scope: setup, query: select 1 as x}\n";
+        let train = |objective: &str| format!("{head}  - {{id: v, op: train, objective: {objective}, data: c, eval_data: h, base: init, schedule: {{kind: constant, lr: 0.001}}}}\n");
+        let p = load_str(&train("regions"), "t.yaml", Path::new("."), &[]).unwrap();
+        let v = p.stages.iter().find(|s| s.id == "v").unwrap();
+        assert!(v.inputs.contains(&InputRef { stage: "h".into(), prev: false }), "{:?}", v.inputs);
+        let e = errs(&train("sft"));
+        assert!(e.iter().any(|e| e.path.ends_with("eval_data") && e.message.contains("objective `regions` only")), "{e:?}");
+        let e = errs(&train("regions").replace("eval_data: h", "eval_data: nope"));
+        assert!(e.iter().any(|e| e.path.ends_with("eval_data")), "{e:?}");
     }
 }

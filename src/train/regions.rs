@@ -112,12 +112,31 @@ impl RegionTrainer {
         Ok(l)
     }
 
+    /// Per label seen: (label, regions, regions whose argmax is the label), ascending by label.
+    /// Forward passes only, [`super::CPU_CHUNK`] images at a time on threads on the CPU.
+    pub fn evaluate(&self, policy: &Policy, examples: &[&RegionExample]) -> Result<Vec<(u32, u64, u64)>> {
+        let chunk = if policy.device.is_cpu() { super::CPU_CHUNK } else { 64 };
+        let chunks: Vec<&[&RegionExample]> = examples.chunks(chunk).collect();
+        let mut counts = std::collections::BTreeMap::<u32, (u64, u64)>::new();
+        for r in super::on_threads(&chunks, |c| -> Result<(Vec<u32>, Vec<u32>)> {
+            let (p, y) = self.batch(policy, c)?;
+            Ok((self.logits(policy, &p)?.argmax(D::Minus1)?.to_vec1()?, y.to_vec1()?))
+        }) {
+            let (pred, y) = r?;
+            for (p, l) in pred.iter().zip(&y) {
+                let e = counts.entry(*l).or_default();
+                e.0 += 1;
+                e.1 += u64::from(p == l);
+            }
+        }
+        Ok(counts.into_iter().map(|(l, (n, c))| (l, n, c)).collect())
+    }
+
     /// Share of regions whose argmax equals the label.
     pub fn accuracy(&self, policy: &Policy, examples: &[&RegionExample]) -> Result<f64> {
-        let (p, y) = self.batch(policy, examples)?;
-        let pred: Vec<u32> = self.logits(policy, &p)?.argmax(D::Minus1)?.to_vec1()?;
-        let y: Vec<u32> = y.to_vec1()?;
-        Ok(pred.iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / y.len().max(1) as f64)
+        let per = self.evaluate(policy, examples)?;
+        let (n, c) = per.iter().fold((0, 0), |(n, c), e| (n + e.1, c + e.2));
+        Ok(c as f64 / n.max(1) as f64)
     }
 }
 
@@ -149,6 +168,11 @@ mod tests {
         }
         assert!(last < first * 0.5, "region loss {first} → {last}");
         assert!(t.accuracy(&policy, &refs).unwrap() > 0.9);
+        // per label: every region counted once, under its own label
+        let per = t.evaluate(&policy, &refs).unwrap();
+        assert_eq!(per.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(per.iter().map(|e| e.1).collect::<Vec<_>>(), vec![5, 5, 4, 4], "labels (r + k) % 4 over 2 images");
+        assert!(per.iter().all(|e| e.2 <= e.1));
         let after = policy.named_tensors()["vision.patch_embed.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_ne!(before, after, "the encoder did not train");
         // a batch of 3 sub-batches: the step's loss is the batch's mean cross-entropy
