@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MSTAR=${MSTAR:-target/debug/mstar}
 OUT=$(realpath -m "${OUT:-benches/runs/mstar}")   # store paths are absolute (relative ones resolve against the pipeline file)
-BASELINES=${BASELINES:-"rest_em iterative_rft continuous prm_top2"}
+BASELINES=${BASELINES:-"rest_em iterative_rft continuous prm_top2 confidence2"}
 PARALLEL=${PARALLEL:-}
 seeds=("${@:-0}")
 mkdir -p "$OUT/logs"

@@ -13,10 +13,10 @@ CREATE TABLE step_scores (iteration INT, prompt_id VARCHAR, sample_idx INT, step
   (1, 'b', 0, 0, 's', 0.8),
   (1, 'b', 1, 0, 's', 0.3), (1, 'b', 1, 1, 's', 0.1),
   (0, 'a', 0, 0, 's', 0.0);
-CREATE TABLE verified (iteration INT, prompt_id VARCHAR, sample_idx INT, response VARCHAR, pred VARCHAR, correct BOOLEAN) AS VALUES
-  (1, 'a', 0, 'r', '5', true), (1, 'a', 1, 'r', '5', true), (1, 'a', 2, 'r', '5', true), (1, 'a', 3, 'r', '7', false),
-  (1, 'b', 0, 'r', '3', false), (1, 'b', 1, 'r', '4', true), (1, 'b', 2, '', '4', true),
-  (0, 'a', 0, 'r', '5', true);
+CREATE TABLE verified (iteration INT, prompt_id VARCHAR, sample_idx INT, response VARCHAR, pred VARCHAR, correct BOOLEAN, num_tokens INT, logprob DOUBLE) AS VALUES
+  (1, 'a', 0, 'r', '5', true, 10, -2.0), (1, 'a', 1, 'r', '5', true, 10, -5.0), (1, 'a', 2, 'r', '5', true, 4, -1.0), (1, 'a', 3, 'r', '7', false, 10, -1.0),
+  (1, 'b', 0, 'r', '3', false, 10, -3.0), (1, 'b', 1, 'r', '4', true, 10, -4.0), (1, 'b', 2, '', '4', true, 0, 0.0),
+  (0, 'a', 0, 'r', '5', true, 10, -2.0);
 ";
 
 async fn session() -> datafusion::prelude::SessionContext {
@@ -61,21 +61,27 @@ async fn with_scored(score: &str) -> datafusion::prelude::SessionContext {
 async fn response_score_is_the_minimum_over_steps() {
     let ctx = with_scored("score_min").await;
     let rows = run(&ctx, "response_scores", &[("iteration", "1"), ("score", "score_min")], "prompt_id, sample_idx").await;
-    // columns: prompt_id sample_idx response pred correct score score_min score_mean score_last num_steps
+    // columns: prompt_id sample_idx response pred correct num_tokens logprob score_min score_mean
+    // score_last num_steps logprob_mean score
     assert_eq!(
         rows,
         vec![
-            "a 0 r 5 true 0.2 0.2 0.55 0.2 2",
-            "a 1 r 5 true 0.6 0.6 0.6499999999999999 0.7 2",
-            "a 2 r 5 true 0.6 0.6 0.6 0.6 1",
-            "a 3 r 7 false 0.95 0.95 0.97 0.99 2",
-            "b 0 r 3 false 0.8 0.8 0.8 0.8 1",
-            "b 1 r 4 true 0.1 0.1 0.2 0.1 2",
-            "b 2  4 true 0.0 0.0 0.0 0.0 0", // no steps: scores 0
+            "a 0 r 5 true 10 -2.0 0.2 0.55 0.2 2 -0.2 0.2",
+            "a 1 r 5 true 10 -5.0 0.6 0.6499999999999999 0.7 2 -0.5 0.6",
+            "a 2 r 5 true 4 -1.0 0.6 0.6 0.6 1 -0.25 0.6",
+            "a 3 r 7 false 10 -1.0 0.95 0.97 0.99 2 -0.1 0.95",
+            "b 0 r 3 false 10 -3.0 0.8 0.8 0.8 1 -0.3 0.8",
+            "b 1 r 4 true 10 -4.0 0.1 0.2 0.1 2 -0.4 0.1",
+            "b 2  4 true 0 0.0 0.0 0.0 0.0 0 0.0 0.0", // no steps: scores 0; no tokens: logprob_mean 0
         ]
     );
     let mean = run(&ctx, "response_scores", &[("iteration", "1"), ("score", "score_mean")], "prompt_id, sample_idx").await;
-    assert!(mean[0].starts_with("a 0 r 5 true 0.55 "), "{}", mean[0]);
+    assert!(mean[0].ends_with(" 0.55"), "{}", mean[0]);
+    // the policy's confidence instead of the PRM: top-2 of a's correct rollouts by mean token
+    // log-probability are s0 (−0.2) and s2 (−0.25), not the PRM's s1 and s2
+    let ctx = with_scored("logprob_mean").await;
+    let top2 = run(&ctx, "select_top_k", &[("iteration", "1"), ("k", "2")], "prompt_id, rank").await;
+    assert_eq!(top2, vec!["a 0 r -0.2 1", "a 2 r -0.25 2", "b 2  0.0 1", "b 1 r -0.4 2"]);
 }
 
 #[tokio::test]
