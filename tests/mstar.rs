@@ -82,6 +82,9 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
     let steps = sql_csv(&s, "SELECT iteration, min(step) AS first, max(step) AS last FROM train_log WHERE stage = 'sft' GROUP BY iteration ORDER BY iteration");
     let rows: Vec<Vec<i64>> = steps.lines().skip(1).map(|l| l.split(',').filter_map(|x| x.parse().ok()).collect()).collect();
     assert!(rows.windows(2).all(|w| w[0][2] + 1 == w[1][1]), "sft steps do not continue: {steps}");
+    // vision pretraining scored its held-out images at the end of its training
+    assert_eq!(one("SELECT max(step) FROM region_eval WHERE stage = 'vision'"), one("SELECT max(step) FROM train_log WHERE stage = 'vision'"));
+    assert_eq!(one("SELECT count(*) FROM region_eval WHERE correct > regions"), "0");
     // each iteration covers its own quarter of the pool
     assert_eq!(one("SELECT count(*) FROM (SELECT prompt_id FROM batch GROUP BY prompt_id HAVING count(*) > 1)"), "0");
 

@@ -232,7 +232,8 @@ impl TrainOp {
         };
         let Some(first) = examples.first() else { return Err(self.fail(format!("no rows in `{}`", self.spec.data))) };
         let grid = (first.labels.len() as f64).sqrt().round() as usize;
-        let classes = examples.iter().flat_map(|e| e.labels.iter()).filter(|&&l| l != u32::MAX).max().map_or(0, |m| *m as usize + 1);
+        // a class only the held-out images show still gets an output (never right, and counted)
+        let classes = examples.iter().chain(&held_out).flat_map(|e| e.labels.iter()).filter(|&&l| l != u32::MAX).max().map_or(0, |m| *m as usize + 1);
         if grid * grid != first.labels.len() {
             return Err(self.fail(format!("region_labels has {} entries; expected a square number (g × g regions)", first.labels.len())));
         }
