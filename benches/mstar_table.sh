@@ -2,14 +2,14 @@
 # The README's M-STAR results table: the demo (M-STAR) and its baselines for each seed, then
 # `mstar report` over all of them. The baselines start from a copy of the demo store's setup
 # stages (warm-up, PRM: iteration 0), which have the same fingerprints in every variant.
-#   bash benches/mstar_table.sh [SEEDS…]        (default: 0; each seed ≈ 21 + 4 × 6 min on 2 cores)
+#   bash benches/mstar_table.sh [SEEDS…]        (default: 0; each seed ≈ 18 + 7 × 4 min on 2 cores)
 #   PARALLEL=1 bash benches/mstar_table.sh 0 1 2  (seeds side by side, a seed's baselines side by
 #                                                 side: for a GPU or many cores; logs in $OUT/logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MSTAR=${MSTAR:-target/debug/mstar}
 OUT=$(realpath -m "${OUT:-benches/runs/mstar}")   # store paths are absolute (relative ones resolve against the pipeline file)
-BASELINES=${BASELINES:-"rest_em iterative_rft continuous prm_top2 confidence2"}
+BASELINES=${BASELINES:-"rest_em iterative_rft continuous random2 prm_top2 fixed_t confidence2"}
 PARALLEL=${PARALLEL:-}
 seeds=("${@:-0}")
 mkdir -p "$OUT/logs"
