@@ -123,7 +123,7 @@ pub fn bench_hf(dir: &Path, batch: usize, new_tokens: usize, train_batch: usize,
     use super::qwen_vl::{Checkpoint, Trainable};
     use crate::train::qwen::{accumulate, QwenExample};
     let bad = |e: &dyn std::fmt::Display| ModelError::Invalid(e.to_string());
-    let dtype = crate::model::hf_dtype(&dev);
+    let dtype = crate::model::hf_dtype(dev);
     let sync = |t: &Tensor| -> Result<()> {
         t.flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         Ok(())

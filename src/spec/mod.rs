@@ -632,7 +632,7 @@ impl StageSpec {
     pub fn runs_at(&self, iteration: u32) -> bool {
         match self.scope {
             Scope::Setup => iteration == 0,
-            Scope::Iteration => iteration >= 1 && (iteration - 1) % self.every == 0,
+            Scope::Iteration => iteration >= 1 && (iteration - 1).is_multiple_of(self.every),
         }
     }
 }

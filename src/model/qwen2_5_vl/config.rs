@@ -117,7 +117,7 @@ impl DecoderSpec {
         if text.use_sliding_window {
             return Err(invalid(path, "use_sliding_window is not supported"));
         }
-        if text.num_attention_heads % text.num_key_value_heads != 0 || (text.head_dim.is_none() && text.hidden_size % text.num_attention_heads != 0) {
+        if !text.num_attention_heads.is_multiple_of(text.num_key_value_heads) || (text.head_dim.is_none() && !text.hidden_size.is_multiple_of(text.num_attention_heads)) {
             return Err(invalid(path, "num_attention_heads must divide by num_key_value_heads, and hidden_size by heads (or give head_dim)"));
         }
         let interleaved = scaling.get("mrope_interleaved").and_then(|x| x.as_bool()).unwrap_or(qwen3);
@@ -180,10 +180,10 @@ impl Config {
             return Err(invalid(path, format!("vision hidden_act `{}` is not supported (silu is)", vision.hidden_act)));
         }
         let v_ = &vision;
-        if v_.hidden_size % v_.num_heads != 0 || (v_.hidden_size / v_.num_heads) % 4 != 0 {
+        if !v_.hidden_size.is_multiple_of(v_.num_heads) || !(v_.hidden_size / v_.num_heads).is_multiple_of(4) {
             return Err(invalid(path, "vision head_dim (hidden_size / num_heads) must be a multiple of 4"));
         }
-        if v_.window_size % (v_.spatial_merge_size * v_.patch_size) != 0 || v_.window_size == 0 {
+        if !v_.window_size.is_multiple_of(v_.spatial_merge_size * v_.patch_size) || v_.window_size == 0 {
             return Err(invalid(path, "vision window_size must be a positive multiple of spatial_merge_size × patch_size"));
         }
         if let Some(&b) = v_.fullatt_block_indexes.iter().find(|&&b| b >= v_.depth) {

@@ -185,7 +185,7 @@ mod tests {
             let seeds: [&[u64]; 3] = [&[1, 2], &[3], &[4, 5, 6]];
             let p = SamplingParams { temperature: 1.0, top_p: 0.95, max_new_tokens: 6, ..Default::default() };
             let eos = crate::ops::generate_hf::eos_ids(&dir, &ck);
-            let together = generate_many(&ck.model, &prompts.iter().zip(seeds).map(|(p, s)| (p, s)).collect::<Vec<_>>(), &p, &eos).unwrap();
+            let together = generate_many(&ck.model, &prompts.iter().zip(seeds).collect::<Vec<_>>(), &p, &eos).unwrap();
             for (i, (prompt, s)) in prompts.iter().zip(seeds).enumerate() {
                 let alone = generate(&ck.model, prompt, s, &p, &eos).unwrap();
                 for (a, b) in together[i].iter().zip(&alone) {

@@ -66,7 +66,7 @@ impl Config {
         if !matches!(vision.hidden_act.as_str(), "gelu_pytorch_tanh" | "gelu") {
             return Err(invalid(path, format!("vision hidden_act `{}` is not supported (gelu_pytorch_tanh, gelu are)", vision.hidden_act)));
         }
-        if vision.hidden_size % vision.num_heads != 0 || (vision.hidden_size / vision.num_heads) % 4 != 0 {
+        if !vision.hidden_size.is_multiple_of(vision.num_heads) || !(vision.hidden_size / vision.num_heads).is_multiple_of(4) {
             return Err(invalid(path, "vision head_dim (hidden_size / num_heads) must be a multiple of 4"));
         }
         let side = (vision.num_position_embeddings as f64).sqrt() as usize;

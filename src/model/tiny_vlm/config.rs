@@ -158,19 +158,19 @@ impl Config {
     /// Checks the invariants the model code relies on.
     pub fn validate(&self) -> Result<(), String> {
         let v = &self.vision_config;
-        if self.hidden_size % self.num_attention_heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) || !self.head_dim().is_multiple_of(2) {
             return Err("hidden_size must split into an even head_dim per attention head".into());
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err("vision_config.hidden_size must be divisible by its num_attention_heads".into());
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return Err("vision_config.image_size must be a multiple of patch_size".into());
         }
         if v.stem_channels == Some(0) {
             return Err("vision_config.stem_channels must be at least 1".into());
         }
-        if v.merge_size == 0 || v.grid() % v.merge_size != 0 {
+        if v.merge_size == 0 || !v.grid().is_multiple_of(v.merge_size) {
             return Err(format!("vision_config.merge_size {} must divide the {} patches per side", v.merge_size, v.grid()));
         }
         if let Some(g) = v.pool_grid {
