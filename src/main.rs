@@ -357,7 +357,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let dev = mstar::model::device();
             let dtype = mstar::model::hf_dtype(&dev);
             let ck = mstar::model::qwen_vl::Checkpoint::load(&dir, dtype, &dev)?;
-            let eos = mstar::ops::generate_hf::eos_ids(&dir, &ck);
+            let eos = ck.eos_ids.clone();
             anyhow::ensure!(!eos.is_empty(), "{}: no end-of-turn token (generation_config.json, config.json or tokenizer_config.json)", dir.display());
             let name = name.unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
             let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;

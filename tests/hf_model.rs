@@ -124,29 +124,72 @@ fn bad_model_specs_and_folders_say_what_and_where() {
     assert!(err.contains("mlp.gate_proj.weight") && err.contains("shape"), "{err}");
 }
 
+/// A running `mstar serve`, killed however the test ends.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `mstar serve MODEL` on a free port: the process and its address; its later stderr is
+/// collected and returned by the thread's handle.
+fn serve(model: &Path, name: &str) -> (Served, String) {
+    use std::io::{BufRead, BufReader};
+    let mut server = Served(bin().args(["serve"]).arg(model).args(["--port", "0", "--name", name]).stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
+    // warnings at load come before the line that names the address
+    let mut seen = String::new();
+    let addr = loop {
+        let line = lines.next().unwrap_or_else(|| panic!("serve ended: {seen}")).unwrap();
+        if let Some(a) = line.split("http://").nth(1).and_then(|r| r.split("/v1").next()) {
+            break a.to_string();
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (server, addr)
+}
+
+/// Folders saved by transformers 5.x (`processor_config.json`, `text_config.rope_parameters`,
+/// head_dim 8 with unusual M-RoPE sections, a Qwen3-VL generation_config naming end-of-turn ids
+/// the tokenizer lacks): generation through the binary, and `mstar serve` giving the same rollouts.
+#[test]
+fn transformers_5_folders_generate_and_serve() {
+    for (name, warns) in [("qwen2_5_vl_v5", false), ("qwen3_vl_v5", true)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("m");
+        std::fs::create_dir_all(&model).unwrap();
+        copy_model(name, &model);
+        let local = tmp.path().join("local");
+        let (_, err) = ok(bin().arg("run").arg(write_pipeline(tmp.path(), "m", "")).args(["--store", local.to_str().unwrap()]));
+        assert_eq!(err.contains("eos_token_id [151645, 151643] not in the tokenizer's vocabulary") && err.contains("\"<|im_end|>\""), warns, "{name}: {err}");
+        let (server, addr) = serve(&model, "m");
+        let http = tmp.path().join("http");
+        ok(bin().arg("run").arg(write_with_backend(tmp.path(), &format!("openai: {{base_url: 'http://{addr}/v1', model: m, retries: 0}}"), "")).args(["--store", http.to_str().unwrap()]));
+        drop(server);
+        let q = "SELECT prompt_id, sample_idx, response, num_tokens, round(logprob, 3) AS lp, finish_reason FROM rollouts ORDER BY prompt_id, sample_idx";
+        let (a, b) = (sql_csv(local.to_str().unwrap(), q), sql_csv(http.to_str().unwrap(), q));
+        assert_eq!(a.lines().count(), 7, "{name}: {a}");
+        assert!(!a.contains(",error"), "{name}: {a}");
+        assert_eq!(a, b, "{name}: local and served rollouts differ");
+    }
+}
+
 /// `mstar serve` on the fixture folder, and the `openai` backend against it: the rollouts equal
 /// those of `model: {path}` (same seeds, same code); bad requests get a 400 that says why; an
 /// unreachable endpoint gives `error` rows and `generate_errors`, not a failed stage.
 #[test]
 fn serve_and_the_openai_backend() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("qwen");
     std::fs::create_dir_all(&model).unwrap();
     copy_fixture(&model);
-    /// Kills the server however the test ends.
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Guard(bin().args(["serve"]).arg(&model).args(["--port", "0", "--name", "tiny"]).stderr(std::process::Stdio::piped()).spawn().unwrap());
-    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first.split("http://").nth(1).and_then(|r| r.split("/v1").next()).unwrap_or_else(|| panic!("no address in {first:?}")).to_string();
-    std::thread::spawn(move || for _ in lines {});
+    let (server, addr) = serve(&model, "tiny");
     let run = |backend: &str, store: &str| {
         let p = write_with_backend(tmp.path(), backend, "");
         ok(bin().arg("run").arg(&p).args(["--store", store]))

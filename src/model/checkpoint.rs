@@ -47,7 +47,7 @@ pub fn latest(manifests: &[Manifest]) -> Option<&Manifest> {
 /// Whether a checkpoint is a Hugging Face folder (an image processor or a LoRA adapter) rather
 /// than a policy of mstar's own.
 pub fn is_hf(m: &Manifest) -> bool {
-    m.files.iter().any(|f| f.path.ends_with("/preprocessor_config.json") || f.path.ends_with(super::qwen_vl::ADAPTER_CONFIG))
+    m.files.iter().any(|f| f.path.ends_with("/preprocessor_config.json") || f.path.ends_with("/processor_config.json") || f.path.ends_with(super::qwen_vl::ADAPTER_CONFIG))
 }
 
 /// A stored checkpoint's files in a local folder, for loaders that read folders; a temporary

@@ -185,6 +185,47 @@ pub struct Checkpoint {
     pub dir: PathBuf,
     /// The LoRA adapters' settings when the model has them.
     pub lora: Option<lora::LoraConfig>,
+    /// Tokens that end generation (see `end_of_turn_ids`); may be empty.
+    pub eos_ids: Vec<u32>,
+}
+
+/// End-of-turn tokens: generation_config.json's `eos_token_id` (one or a list), else
+/// config.json's, else tokenizer_config.json's `eos_token`. Ids the tokenizer lacks are dropped
+/// with a warning, and the chat template's end-of-turn token is added in their place.
+fn end_of_turn_ids(dir: &Path, config_eos: &[u32], tokenizer: &tokenizers::Tokenizer, chat: &ChatTemplate) -> Vec<u32> {
+    use serde_json::Value;
+    let gen_path = dir.join("generation_config.json");
+    let from_gen = std::fs::read(&gen_path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).and_then(|v| match v.get("eos_token_id")? {
+        Value::Number(n) => Some(vec![n.as_u64()? as u32]),
+        Value::Array(a) => Some(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),
+        _ => None,
+    });
+    let (named, source) = match from_gen.filter(|v| !v.is_empty()) {
+        Some(ids) => (ids, gen_path),
+        None if !config_eos.is_empty() => (config_eos.to_vec(), dir.join("config.json")),
+        None => {
+            let tc = std::fs::read(dir.join("tokenizer_config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            let tok = tc.as_ref().and_then(|v| match v.get("eos_token")? {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            });
+            (tok.and_then(|t| tokenizer.token_to_id(&t)).into_iter().collect(), dir.join("tokenizer_config.json"))
+        }
+    };
+    let (mut ids, missing): (Vec<u32>, Vec<u32>) = named.into_iter().partition(|&id| tokenizer.id_to_token(id).is_some());
+    if !missing.is_empty() || ids.is_empty() {
+        let eot = chat.end_of_turn(tokenizer);
+        let with = match eot {
+            Some(id) => format!("the chat template's end-of-turn token {:?} ({id}) is used", tokenizer.id_to_token(id).unwrap_or_default()),
+            None => "the chat template names no end-of-turn token either".to_string(),
+        };
+        if !missing.is_empty() {
+            eprintln!("warning: {}: eos_token_id {missing:?} not in the tokenizer's vocabulary ({} tokens); {with}", source.display(), tokenizer.get_vocab_size(true));
+        }
+        ids.extend(eot.filter(|id| !ids.contains(id)));
+    }
+    ids
 }
 
 impl Checkpoint {
@@ -271,12 +312,14 @@ impl Checkpoint {
         let pick = |n: &str| trainable.names(n);
         let (model, varmap, frozen) = match hf::architecture(&raw) {
             Some("Qwen2_5_VLForConditionalGeneration") => {
-                let cfg = qwen2_5_vl::Config::from_value(&raw, &cfg_path)?;
+                let mut cfg = qwen2_5_vl::Config::from_value(&raw, &cfg_path)?;
+                cfg.decoder.resolve_tied_head(&mut tensors, &cfg_path)?;
                 let (m, v, f) = Qwen25Vl::from_tensors(&cfg, tensors, lora.as_ref(), &pick, dtype, dev).map_err(at)?;
                 (QwenVl::Qwen25(m), v, f)
             }
             Some("Qwen3VLForConditionalGeneration") => {
-                let cfg = qwen3_vl::Config::from_value(&raw, &cfg_path)?;
+                let mut cfg = qwen3_vl::Config::from_value(&raw, &cfg_path)?;
+                cfg.decoder.resolve_tied_head(&mut tensors, &cfg_path)?;
                 let (m, v, f) = Qwen3Vl::from_tensors(&cfg, tensors, lora.as_ref(), &pick, dtype, dev).map_err(at)?;
                 (QwenVl::Qwen3(m), v, f)
             }
@@ -286,13 +329,14 @@ impl Checkpoint {
         };
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| hf::invalid(&tok_path, e.to_string()))?;
-        let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
+        let processor = ImageProcessor::from_dir(dir)?;
         if (processor.patch_size, processor.merge_size, processor.temporal_patch_size) != model.patching() {
-            return Err(hf::invalid(dir, "preprocessor_config.json's patch, merge or temporal sizes differ from config.json's vision_config"));
+            return Err(hf::invalid(dir, "the image processor's patch, merge or temporal sizes differ from config.json's vision_config"));
         }
         let chat = ChatTemplate::from_dir(dir)?;
+        let eos_ids = end_of_turn_ids(dir, model.eos_token_ids(), &tokenizer, &chat);
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        let mut ck = Self { model, varmap, frozen, processor, tokenizer, chat, dir, lora };
+        let mut ck = Self { model, varmap, frozen, processor, tokenizer, chat, dir, lora, eos_ids };
         if !head.is_empty() {
             ck.set_score_head(head["score_head.weight"].to_dtype(dtype).map_err(at)?, head["score_head.bias"].to_dtype(dtype).map_err(at)?, trainable != Trainable::Nothing).map_err(at)?;
         }

@@ -44,25 +44,6 @@ pub(crate) fn all_images(col: &arrow::array::ArrayRef, i: usize) -> Vec<Vec<u8>>
     (0..b.len()).filter(|&j| !b.is_null(j)).map(|j| b.value(j).to_vec()).collect()
 }
 
-/// End-of-turn tokens: generation_config.json's `eos_token_id` (one or a list), else
-/// config.json's, else tokenizer_config.json's `eos_token`.
-pub fn eos_ids(dir: &Path, ck: &Checkpoint) -> Vec<u32> {
-    let from_gen = std::fs::read(dir.join("generation_config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).and_then(|v| match v.get("eos_token_id")? {
-        Value::Number(n) => Some(vec![n.as_u64()? as u32]),
-        Value::Array(a) => Some(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),
-        _ => None,
-    });
-    let from_tok = || -> Vec<u32> {
-        let tc = std::fs::read(dir.join("tokenizer_config.json")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        let tok = tc.as_ref().and_then(|v| match v.get("eos_token")? {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-            _ => None,
-        });
-        tok.and_then(|t| ck.tokenizer.token_to_id(&t)).into_iter().collect()
-    };
-    from_gen.filter(|v| !v.is_empty()).or_else(|| Some(ck.model.eos_token_ids().to_vec()).filter(|v| !v.is_empty())).unwrap_or_else(from_tok)
-}
 
 /// The Hugging Face checkpoint folder a stage samples from: the newest checkpoint of the first
 /// of `policy` that has one when it is a HF folder, else `model` while none has one; None when
@@ -85,7 +66,7 @@ pub async fn load_for_inference(dir: &Path) -> std::result::Result<(Checkpoint, 
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("model {}: {e}", dir.display()))?;
-    let ids = eos_ids(&ck.dir, &ck);
+    let ids = ck.eos_ids.clone();
     if ids.is_empty() {
         return Err(format!("model {}: no eos_token_id in generation_config.json or config.json, nor eos_token in tokenizer_config.json", ck.dir.display()));
     }

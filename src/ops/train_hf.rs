@@ -85,7 +85,7 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
             examples.push(e);
         }
     }
-    let pad = *crate::ops::generate_hf::eos_ids(&ck.dir, &ck).first().ok_or_else(|| op.fail("the checkpoint names no end-of-turn token to pad with"))?;
+    let pad = *ck.eos_ids.first().ok_or_else(|| op.fail("the checkpoint names no end-of-turn token to pad with"))?;
     let vars = ck.trainable();
     let per_step = spec.micro_batch * spec.grad_accum;
     let total_steps = examples.len().div_ceil(per_step.max(1)) * spec.epochs as usize;

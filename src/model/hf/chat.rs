@@ -78,6 +78,23 @@ impl ChatTemplate {
     }
 }
 
+impl ChatTemplate {
+    /// The token that ends an assistant turn: the first special token the template writes
+    /// after an assistant message's text (Qwen's `<|im_end|>`), if any.
+    pub fn end_of_turn(&self, tokenizer: &tokenizers::Tokenizer) -> Option<u32> {
+        const MARK: &str = "\u{1}mstar-end-of-turn-probe\u{1}";
+        let msgs = serde_json::json!([
+            {"role": "user", "content": [{"type": "text", "text": "x"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": MARK}]},
+        ]);
+        let text = self.render(&msgs, false).ok()?;
+        let after = &text[text.find(MARK)? + MARK.len()..];
+        let enc = tokenizer.encode(after, false).ok()?;
+        let special: std::collections::HashSet<u32> = tokenizer.get_added_vocabulary().get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        enc.get_ids().iter().copied().find(|id| special.contains(id))
+    }
+}
+
 /// A user turn of `n_images` images followed by `question`, as the Qwen-VL processors expect.
 pub fn user_turn(n_images: usize, question: &str) -> serde_json::Value {
     let mut content: Vec<serde_json::Value> = (0..n_images).map(|_| serde_json::json!({"type": "image"})).collect();

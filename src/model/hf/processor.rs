@@ -1,13 +1,27 @@
-//! The Qwen2-VL / Qwen2.5-VL image processor (`Qwen2VLImageProcessor`, the PIL one): smart
+//! The Qwen-VL image processor in both of transformers' backends (Pillow, torchvision): smart
 //! resize to patch multiples within min/max pixels, rescale, normalize, temporal and spatial patching.
 
-use super::resize::{resize_rgb8, Filter};
+use super::resize::{resize_rgb8, resize_rgb8_torch, Filter};
 use super::{invalid, read_json, HfError, Result};
 use std::path::Path;
 
-/// `preprocessor_config.json` of a Qwen-VL checkpoint.
+/// Which of transformers' image processors a folder names, i.e. whose resize and arithmetic to
+/// reproduce. The same class name meant Pillow in transformers 4.x and torchvision in 5.x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `Qwen2VLImageProcessor` of 4.x, `Qwen2VLImageProcessorPil` of 5.x: Pillow's fixed-point
+    /// resize, rescale then normalize in numpy's order.
+    Pil,
+    /// `Qwen2VLImageProcessorFast` of 4.x, `Qwen2VLImageProcessor` of 5.x: torch's uint8
+    /// antialiased resize, rescale fused into normalize (as `TorchvisionBackend` does).
+    Torchvision,
+}
+
+/// The image processor settings of a Qwen-VL checkpoint (`preprocessor_config.json`, or the
+/// `image_processor` object of transformers 5's `processor_config.json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageProcessor {
+    pub backend: Backend,
     pub patch_size: usize,
     pub temporal_patch_size: usize,
     pub merge_size: usize,
@@ -26,6 +40,7 @@ impl Default for ImageProcessor {
     /// transformers' defaults for `Qwen2VLImageProcessor`.
     fn default() -> Self {
         Self {
+            backend: Backend::Pil,
             patch_size: 14,
             temporal_patch_size: 2,
             merge_size: 2,
@@ -82,11 +97,49 @@ pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usiz
 }
 
 impl ImageProcessor {
-    /// Reads `preprocessor_config.json`; `min_pixels` / `max_pixels` override `size` as in
-    /// transformers. Unknown keys are ignored; a key of the wrong type is an error.
+    /// The folder's image processor: `preprocessor_config.json` (transformers ≤ 4.x, and 5.x
+    /// folders that kept it), else `processor_config.json`'s `image_processor` (5.x). The
+    /// backend follows the class name as the transformers that wrote the folder meant it.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let pre = dir.join("preprocessor_config.json");
+        let proc = dir.join("processor_config.json");
+        // transformers_version of config.json: which generation of class names the folder speaks
+        let v5 = read_json(&dir.join("config.json")).ok().and_then(|c| c.get("transformers_version")?.as_str().map(|v| v.split('.').next().unwrap_or("0").parse::<u32>().unwrap_or(0) >= 5)).unwrap_or(false);
+        if pre.exists() {
+            Self::from_value(&read_json(&pre)?, &pre, v5)
+        } else if proc.exists() {
+            let v = read_json(&proc)?;
+            let ip = v.get("image_processor").filter(|x| x.is_object()).ok_or_else(|| invalid(&proc, "no `image_processor` object"))?;
+            Self::from_value(ip, &proc, true)
+        } else {
+            Err(invalid(dir, "no image processor settings (preprocessor_config.json or processor_config.json)"))
+        }
+    }
+
+    /// Reads `preprocessor_config.json` (kept for callers with a file).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let v = read_json(path)?;
+        Self::from_value(&read_json(path)?, path, false)
+    }
+
+    /// Reads the settings; `min_pixels` / `max_pixels` override `size` as in transformers.
+    /// Unknown keys are ignored; a key of the wrong type is an error. `v5`: the folder was
+    /// written by transformers 5 (a plain `Qwen2VLImageProcessor` is then torchvision's).
+    pub fn from_value(v: &serde_json::Value, path: &Path, v5: bool) -> Result<Self> {
         let mut p = ImageProcessor::default();
+        p.backend = match v.get("image_processor_type").and_then(|t| t.as_str()) {
+            Some("Qwen2VLImageProcessorFast") => Backend::Torchvision,
+            Some("Qwen2VLImageProcessorPil") => Backend::Pil,
+            Some("Qwen2VLImageProcessor") | None => {
+                if v5 {
+                    Backend::Torchvision
+                } else {
+                    Backend::Pil
+                }
+            }
+            Some(other) => {
+                return Err(invalid(path, format!("`image_processor_type` {other} is not supported (Qwen2VLImageProcessor, Qwen2VLImageProcessorFast, Qwen2VLImageProcessorPil are)")));
+            }
+        };
         let uint = |key: &str, into: &mut usize| -> Result<()> {
             if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
                 *into = x.as_u64().ok_or_else(|| invalid(path, format!("`{key}` must be a positive integer, got {x}")))? as usize;
@@ -158,20 +211,51 @@ impl ImageProcessor {
         if rh % factor != 0 || rw % factor != 0 {
             return Err(HfError::Image(format!("a {w}×{h} image is not a multiple of {factor} pixels and do_resize is off")));
         }
-        let px = resize_rgb8(rgb, w, h, rw, rh, self.resample);
-        // rescale in f64 then to f32, normalize in f32: numpy's order of operations
-        let plane: Vec<f32> = px
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let mut x = if self.do_rescale { (v as f64 * self.rescale_factor) as f32 } else { v as f32 };
-                if self.do_normalize {
-                    let c = i % 3;
-                    x = (x - self.image_mean[c]) / self.image_std[c];
+        let plane: Vec<f32> = match self.backend {
+            Backend::Pil => {
+                let px = resize_rgb8(rgb, w, h, rw, rh, self.resample);
+                // rescale in f64 then to f32, normalize in f32: numpy's order of operations
+                px.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let mut x = if self.do_rescale { (v as f64 * self.rescale_factor) as f32 } else { v as f32 };
+                        if self.do_normalize {
+                            let c = i % 3;
+                            x = (x - self.image_mean[c]) / self.image_std[c];
+                        }
+                        x
+                    })
+                    .collect()
+            }
+            Backend::Torchvision => {
+                let px = if (rw, rh) == (w, h) { rgb.to_vec() } else { resize_rgb8_torch(rgb, w, h, rw, rh, self.resample) };
+                // TorchvisionBackend.rescale_and_normalize: with both, mean and std are scaled by
+                // 1 / rescale_factor in f32 and the u8 values normalized by them; else each alone
+                let (mut mean, mut std) = (self.image_mean, self.image_std);
+                let fused = self.do_rescale && self.do_normalize;
+                if fused {
+                    let k = (1.0 / self.rescale_factor) as f32;
+                    for c in 0..3 {
+                        mean[c] *= k;
+                        std[c] *= k;
+                    }
                 }
-                x
-            })
-            .collect();
+                let scale = self.rescale_factor as f32;
+                px.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let c = i % 3;
+                        if self.do_normalize {
+                            (v as f32 - mean[c]) / std[c]
+                        } else if self.do_rescale {
+                            v as f32 * scale
+                        } else {
+                            v as f32
+                        }
+                    })
+                    .collect()
+            }
+        };
         let (ps, ms, tps) = (self.patch_size, self.merge_size, self.temporal_patch_size);
         let (gh, gw) = (rh / ps, rw / ps);
         let row = 3 * tps * ps * ps;

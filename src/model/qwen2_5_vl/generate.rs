@@ -184,7 +184,7 @@ mod tests {
             assert_eq!(lens.len(), 3, "{name}: prompt lengths {lens:?}");
             let seeds: [&[u64]; 3] = [&[1, 2], &[3], &[4, 5, 6]];
             let p = SamplingParams { temperature: 1.0, top_p: 0.95, max_new_tokens: 6, ..Default::default() };
-            let eos = crate::ops::generate_hf::eos_ids(&dir, &ck);
+            let eos = ck.eos_ids.clone();
             let together = generate_many(&ck.model, &prompts.iter().zip(seeds).collect::<Vec<_>>(), &p, &eos).unwrap();
             for (i, (prompt, s)) in prompts.iter().zip(seeds).enumerate() {
                 let alone = generate(&ck.model, prompt, s, &p, &eos).unwrap();

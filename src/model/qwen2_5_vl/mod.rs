@@ -2,6 +2,8 @@
 //! the vision tower and the M-RoPE decoder, loaded and checked against transformers' logits.
 
 pub mod config;
+#[cfg(test)]
+mod config_cases;
 pub mod generate;
 pub mod lora;
 #[cfg(test)]

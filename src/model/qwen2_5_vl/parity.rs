@@ -1,5 +1,6 @@
-//! Parity with transformers 4.57 on the tiny random checkpoint in tests/model/qwen2_5_vl
-//! (made by tests/model/make_qwen_fixture.py): chat template, tokens, pixels and logits.
+//! Parity with transformers on tiny random checkpoints: tests/model/qwen2_5_vl (4.57, made by
+//! tests/model/make_qwen_fixture.py) and qwen2_5_vl_v5 (5.24, make_qwen_v5_fixtures.py): chat
+//! template, tokens, pixels and logits.
 
 use crate::model::qwen_vl::{Checkpoint, QwenVl};
 use candle_core::{DType, Device, Tensor};
@@ -16,6 +17,13 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn processor_tokens_and_logits_match_transformers() {
     check_parity(&fixture());
+}
+
+/// A folder saved by transformers 5 (processor_config.json, torchvision image processor,
+/// rope_parameters, sections [2, 1, 1] of head_dim 8, 4 query heads per KV head, tied head).
+#[test]
+fn a_transformers_5_folder_matches_transformers_5() {
+    check_parity(&fixture().with_file_name("qwen2_5_vl_v5"));
 }
 
 /// The fixture folder's three chats: template, pixels, grids and ids identical, logits ≤ 1e-4.

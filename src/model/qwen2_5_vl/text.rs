@@ -94,7 +94,7 @@ pub struct TextModel {
     norm: RmsNorm,
     lm_head: Lin,
     inv_freq: Vec<f32>,
-    /// For each rotary frequency: 0 temporal, 1 height, 2 width.
+    /// For each of a head's rotary dimensions: 0 temporal, 1 height, 2 width.
     axis: Vec<usize>,
 }
 
@@ -116,7 +116,7 @@ impl TextModel {
         };
         let half = c.head_dim() / 2;
         let inv_freq = (0..half).map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim() as f32)).collect();
-        let axis = spec.axes();
+        let axis = spec.mrope_axes.clone();
         Ok(Self {
             embed,
             layers: (0..c.num_hidden_layers).map(|i| Layer::new(spec, vb.pp(format!("model.layers.{i}")), lora)).collect::<Result<_>>()?,
@@ -137,10 +137,10 @@ impl TextModel {
                 candle_core::bail!("position rows of different lengths ({} vs {t})", row.len());
             }
             for p in row {
-                let angles: Vec<f32> = self.inv_freq.iter().zip(&self.axis).map(|(f, &a)| p[a] as f32 * f).collect();
-                for _ in 0..2 {
-                    cos.extend(angles.iter().map(|a| a.cos()));
-                    sin.extend(angles.iter().map(|a| a.sin()));
+                let angles = self.axis.iter().enumerate().map(|(j, &a)| p[a] as f32 * self.inv_freq[j % self.inv_freq.len()]);
+                for a in angles {
+                    cos.push(a.cos());
+                    sin.push(a.sin());
                 }
             }
         }
