@@ -11,7 +11,7 @@ checkpoint folder (a 2B-class configuration, or a tiny one for a CPU smoke run),
 usage:
   python benches/qwen_bench.py --mstar target/release/mstar --size 2b --device cuda [--full]
   python benches/qwen_bench.py --mstar target/debug/mstar --size tiny --device cpu   (smoke)
-needs torch, transformers 4.57, peft; the mstar binary built with --features cuda for a GPU.
+needs torch, transformers (4.57 or 5.x; 5.24 tested), peft; the mstar binary built with --features cuda for a GPU.
 """
 import argparse
 import json
@@ -87,11 +87,15 @@ def bench_torch(folder, device, batch, new_tokens, train_batch, train_len, full)
         kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=batch, eos_token_id=None, pad_token_id=0)
         model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, **kw)
         sync(device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         g = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
         sync(device)
         dt = time.perf_counter() - t0
     out.update(generate_s=dt, generate_tokens_per_s=(g.shape[1] - inputs["input_ids"].shape[1]) * batch / dt)
+    if device == "cuda":
+        out["generate_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     # a training step on the same layout mstar's bench uses: the prompt, then response tokens
     model.train()
     if full:
@@ -141,6 +145,7 @@ def main():
     ap.add_argument("--train-len", type=int, default=512)
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--folder", help="reuse this checkpoint folder (made when missing)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object (both sides' numbers) instead of the table row")
     a = ap.parse_args()
     folder = a.folder or tempfile.mkdtemp(prefix="qwen-bench-")
     if not os.path.exists(os.path.join(folder, "config.json")):
@@ -162,6 +167,11 @@ def main():
     else:
         m = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     t = bench_torch(folder, a.device, a.batch, a.new_tokens, a.train_batch, a.train_len, a.full)
+    if a.json:
+        print(json.dumps({"mstar": m, "torch": t, "mstar_process_peak_gib": None if peak is None else peak / 1024,
+                          "generate_speedup": m["generate_tokens_per_s"] / t["generate_tokens_per_s"],
+                          "train_speedup": t["train_step_s"] / m["train_step_s"]}))
+        return
     what = "full" if a.full else "LoRA r16"
     print(f"| {a.size} | {a.device} | batch {a.batch} × {a.new_tokens} new tokens | {m['generate_tokens_per_s']:.0f} | {t['generate_tokens_per_s']:.0f} | "
           f"{m['generate_tokens_per_s'] / t['generate_tokens_per_s']:.2f}× | {what}, {a.train_batch} × {t['train_len']} tokens | "
