@@ -125,8 +125,7 @@ impl ImageProcessor {
     /// Unknown keys are ignored; a key of the wrong type is an error. `v5`: the folder was
     /// written by transformers 5 (a plain `Qwen2VLImageProcessor` is then torchvision's).
     pub fn from_value(v: &serde_json::Value, path: &Path, v5: bool) -> Result<Self> {
-        let mut p = ImageProcessor::default();
-        p.backend = match v.get("image_processor_type").and_then(|t| t.as_str()) {
+        let backend = match v.get("image_processor_type").and_then(|t| t.as_str()) {
             Some("Qwen2VLImageProcessorFast") => Backend::Torchvision,
             Some("Qwen2VLImageProcessorPil") => Backend::Pil,
             Some("Qwen2VLImageProcessor") | None => {
@@ -140,6 +139,7 @@ impl ImageProcessor {
                 return Err(invalid(path, format!("`image_processor_type` {other} is not supported (Qwen2VLImageProcessor, Qwen2VLImageProcessorFast, Qwen2VLImageProcessorPil are)")));
             }
         };
+        let mut p = ImageProcessor { backend, ..ImageProcessor::default() };
         let uint = |key: &str, into: &mut usize| -> Result<()> {
             if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
                 *into = x.as_u64().ok_or_else(|| invalid(path, format!("`{key}` must be a positive integer, got {x}")))? as usize;
@@ -291,6 +291,26 @@ impl ImageProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backend_is_the_class_as_its_transformers_meant_it() {
+        let path = Path::new("m/preprocessor_config.json");
+        let backend = |name: Option<&str>, v5: bool| {
+            let v = match name {
+                Some(n) => serde_json::json!({"image_processor_type": n}),
+                None => serde_json::json!({}),
+            };
+            ImageProcessor::from_value(&v, path, v5).map(|p| p.backend)
+        };
+        // 4.x: the plain name is Pillow's, Fast is torchvision's; 5.x: the plain name is torchvision's, Pil is Pillow's
+        assert_eq!(backend(Some("Qwen2VLImageProcessor"), false).unwrap(), Backend::Pil);
+        assert_eq!(backend(Some("Qwen2VLImageProcessorFast"), false).unwrap(), Backend::Torchvision);
+        assert_eq!(backend(Some("Qwen2VLImageProcessor"), true).unwrap(), Backend::Torchvision);
+        assert_eq!(backend(Some("Qwen2VLImageProcessorPil"), true).unwrap(), Backend::Pil);
+        assert_eq!(backend(None, true).unwrap(), Backend::Torchvision);
+        let err = backend(Some("SiglipImageProcessor"), true).unwrap_err().to_string();
+        assert!(err.contains("m/preprocessor_config.json") && err.contains("image_processor_type"), "{err}");
+    }
 
     #[test]
     fn smart_resize_like_transformers() {

@@ -376,7 +376,7 @@ fn rope(t: &Keys, generation: Generation, d: &TextDefaults, head_dim: usize) -> 
         }
         (a, b) => a.or(b).unwrap_or(d.rope_theta),
     };
-    if !(theta > 0.0) {
+    if theta.is_nan() || theta <= 0.0 {
         return Err(invalid(path, format!("rope_theta must be positive, got {theta}")));
     }
     let kind = r.str("rope_type")?.or(r.str("type")?).unwrap_or("default");
