@@ -70,6 +70,13 @@ enum Cmd {
         /// The query (may start with a `--` comment)
         #[arg(allow_hyphen_values = true)]
         query: Option<String>,
+        /// Stop the query after this many seconds (an error says so)
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// Memory for the query's sorts, joins and aggregations before they spill or fail
+        /// (default: MSTAR_MEMORY_LIMIT_MB, else 2048)
+        #[arg(long, value_name = "MB")]
+        memory_mb: Option<usize>,
     },
     /// Compare M-STAR runs: report.md (tables, mean ± spread over seeds) and PNG/SVG charts of
     /// the per-iteration metrics, every number from SQL over the run stores.
@@ -85,7 +92,12 @@ enum Cmd {
         explain: bool,
     },
     /// Break a run store's lock (after a run died without releasing it).
-    Unlock { store: String },
+    Unlock {
+        store: String,
+        /// Also remove a lock whose holder is a live process on this host
+        #[arg(long)]
+        force: bool,
+    },
     /// Serve a Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL) with the OpenAI
     /// chat-completions API: POST /v1/chat/completions, GET /v1/models.
     Serve {
@@ -272,9 +284,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Run { pipeline, set, store, from, allow_other_pipeline, format } => {
             let Some(p) = load(&pipeline, &set, &store)? else { return Ok(2) };
-            let location = match &p.store {
-                Some(s) => p.resolve_path(s),
-                None => p.base_dir.join("runs").join(&p.name).to_string_lossy().into_owned(),
+            // a path on the command line is relative to the working directory (as in `sql`,
+            // `status`, every CLI); one written in the pipeline file, to the file's folder
+            let location = match (&store, &p.store) {
+                (Some(s), _) => s.clone(),
+                (None, Some(s)) => p.resolve_path(s),
+                (None, None) => p.base_dir.join("runs").join(&p.name).to_string_lossy().into_owned(),
             };
             let rs = RunStore::open(&location)?;
             let from = from.map(|f| runner::parse_from(&f)).transpose().map_err(anyhow::Error::msg)?;
@@ -314,7 +329,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Sql { store, format, out, file, params, query } => {
+        Cmd::Sql { store, format, out, file, params, query, timeout, memory_mb } => {
+            if let Some(t) = timeout.filter(|t| !(t.is_finite() && *t > 0.0)) {
+                bail!("--timeout {t}: expected a positive number of seconds");
+            }
             let query = match &file {
                 Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("--file {}", f.display()))?),
                 None => query,
@@ -332,7 +350,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 q => q,
             };
             // `FROM 'file.parquet'` reads files directly, besides the run's tables
-            let ctx = mstar::sql::new_session().enable_url_table();
+            let ctx = mstar::sql::new_session_with(memory_mb).enable_url_table();
             let mut tables = Vec::new();
             if let Some(s) = &store {
                 let rs = RunStore::open_existing(s)?;
@@ -340,8 +358,18 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
             match query {
                 Some(q) => {
-                    if let Err(e) = run_query(&ctx, &q, format, output(&out, format)?).await {
+                    let run = run_query(&ctx, &q, format, output(&out, format)?);
+                    let result = match timeout {
+                        Some(t) => tokio::time::timeout(std::time::Duration::from_secs_f64(t), run)
+                            .await
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("the query ran longer than --timeout {t} s and was stopped"))),
+                        None => run.await,
+                    };
+                    if let Err(e) = result {
                         let msg = e.to_string();
+                        if msg.contains("Resources exhausted") {
+                            bail!("the query needs more memory than its limit ({} MB; raise it with --memory-mb): {msg}", memory_mb.map_or("MSTAR_MEMORY_LIMIT_MB or 2048".to_string(), |m| m.to_string()));
+                        }
                         if msg.contains("not found") && msg.contains("table") {
                             bail!("{msg}\n  (tables in this run: {})", if tables.is_empty() { "none".to_string() } else { tables.join(", ") });
                         }
@@ -402,9 +430,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             eprintln!("mstar: wrote {} to {}", r.files.join(", "), out.display());
             Ok(0)
         }
-        Cmd::Unlock { store } => {
+        Cmd::Unlock { store, force } => {
             let rs = RunStore::open_existing(&store)?;
-            match mstar::store::lock::break_lock(&rs).await? {
+            match mstar::store::lock::break_lock(&rs, force).await? {
                 Some(h) => println!("removed the lock of pid {} on {} (since {})", h.pid, h.host, h.started_at),
                 None => println!("{} was not locked", rs.display()),
             }

@@ -237,8 +237,63 @@ fn unlock_breaks_a_lock() {
 }
 
 #[test]
+fn unlock_refuses_a_live_holder_on_this_host_unless_forced() {
+    let p = project();
+    let store = p.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    // a live process of this host holds the lock
+    let mut holder = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let lock = format!(r#"{{"pid":{},"host":"{host}","started_at":"2026-01-01T00:00:00Z","command":"mstar run x"}}"#, holder.id());
+    std::fs::write(store.join("_lock"), &lock).unwrap();
+    let store_s = store.to_str().unwrap();
+    let (_, _, err) = fails(bin().args(["unlock", store_s]));
+    assert!(err.contains(&format!("pid {} on this host, which is alive", holder.id())) && err.contains("--force"), "{err}");
+    assert!(store.join("_lock").exists());
+    let (o, _) = ok(bin().args(["unlock", "--force", store_s]));
+    assert!(o.contains(&format!("removed the lock of pid {}", holder.id())), "{o}");
+    assert!(!store.join("_lock").exists());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
 fn doctor_names_the_device_and_its_smoke_test_passes() {
     let (out, _) = ok(bin().arg("doctor").env("MSTAR_DEVICE", "cpu"));
     assert!(out.contains("device") && out.contains("cpu (MSTAR_DEVICE=cpu)"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("smoke test") && l.contains("ok")), "{out}");
+}
+
+/// A relative `--store` means the same folder to `run`, `status` and `sql`: relative to the
+/// working directory, wherever the pipeline file is.
+#[test]
+fn a_relative_store_is_relative_to_the_working_directory_everywhere() {
+    let p = project();
+    let cwd = p.path().join("elsewhere");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let pipeline = p.path().join("pipelines/recorded.yaml");
+    ok(bin().current_dir(&cwd).arg("run").arg(&pipeline).args(["--store", "rel/store"]));
+    assert!(cwd.join("rel/store/_manifests").is_dir(), "the store is not under the working directory");
+    assert!(!p.path().join("pipelines/rel").exists(), "the store went beside the pipeline file");
+    let (status, _) = ok(bin().current_dir(&cwd).args(["status", "rel/store"]));
+    assert!(status.contains("pipeline recorded"), "{status}");
+    let (out, _) = ok(bin().current_dir(&cwd).args(["sql", "--store", "rel/store", "--format", "csv", "SELECT count(*) > 0 AS any FROM rollouts"]));
+    assert_eq!(out, "any\ntrue\n");
+}
+
+/// `mstar sql --timeout` stops a query that would run for hours, and `--memory-mb` bounds what
+/// a query may hold, each with an error that says which limit.
+#[test]
+fn sql_has_a_time_and_a_memory_limit() {
+    let started = std::time::Instant::now();
+    let (_, _, err) = fails(bin().args(["sql", "--timeout", "1", "SELECT sum(a.value * b.value) FROM range(1000000000) a CROSS JOIN range(1000000000) b"]));
+    assert!(err.contains("longer than --timeout 1 s"), "{err}");
+    assert!(started.elapsed().as_secs() < 30, "the timeout took {:?}", started.elapsed());
+    let (_, _, err) = fails(bin().args(["sql", "--timeout", "-3", "SELECT 1"]));
+    assert!(err.contains("--timeout -3"), "{err}");
+    // a sort that cannot spill within 1 MB of memory
+    let (_, _, err) = fails(bin().args(["sql", "--memory-mb", "1", "SELECT array_agg(value ORDER BY value) FROM range(3000000)"]));
+    assert!(err.contains("more memory than its limit (1 MB"), "{err}");
+    let (out, _) = ok(bin().args(["sql", "--timeout", "30", "--memory-mb", "64", "--format", "csv", "SELECT count(*) AS n FROM range(1000)"]));
+    assert_eq!(out, "n\n1000\n");
 }

@@ -112,6 +112,21 @@ fn a_diverging_loss_stops_the_stage_and_keeps_the_last_checkpoint() {
     assert!(outcomes(&err, "skipped").contains(&"0/warmup".to_string()), "{err}");
 }
 
+/// One step at an absurd learning rate leaves every weight infinite though the loss it saw was
+/// finite: the checkpoint is refused before its manifest, so nothing downstream reads it.
+#[test]
+fn a_checkpoint_with_non_finite_weights_is_never_committed() {
+    let d = tempfile::tempdir().unwrap();
+    let f = pipeline(d.path());
+    let store = d.path().join("s");
+    let one_step = ["--set", "stages.warmup.micro_batch=64", "--set", "stages.warmup.epochs=1", "--set", "stages.warmup.schedule={kind: constant, lr: 1.0e39}"];
+    let (_, _, err) = fails(bin().arg("run").arg(&f).arg("--store").arg(&store).args(one_step));
+    assert!(err.contains("stage warmup (setup) failed") || err.contains("stage warmup"), "{err}");
+    assert!(err.contains("checkpoint not committed") && err.contains("NaN or infinite"), "{err}");
+    assert!(!store.join("_manifests/iteration=0/warmup.json").exists());
+    assert!(!store.join("_manifests/iteration=1/rollouts.json").exists());
+}
+
 #[test]
 fn sigterm_stops_a_training_stage_between_steps_and_releases_the_lock() {
     use std::io::Read;

@@ -205,3 +205,22 @@ fn extends_and_every_errors() {
     assert_eq!(code, 2);
     assert!(o.contains("every must be at least 1") && o.contains("`every: 2` applies to iteration stages"), "{o}");
 }
+
+#[test]
+fn unusable_learning_rate_schedules() {
+    let train = |schedule: &str| {
+        format!(
+            "{GOOD}  - {{id: init, op: model_init, corpus: raw}}\n  - id: t\n    op: train\n    data: b\n    base: init\n    schedule: {schedule}\n"
+        )
+    };
+    let (code, err) = validate(&train("{kind: constant, lr: -0.001}"), &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("p.yaml:16:36: stages.t.schedule.lr: lr must be a positive finite number, got -0.001"), "{err}");
+    let (code, err) = validate(&train("{kind: warmup_cosine, lr: 0.001, min_lr: 0.01, warmup_steps: 50, total_steps: 10}"), &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("stages.t.schedule.min_lr: min_lr must be between 0 and lr (0.001), got 0.01"), "{err}");
+    assert!(err.contains("stages.t.schedule.warmup_steps: warmup_steps (50) must not exceed total_steps (10)"), "{err}");
+    assert!(err.contains("p.yaml:16:"), "{err}");
+    let (code, err) = validate(&train("{kind: constant, lr: 1e39}"), &[]);
+    assert_eq!(code, 0, "{err}");
+}

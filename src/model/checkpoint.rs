@@ -11,7 +11,17 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
 
 /// Writes the files under `dir` (a folder below the stage's files folder); returns entries.
+/// Writes a checkpoint's files under `dir`. Refused, before anything is written, when a
+/// `.safetensors` file (weights, adapters, optimizer moments) holds a NaN or an infinity: a
+/// diverged training step never becomes a committed checkpoint.
 pub async fn write(store: &RunStore, dir: &str, files: Vec<(&str, Vec<u8>)>) -> Result<Vec<FileEntry>, StoreError> {
+    for (name, bytes) in &files {
+        if name.ends_with(".safetensors") {
+            if let Some(msg) = non_finite(bytes).map_err(|e| StoreError::Other(format!("{name}: {e}")))? {
+                return Err(StoreError::Other(format!("checkpoint not committed: {name} has {msg} (training diverged: lower the learning rate or clip gradients)")));
+            }
+        }
+    }
     let mut out = Vec::new();
     for (name, bytes) in files {
         let rel = format!("{dir}/{name}");
@@ -20,6 +30,32 @@ pub async fn write(store: &RunStore, dir: &str, files: Vec<(&str, Vec<u8>)>) -> 
         out.push(FileEntry { path: rel, bytes: n, rows: None });
     }
     Ok(out)
+}
+
+/// The first tensor of a safetensors file with non-finite values, described ("3 of 64 values of
+/// `model.norm.weight` are NaN or infinite"); None when every float is finite.
+pub fn non_finite(bytes: &[u8]) -> Result<Option<String>, String> {
+    use safetensors::Dtype;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    for name in names {
+        let t = st.tensor(&name).map_err(|e| e.to_string())?;
+        let d = t.data();
+        let bad = match t.dtype() {
+            Dtype::F32 => d.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count(),
+            Dtype::F64 => d.chunks_exact(8).filter(|c| !f64::from_le_bytes((*c).try_into().expect("8 bytes")).is_finite()).count(),
+            // bf16: exponent bits all ones; f16 likewise in its 5-bit exponent
+            Dtype::BF16 => d.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80).count(),
+            Dtype::F16 => d.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00).count(),
+            _ => 0,
+        };
+        if bad > 0 {
+            let n = d.len() * 8 / t.dtype().bitsize().max(1);
+            return Ok(Some(format!("{bad} of {n} values of `{name}` NaN or infinite")));
+        }
+    }
+    Ok(None)
 }
 
 /// The files of a committed checkpoint, by file name.
@@ -142,4 +178,27 @@ pub async fn export(store: &RunStore, stage: &str, iteration: Option<u32>, out: 
         names.push(name);
     }
     Ok((m.iteration, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::non_finite;
+    use candle_core::{DType, Device, Tensor};
+    use std::collections::HashMap;
+
+    fn file(values: &[f32], dtype: DType) -> Vec<u8> {
+        let t = Tensor::new(values, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let ok = Tensor::ones(3, dtype, &Device::Cpu).unwrap();
+        crate::model::policy::safetensors_bytes(&HashMap::from([("b.weight".to_string(), t), ("a.ok".to_string(), ok)])).unwrap()
+    }
+
+    #[test]
+    fn non_finite_weights_are_found_in_every_float_dtype() {
+        for dtype in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+            assert_eq!(non_finite(&file(&[1.0, -2.5, 0.0, 1e-3], dtype)).unwrap(), None, "{dtype:?}");
+            let msg = non_finite(&file(&[1.0, f32::NAN, f32::INFINITY, -f32::INFINITY], dtype)).unwrap().unwrap();
+            assert_eq!(msg, "3 of 4 values of `b.weight` NaN or infinite", "{dtype:?}");
+        }
+        assert!(non_finite(b"not a safetensors file").is_err());
+    }
 }

@@ -977,6 +977,11 @@ impl Validator<'_> {
                         if t.micro_batch == 0 || t.grad_accum == 0 {
                             self.dec.error(&at("micro_batch"), "micro_batch and grad_accum must be at least 1");
                         }
+                        for (field, msg) in t.schedule.problems() {
+                            let mut path = at("schedule");
+                            path.push(key(field));
+                            self.dec.error(&path, msg);
+                        }
                         match (t.base.is_empty(), &t.model) {
                             (true, None) => self.dec.error(&at("base"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder)"),
                             (false, Some(_)) => self.dec.error(&at("model"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder), not both"),

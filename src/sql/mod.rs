@@ -27,9 +27,13 @@ const TABLE_FUNCTIONS: &[&str] = &["range", "generate_series"];
 /// A DataFusion session with mstar's settings: a memory pool that spills to disk, so sorts and
 /// aggregations over large stages stream instead of holding everything.
 pub fn new_session() -> SessionContext {
-    let limit = std::env::var("MSTAR_MEMORY_LIMIT_MB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
+    new_session_with(None)
+}
+
+/// `new_session` with a memory pool of `memory_mb` (default: `MSTAR_MEMORY_LIMIT_MB`, else 2048).
+pub fn new_session_with(memory_mb: Option<usize>) -> SessionContext {
+    let limit = memory_mb
+        .or_else(|| std::env::var("MSTAR_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse::<usize>().ok()))
         .unwrap_or(2048)
         * 1024
         * 1024;

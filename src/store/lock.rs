@@ -99,9 +99,18 @@ impl Drop for RunLock {
     }
 }
 
-/// Removes a lock whatever its holder (`mstar unlock`). Returns the holder it removed.
-pub async fn break_lock(store: &RunStore) -> Result<Option<LockInfo>> {
+/// Removes a lock (`mstar unlock`) and returns the holder it removed. A holder that is a live
+/// process of this host is refused unless `force`: breaking it would let a second run write
+/// beside the first. (A holder on another host cannot be checked from here.)
+pub async fn break_lock(store: &RunStore, force: bool) -> Result<Option<LockInfo>> {
     let holder = store.read_json::<LockInfo>(LOCK_FILE).await.ok().flatten();
+    if let Some(h) = holder.as_ref().filter(|h| !force && h.host == hostname() && process_alive(h.pid)) {
+        return Err(StoreError::Locked(format!(
+            "run store {} is locked by pid {} on this host, which is alive (`{}`, since {}): unlocking would let a second run \
+             write beside it. Stop that run first, or pass --force",
+            store.display(), h.pid, h.command, h.started_at
+        )));
+    }
     store.delete(&store.loc.path(LOCK_FILE)).await?;
     Ok(holder)
 }

@@ -21,6 +21,27 @@ pub enum Schedule {
 }
 
 impl Schedule {
+    /// What makes this schedule unusable, by key: a rate that is not a positive finite number,
+    /// `min_lr` above `lr` or negative, more warm-up steps than steps.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let lr = match *self {
+            Schedule::Constant { lr } | Schedule::WarmupCosine { lr, .. } => lr,
+        };
+        if !(lr.is_finite() && lr > 0.0) {
+            out.push(("lr", format!("lr must be a positive finite number, got {lr}")));
+        }
+        if let Schedule::WarmupCosine { lr, warmup_steps, total_steps, min_lr } = *self {
+            if !(min_lr.is_finite() && min_lr >= 0.0 && min_lr <= lr) {
+                out.push(("min_lr", format!("min_lr must be between 0 and lr ({lr}), got {min_lr}")));
+            }
+            if warmup_steps > total_steps {
+                out.push(("warmup_steps", format!("warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})")));
+            }
+        }
+        out
+    }
+
     pub fn lr_at(&self, step: u64) -> f64 {
         match *self {
             Schedule::Constant { lr } => lr,
