@@ -316,6 +316,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                     Some(l) => println!("locked by pid {} on {} since {} (`{}`)", l.pid, l.host, l.started_at, l.command),
                     None => println!("not locked"),
                 }
+                match st.orphaned {
+                    Some((0, _)) => println!("no orphaned files"),
+                    Some((n, bytes)) => println!("orphaned: {n} files, {} that no committed manifest references (the next run removes them)", mstar::runner::human_bytes(bytes)),
+                    None => println!("orphaned files: not counted while a run is active"),
+                }
             }
             let batch = st.to_batch()?;
             if format == OutputFormat::Table {

@@ -87,6 +87,11 @@ pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<Ru
     if let Some(h) = broke {
         eprintln!("mstar: removed a stale lock of pid {} on {} (that process is gone)", h.pid, h.host);
     }
+    // with the lock held nobody else writes: files no manifest references are garbage
+    let (n, bytes) = store.remove_orphans().await?;
+    if n > 0 {
+        eprintln!("mstar: removed {n} orphaned files ({}) that no committed manifest references", human_bytes(bytes));
+    }
     // A stage that computes on this task (a training loop) cannot be cancelled at an await; a
     // watcher on another worker raises the flag that such loops check between steps.
     INTERRUPTED.store(false, Ordering::SeqCst);

@@ -27,6 +27,9 @@ pub struct StoreStatus {
     pub run: Option<RunInfo>,
     pub lock: Option<LockInfo>,
     pub stages: Vec<StageStatus>,
+    /// Files no committed manifest references, and their bytes (None while a live run holds
+    /// the lock: its files in progress would count); the next run removes them.
+    pub orphaned: Option<(usize, u64)>,
 }
 
 pub async fn status(store: &RunStore) -> Result<StoreStatus, crate::Error> {
@@ -72,7 +75,14 @@ pub async fn status(store: &RunStore) -> Result<StoreStatus, crate::Error> {
             committed_at: m.map(|m| m.finished_at.clone()),
         });
     }
-    Ok(StoreStatus { run, lock, stages })
+    let active = lock.as_ref().is_some_and(|l| !l.is_dead_here());
+    let orphaned = if active {
+        None
+    } else {
+        let o = store.orphans().await?;
+        Some((o.len(), o.iter().map(|(_, n)| n).sum()))
+    };
+    Ok(StoreStatus { run, lock, stages, orphaned })
 }
 
 impl StoreStatus {

@@ -297,3 +297,33 @@ fn sql_has_a_time_and_a_memory_limit() {
     let (out, _) = ok(bin().args(["sql", "--timeout", "30", "--memory-mb", "64", "--format", "csv", "SELECT count(*) AS n FROM range(1000)"]));
     assert_eq!(out, "n\n1000\n");
 }
+
+/// Files no manifest references — a dead attempt's part file, a killed write's staging file
+/// (`…#1`), an abandoned checkpoint folder — are reported by `status` and removed by the next
+/// run, which says how many bytes it freed; committed tables are untouched.
+#[test]
+fn orphaned_files_are_reported_and_removed_by_the_next_run() {
+    let p = project();
+    let store = p.path().join("store");
+    let store_s = store.to_str().unwrap().to_string();
+    run_demo(p.path(), &store_s, &[]);
+    let before = dump_tables(&store_s, DEMO_TABLES);
+    let (status, _) = ok(bin().args(["status", &store_s]));
+    assert!(status.contains("no orphaned files"), "{status}");
+    let it1 = store.join("tables/rollouts/iteration=1");
+    std::fs::write(it1.join("part-deadbeef-0.parquet"), vec![7u8; 1000]).unwrap();
+    std::fs::write(it1.join("part-deadbeef-1.parquet#1"), vec![7u8; 500]).unwrap();
+    std::fs::create_dir_all(store.join("checkpoints/sft/iteration=1/deadbeef")).unwrap();
+    std::fs::write(store.join("checkpoints/sft/iteration=1/deadbeef/model.safetensors#12"), vec![0u8; 24]).unwrap();
+    let (status, _) = ok(bin().args(["status", &store_s]));
+    assert!(status.contains("orphaned: 3 files, 1.5 KiB"), "{status}");
+    // queries never see them
+    assert_eq!(dump_tables(&store_s, DEMO_TABLES), before);
+    let (_, err) = run_demo(p.path(), &store_s, &[]);
+    assert!(err.contains("removed 3 orphaned files (1.5 KiB)"), "{err}");
+    assert!(!it1.join("part-deadbeef-0.parquet").exists() && !it1.join("part-deadbeef-1.parquet#1").exists());
+    assert!(!store.join("checkpoints/sft/iteration=1/deadbeef/model.safetensors#12").exists());
+    assert_eq!(dump_tables(&store_s, DEMO_TABLES), before);
+    let (status, _) = ok(bin().args(["status", &store_s]));
+    assert!(status.contains("no orphaned files"), "{status}");
+}

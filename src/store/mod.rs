@@ -154,12 +154,22 @@ impl Location {
         format!("{root}/{}", p.as_ref())
     }
 
+    /// The folder of a local store (None for memory:// and s3://).
+    pub fn local_root(&self) -> Option<std::path::PathBuf> {
+        (self.url_root.scheme() == "file").then(|| std::path::PathBuf::from(&self.display))
+    }
+
     pub async fn list(&self, rel: &str) -> Result<Vec<object_store::ObjectMeta>> {
         let prefix = self.path(rel);
         let mut out: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
         out.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(out)
     }
+}
+
+/// object_store's local staging file of an interrupted write: `NAME#` followed by digits.
+fn is_staging_file(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn normalize(p: &std::path::Path) -> std::path::PathBuf {
@@ -321,6 +331,58 @@ impl RunStore {
             }
         }
         Ok(out)
+    }
+
+    /// Files below `tables/` and `checkpoints/` that no committed manifest lists — leftovers
+    /// of crashed or superseded attempts and, on a local store, the staging files (`NAME#N`,
+    /// which object_store's listing hides) of writes that were killed — as (path relative to
+    /// the store, bytes). Only meaningful while no run writes to the store.
+    pub async fn orphans(&self) -> Result<Vec<(String, u64)>> {
+        let referenced: std::collections::HashSet<String> = self.manifests().await?.iter().flat_map(|m| m.all_files().map(|f| f.path.clone())).collect();
+        let mut out = Vec::new();
+        for dir in ["tables", "checkpoints"] {
+            for meta in self.loc.list(&format!("{dir}/")).await? {
+                let rel = self.loc.relative(&meta.location).unwrap_or_default();
+                if !referenced.contains(&rel) {
+                    out.push((rel, meta.size as u64));
+                }
+            }
+            if let Some(root) = self.loc.local_root() {
+                let mut stack = vec![root.join(dir)];
+                while let Some(d) = stack.pop() {
+                    let Ok(entries) = std::fs::read_dir(&d) else { continue };
+                    for e in entries.flatten() {
+                        let path = e.path();
+                        let Ok(kind) = e.file_type() else { continue };
+                        if kind.is_dir() {
+                            stack.push(path);
+                        } else if is_staging_file(&e.file_name().to_string_lossy()) {
+                            let rel = path.strip_prefix(&root).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
+                            out.push((rel, e.metadata().map(|m| m.len()).unwrap_or(0)));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes `orphans()` (call while holding the run lock): how many files and bytes.
+    pub async fn remove_orphans(&self) -> Result<(usize, u64)> {
+        let orphans = self.orphans().await?;
+        let bytes = orphans.iter().map(|(_, n)| n).sum();
+        for (rel, _) in &orphans {
+            match self.loc.local_root() {
+                // object_store cannot address its own staging names
+                Some(root) if is_staging_file(rel) => match std::fs::remove_file(root.join(rel)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::Other(format!("{rel}: {e}"))),
+                    _ => {}
+                },
+                _ => self.delete(&self.loc.path(rel)).await?,
+            }
+        }
+        Ok((orphans.len(), bytes))
     }
 
     /// Folder for an operator that outputs files (e.g. a checkpoint) at an iteration.
