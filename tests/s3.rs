@@ -36,9 +36,15 @@ fn start() -> Option<Server> {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("bucket")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = spawn(&exe, root.path(), port);
+    Some(Server { child, port, root })
+}
+
+/// s3s-fs serving `root` on `port`, once it accepts connections.
+fn spawn(exe: &str, root: &Path, port: u16) -> Child {
     let child = Command::new(exe)
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "mstar", "--secret-key", "mstarsecret"])
-        .arg(root.path())
+        .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -48,7 +54,7 @@ fn start() -> Option<Server> {
         assert!(start.elapsed() < Duration::from_secs(20), "s3s-fs did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some(Server { child, port, root })
+    child
 }
 
 fn s3<'a>(cmd: &'a mut Command, srv: &Server) -> &'a mut Command {
@@ -104,4 +110,73 @@ fn demo_on_s3() {
     ok(s3(bin().args(["unlock", store]), &srv));
     let out = run(&[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Every demo table as sorted CSV lines (as `dump_tables`, over S3).
+fn s3_tables(store: &str, srv: &Server) -> String {
+    let mut out = String::new();
+    for t in DEMO_TABLES {
+        let csv = ok(s3(bin().args(["sql", "--store", store, "--format", "csv", &format!("SELECT * FROM {t}")]), srv)).0;
+        let mut lines: Vec<&str> = csv.lines().collect();
+        lines.sort();
+        out.push_str(&format!("{t}\n{}\n", lines.join("\n")));
+    }
+    out
+}
+
+/// The server goes down in the middle of a stage and comes back: the run waits it out with
+/// retries (or fails with one clear line), a rerun completes, and the tables equal those of an
+/// uninterrupted run. Wrong credentials and a missing bucket each give one clear line.
+#[test]
+fn s3_outage_mid_stage_wrong_credentials_and_a_missing_bucket() {
+    let Some(mut srv) = start() else { return };
+    let exe = s3s_fs().unwrap();
+    let p = project();
+    let pipeline = p.path().join("pipelines/recorded.yaml");
+    let run = |store: &str, srv: &Server| {
+        let mut c = bin();
+        c.arg("run").arg(&pipeline).args(["--store", store, "--set", "rows_per_file=40"]);
+        s3(&mut c, srv);
+        c
+    };
+    // a slow stage: rollouts pauses after each 40-row file
+    let mut child = run("s3://bucket/runs/outage", &srv).env("MSTAR_FAULT_PAUSE_MS", "rollouts:300").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let it2 = srv.root.path().join("bucket/runs/outage/tables/rollouts/iteration=2");
+    let started = Instant::now();
+    while std::fs::read_dir(&it2).map(|d| d.count()).unwrap_or(0) < 1 {
+        assert!(started.elapsed() < Duration::from_secs(90), "rollouts of iteration 2 never started");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // three seconds without a server, then the same server again
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    std::thread::sleep(Duration::from_secs(3));
+    srv.child = spawn(&exe, srv.root.path(), srv.port);
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    if !out.status.success() {
+        // a failure is one clear line naming the endpoint, no XML, no repeated causes
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {err}"));
+        assert!(line.contains("cannot reach the object store") && !line.contains("<?xml"), "{err}");
+    }
+    eprintln!("run through the outage: {}", if out.status.success() { "completed after retries" } else { "failed with a clear error" });
+    let (_, err2) = ok(&mut run("s3://bucket/runs/outage", &srv));
+    if out.status.success() {
+        assert!(outcomes(&err2, "computed").is_empty(), "{err2}");
+    }
+    ok(&mut run("s3://bucket/runs/clean", &srv));
+    assert_eq!(s3_tables("s3://bucket/runs/outage", &srv), s3_tables("s3://bucket/runs/clean", &srv));
+
+    // wrong credentials: one line, the code, what to check
+    let out = run("s3://bucket/runs/outage", &srv).env("AWS_SECRET_ACCESS_KEY", "wrong").output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    assert!(err.contains("refused") && err.contains("SignatureDoesNotMatch") && err.contains("AWS_SECRET_ACCESS_KEY") && !err.contains("<?xml"), "{err}");
+    // a bucket that does not exist
+    let out = s3(bin().args(["sql", "--store", "s3://nobucket/runs/x", "SELECT 1"]), &srv).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no such bucket") && err.contains("nobucket") && !err.contains("<?xml"), "{err}");
 }

@@ -24,8 +24,10 @@ pub use manifest::{FileEntry, Manifest};
 pub enum StoreError {
     #[error("invalid store location `{0}`: {1}")]
     InvalidLocation(String, String),
-    #[error(transparent)]
-    ObjectStore(#[from] object_store::Error),
+    /// One line that says what failed and what to check (object_store's own message repeats
+    /// its causes and the server's XML); not chained, so it is not printed twice.
+    #[error("{}", describe_object_store_error(.0))]
+    ObjectStore(object_store::Error),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("arrow: {0}")]
@@ -39,6 +41,49 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        StoreError::ObjectStore(e)
+    }
+}
+
+/// object_store's error as one line: the S3 error code with what to check (credentials, the
+/// bucket), an unreachable endpoint with the retries spent, else object_store's first sentence.
+pub fn describe_object_store_error(e: &object_store::Error) -> String {
+    // the message and its causes (the connection error is only in the innermost)
+    let mut full = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        full.push_str(": ");
+        full.push_str(&c.to_string());
+        cause = c.source();
+    }
+    let between = |s: &str, a: &str, b: &str| s.split(a).nth(1).and_then(|r| r.split(b).next()).map(str::to_string);
+    let code = between(&full, "<Code>", "</Code>");
+    // "Error performing GET http://host/bucket/key?query in 1.2ms …"
+    let request = full
+        .split("Error performing ")
+        .skip(1)
+        .find(|r| ["GET ", "PUT ", "POST ", "HEAD ", "DELETE "].iter().any(|m| r.starts_with(m)))
+        .and_then(|r| r.split(" in ").next())
+        .map(|r| r.split('?').next().unwrap_or(r).to_string());
+    let what = request.clone().unwrap_or_else(|| "the request".into());
+    let retries = between(&full, "after ", " retries").filter(|n| n.parse::<u32>().is_ok());
+    match code.as_deref() {
+        Some(c @ ("SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied" | "InvalidToken" | "ExpiredToken")) => {
+            format!("the object store refused {what} ({c}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)")
+        }
+        Some("NoSuchBucket") => format!("no such bucket: {what} (NoSuchBucket) — create the bucket or fix the store URL"),
+        Some(c) => format!("the object store answered {what} with {c}"),
+        None if full.contains("Connection refused") || full.contains("error sending request") || full.contains("timed out") => {
+            let reason = if full.contains("Connection refused") { "connection refused" } else if full.contains("timed out") { "timed out" } else { "no answer" };
+            let tries = retries.map(|n| format!(" after {n} retries")).unwrap_or_default();
+            format!("cannot reach the object store: {what} failed{tries} ({reason}); check AWS_ENDPOINT_URL and that the server is up")
+        }
+        None => full.split(": Error performing").next().unwrap_or(&full).to_string(),
+    }
+}
 
 /// A location on an object store: the store, a prefix inside it, and the URL DataFusion
 /// uses to reach it.
@@ -82,7 +127,14 @@ impl Location {
             if bucket.is_empty() {
                 return Err(bad("an S3 location is s3://bucket/prefix"));
             }
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // patient retries: an endpoint that is down for a few seconds (a restart) is waited
+            // out (up to ≈ 1 min of backoff per request), not turned into a failed stage
+            let retry = object_store::RetryConfig {
+                backoff: object_store::BackoffConfig { init_backoff: std::time::Duration::from_millis(250), max_backoff: std::time::Duration::from_secs(10), base: 3.0 },
+                max_retries: 12,
+                retry_timeout: std::time::Duration::from_secs(180),
+            };
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
             if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")) {
                 if endpoint.starts_with("http://") {
                     b = b.with_allow_http(true);
