@@ -110,6 +110,26 @@ enum Cmd {
         /// The model name clients use (default: the folder's name).
         #[arg(long)]
         name: Option<String>,
+        /// Largest request body in MiB (larger: 413, unread).
+        #[arg(long, default_value_t = 16)]
+        max_body_mb: usize,
+        /// Most prompt tokens of a request, images included (default: the model's context,
+        /// config.json's max_position_embeddings).
+        #[arg(long)]
+        max_prompt_tokens: Option<usize>,
+        /// Most images in one request.
+        #[arg(long, default_value_t = 8)]
+        max_images: usize,
+        /// Most pixels (width × height, read from the header before decoding) of one image.
+        #[arg(long, default_value_t = 50_000_000)]
+        max_image_pixels: u64,
+        /// Most choices (`n`) in one request.
+        #[arg(long, default_value_t = 16)]
+        max_n: u32,
+        /// Seconds a client has to send a request's headers, its body, or (kept alive) the
+        /// next request before its connection is closed.
+        #[arg(long, default_value_t = 30)]
+        read_timeout_secs: u64,
     },
     /// Print the device, dtype, threads and kernels the model operators will use, and run a
     /// forward + backward smoke test there (exit code 1 if it fails).
@@ -386,7 +406,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Data { cmd } => data(cmd).await,
-        Cmd::Serve { dir, host, port, name } => {
+        Cmd::Serve { dir, host, port, name, max_body_mb, max_prompt_tokens, max_images, max_image_pixels, max_n, read_timeout_secs } => {
+            anyhow::ensure!(read_timeout_secs > 0, "--read-timeout-secs must be at least 1");
             let dev = mstar::model::device();
             let dtype = mstar::model::hf_dtype(&dev);
             let ck = mstar::model::qwen_vl::Checkpoint::load(&dir, dtype, &dev)?;
@@ -395,7 +416,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let name = name.unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
             let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
             eprintln!("mstar serve: {name} on http://{}/v1 ({dev:?}, {dtype:?})", listener.local_addr()?);
-            mstar::openai::server::Server::new(ck, name, eos, dev).run(listener).await?;
+            let limits = mstar::openai::server::Limits { max_body_bytes: max_body_mb.saturating_mul(1 << 20), max_prompt_tokens, max_images, max_image_pixels, max_n, read_timeout: std::time::Duration::from_secs(read_timeout_secs) };
+            mstar::openai::server::Server::new(ck, name, eos, dev).with_limits(limits).run(listener).await?;
             Ok(0)
         }
         Cmd::Doctor => {

@@ -137,8 +137,13 @@ impl Drop for Served {
 /// `mstar serve MODEL` on a free port: the process and its address; its later stderr is
 /// collected and returned by the thread's handle.
 fn serve(model: &Path, name: &str) -> (Served, String) {
+    serve_with(model, name, &[])
+}
+
+/// `serve` with more command-line arguments (limits, timeouts).
+fn serve_with(model: &Path, name: &str, args: &[&str]) -> (Served, String) {
     use std::io::{BufRead, BufReader};
-    let mut server = Served(bin().args(["serve"]).arg(model).args(["--port", "0", "--name", name]).stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let mut server = Served(bin().args(["serve"]).arg(model).args(["--port", "0", "--name", name]).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap());
     let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
     // warnings at load come before the line that names the address
     let mut seen = String::new();
@@ -445,4 +450,273 @@ stages:
     assert_eq!(s.lines().nth(1), Some("18,3,true,true"), "{s}");
     let fell = sql_csv(store, "SELECT max(CASE WHEN step = 9 THEN loss END) < max(CASE WHEN step = 1 THEN loss END) FROM train_log");
     assert_eq!(fell.lines().nth(1), Some("true"), "{}", sql_csv(store, "SELECT step, loss FROM train_log ORDER BY step"));
+}
+
+/// Sends `head` and `body` on a fresh connection and reads the response until the server closes
+/// it (or 10 s pass): the response and how long it took from the first byte sent.
+fn exchange(addr: &str, head: &str, body: &[u8]) -> (String, std::time::Duration) {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    c.set_write_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let t = std::time::Instant::now();
+    c.write_all(head.as_bytes()).unwrap();
+    let _ = c.write_all(body);
+    let resp = read_until_closed(&mut c);
+    (resp, t.elapsed())
+}
+
+/// What the server sends until it closes the connection; stops at a read error or timeout.
+fn read_until_closed(c: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    // bounded: each read returns data, end of stream, or an error (the 10 s read timeout)
+    for _ in 0..10_000 {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A POST of `body` to /v1/chat/completions (Connection: close).
+fn post_chat(addr: &str, body: &str) -> (String, std::time::Duration) {
+    exchange(addr, &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()), body.as_bytes())
+}
+
+fn get_models(addr: &str) -> (String, std::time::Duration) {
+    exchange(addr, "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"")
+}
+
+/// A one-message chat request with `content` (a string or a list of parts) and `extra` fields.
+fn chat_body(content: serde_json::Value, extra: serde_json::Value) -> String {
+    let mut b = serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 1.0, "seed": 7});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b.to_string()
+}
+
+fn image_part(png: &[u8]) -> serde_json::Value {
+    serde_json::json!({"type": "image_url", "image_url": {"url": mstar::openai::data_url(png)}})
+}
+
+/// CRC-32 (IEEE, as PNG chunks use), bit by bit.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A PNG of a few dozen bytes whose header says `w`×`h` (its pixel data is a 1×1 image's).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut png = Vec::new();
+    image::DynamicImage::new_rgb8(1, 1).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    // signature (8), IHDR length (4), "IHDR" (4), width (4), height (4), 5 more bytes, CRC (4)
+    assert_eq!(&png[12..16], b"IHDR");
+    assert_eq!(crc32(&png[12..29]).to_be_bytes(), png[29..33], "crc32 disagrees with the encoder's");
+    png[16..20].copy_from_slice(&w.to_be_bytes());
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+fn status_of(resp: &str) -> &str {
+    resp.get(9..12).unwrap_or("")
+}
+
+/// A client that sent its headers and half its body does not hold up anyone: the model list
+/// and a chat completion from other clients answer at once while it stalls.
+#[test]
+fn serve_reads_requests_without_holding_the_compute_slot() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    let (_server, addr) = serve(&model, "tiny");
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    let half = format!("{{\"model\": \"tiny\", \"messages\": [{}", " ".repeat(469));
+    assert_eq!(half.len(), 500);
+    write!(stalled, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{half}").unwrap();
+    stalled.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (models, took) = get_models(&addr);
+    eprintln!("GET /v1/models with a half body pending: {took:?}");
+    assert!(models.starts_with("HTTP/1.1 200") && models.contains("\"tiny\""), "{models}");
+    assert!(took < std::time::Duration::from_secs(5), "GET /v1/models took {took:?}");
+    let (chat, took) = post_chat(&addr, &chat_body("Hello".into(), serde_json::json!({})));
+    eprintln!("a chat completion with a half body pending: {took:?}");
+    assert!(chat.starts_with("HTTP/1.1 200") && chat.contains("chat.completion"), "{chat}");
+    assert!(took < std::time::Duration::from_secs(5), "the completion took {took:?}");
+    // the stalled client is still connected (the default read timeout is 30 s)
+    stalled.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let e = std::io::Read::read(&mut stalled, &mut b).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+}
+
+/// Limits, each a 4xx that names it, checked before anything large is read or decoded: the
+/// body size (413 from the Content-Length, or once a chunked body passes it), the pixels an
+/// image's header claims, the number of images, prompt tokens (the model's context, or the
+/// flag), `n`; and the server still answers after all of them.
+#[test]
+fn serve_refuses_requests_past_its_limits() {
+    use std::io::Write;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    let a_png = std::fs::read(model.join("a.png")).unwrap();
+    let c_png = std::fs::read(model.join("c.png")).unwrap();
+    let message = |r: &str| r.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()).and_then(|v| v["error"]["message"].as_str().map(str::to_string)).unwrap_or_default();
+    {
+        // the defaults: 16 MiB, 50,000,000 pixels, 8 images, the model's 512 positions, n ≤ 16
+        let (_server, addr) = serve(&model, "tiny");
+        // 17 MiB announced, 64 KiB sent: refused without waiting for the rest
+        let (r, took) = exchange(&addr, &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 17 << 20), &vec![b' '; 64 << 10]);
+        eprintln!("413 for a 17 MiB Content-Length: {took:?}");
+        assert_eq!(status_of(&r), "413", "{r}");
+        assert!(message(&r).contains("limit of 16 MiB") && r.contains("\"type\":\"invalid_request_error\""), "{r}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // a 20000×20000 PNG: refused from its header
+        let (r, took) = post_chat(&addr, &chat_body(serde_json::json!([image_part(&png_claiming(20_000, 20_000)), {"type": "text", "text": "what?"}]), serde_json::json!({})));
+        eprintln!("400 for a 20000×20000 PNG: {took:?}");
+        assert_eq!(status_of(&r), "400", "{r}");
+        assert!(message(&r).contains("20000×20000") && message(&r).contains("limit of 50000000 pixels"), "{r}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        // 9 images
+        let mut parts: Vec<serde_json::Value> = (0..9).map(|_| image_part(&a_png)).collect();
+        parts.push(serde_json::json!({"type": "text", "text": "count"}));
+        let (r, _) = post_chat(&addr, &chat_body(serde_json::Value::Array(parts), serde_json::json!({})));
+        assert_eq!(status_of(&r), "400", "{r}");
+        assert!(message(&r).contains("9 images exceed the limit of 8"), "{r}");
+        // a prompt longer than the model's context
+        let (r, _) = post_chat(&addr, &chat_body("one two three four ".repeat(200).into(), serde_json::json!({})));
+        assert_eq!(status_of(&r), "400", "{r}");
+        assert!(message(&r).contains("limit of 512 prompt tokens") && message(&r).contains("max_position_embeddings"), "{r}");
+        // a 15 MiB message: refused from its first few thousand tokens, not tokenized whole
+        let (r, took) = post_chat(&addr, &chat_body("hello world ".repeat((15 << 20) / 12).into(), serde_json::json!({})));
+        eprintln!("400 for a 15 MiB message: {took:?}");
+        assert_eq!(status_of(&r), "400", "{r}");
+        assert!(message(&r).contains("at least") && message(&r).contains("limit of 512 prompt tokens"), "{r}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let (r, _) = post_chat(&addr, &chat_body("hi".into(), serde_json::json!({"n": 17})));
+        assert_eq!(status_of(&r), "400", "{r}");
+        assert!(message(&r).contains("limit of 16 choices"), "{r}");
+        // two images at the limits pass
+        let (r, _) = post_chat(&addr, &chat_body(serde_json::json!([image_part(&a_png), image_part(&c_png), {"type": "text", "text": "count"}]), serde_json::json!({"n": 2})));
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("chat.completion"), "{r}");
+    }
+    {
+        let (_server, addr) = serve_with(&model, "tiny", &["--max-body-mb", "1", "--max-prompt-tokens", "60", "--max-images", "1", "--max-image-pixels", "4000"]);
+        // a chunked body that passes 1 MiB: refused once it does, the rest unread
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let t = std::time::Instant::now();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b' '; 64 << 10];
+            let _ = w.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let mut sent = 0usize;
+            // up to 4 MiB, until the server closes the connection
+            for _ in 0..64 {
+                if w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).and_then(|_| w.write_all(&chunk)).and_then(|_| w.write_all(b"\r\n")).is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        let r = read_until_closed(&mut c);
+        let took = t.elapsed();
+        let sent = writer.join().unwrap();
+        eprintln!("413 for a chunked body past 1 MiB: {took:?} ({sent} bytes written)");
+        assert_eq!(status_of(&r), "413", "{r}");
+        assert!(message(&r).contains("limit of 1 MiB (1048576 bytes; --max-body-mb)"), "{r}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let (r, _) = post_chat(&addr, &chat_body("one two three four ".repeat(20).into(), serde_json::json!({})));
+        assert_eq!(status_of(&r), "400", "{r}");
+        assert!(message(&r).contains("limit of 60 prompt tokens (--max-prompt-tokens)"), "{r}");
+        let (r, _) = post_chat(&addr, &chat_body(serde_json::json!([image_part(&c_png), image_part(&c_png)]), serde_json::json!({})));
+        assert!(message(&r).contains("2 images exceed the limit of 1 images"), "{r}");
+        let (r, _) = post_chat(&addr, &chat_body(serde_json::json!([image_part(&a_png)]), serde_json::json!({})));
+        assert!(message(&r).contains("84×56 = 4704 pixels exceeds the limit of 4000 pixels"), "{r}");
+        let (r, _) = post_chat(&addr, &chat_body("hi".into(), serde_json::json!({})));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+}
+
+/// With `--read-timeout-secs 1`, clients that stall (half a body, half the headers, nothing at
+/// all) are disconnected within a few seconds, and the server goes on answering.
+#[test]
+fn serve_drops_stalled_clients() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    let (_server, addr) = serve_with(&model, "tiny", &["--read-timeout-secs", "1"]);
+    let t = Instant::now();
+    let connect = |sent: &str| {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(sent.as_bytes()).unwrap();
+        c
+    };
+    let mut half_body = connect(&format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{}", " ".repeat(500)));
+    let mut half_head = connect("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le");
+    let mut idle = connect("");
+    let r = read_until_closed(&mut half_body);
+    let took = t.elapsed();
+    eprintln!("half body dropped after {took:?}");
+    assert_eq!(status_of(&r), "408", "{r}");
+    assert!(r.contains("read timeout of 1 s"), "{r}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    for (what, c) in [("half the headers", &mut half_head), ("nothing", &mut idle)] {
+        let r = read_until_closed(c);
+        let took = t.elapsed();
+        eprintln!("a client that sent {what} dropped after {took:?}: {:?}", r.lines().next());
+        assert!(took < Duration::from_secs(5), "a client that sent {what} was kept {took:?}");
+        assert!(r.is_empty() || status_of(&r) == "408", "{r}");
+    }
+    let (r, _) = get_models(&addr);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+/// Completions queued behind one another all get answered, each its own (the compute lock is a
+/// fair, FIFO tokio Mutex); the model list answers meanwhile.
+#[test]
+fn serve_answers_queued_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    let (_server, addr) = serve(&model, "tiny");
+    let clients: Vec<_> = (0..3u64)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || post_chat(&addr, &chat_body(format!("Question {i}").into(), serde_json::json!({"seed": 100 + i, "max_tokens": 24, "n": 2}))))
+        })
+        .collect();
+    let (m, took) = get_models(&addr);
+    eprintln!("GET /v1/models among 3 completions: {took:?}");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    for (i, c) in clients.into_iter().enumerate() {
+        let (r, took) = c.join().unwrap();
+        eprintln!("completion {i}: {took:?}");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains(&format!("chatcmpl-{:016x}", 100 + i as u64)), "{r}");
+    }
 }
