@@ -63,3 +63,117 @@ fn import_operator_commits_a_queryable_quarantine() {
     assert_eq!(sql_csv(s, "SELECT source, count(*) AS n FROM quarantine GROUP BY source ORDER BY source"), "source,n\nmathvista,4\nverl,2\n");
     assert_eq!(sql_csv(s, "SELECT count(*) AS n FROM mv"), "n\n4\n");
 }
+
+/// A PNG of `w`×`h` black pixels.
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(w, h))
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// A few-byte PNG whose IHDR claims `w`×`h` pixels: a 1×1 PNG with width and height patched
+/// and the chunk's CRC32 recomputed.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut p = png(1, 1);
+    assert_eq!(&p[12..16], b"IHDR");
+    p[16..20].copy_from_slice(&w.to_be_bytes());
+    p[20..24].copy_from_slice(&h.to_be_bytes());
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in &p[12..29] {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { 0xEDB8_8320 ^ (crc >> 1) } else { crc >> 1 };
+        }
+    }
+    p[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    p
+}
+
+/// A MathVista dataset in `dir`: testmini.json with one free-form problem per image path.
+fn mathvista_dataset(dir: &std::path::Path, images: &[&str]) -> std::path::PathBuf {
+    let problems: Vec<String> = images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| format!("\"{0}\": {{\"pid\": \"{0}\", \"question\": \"How many?\", \"image\": \"{img}\", \"answer\": \"{0}\"}}", i + 1))
+        .collect();
+    let f = dir.join("testmini.json");
+    std::fs::write(&f, format!("{{{}}}", problems.join(", "))).unwrap();
+    f
+}
+
+#[cfg(unix)]
+#[test]
+fn an_image_symlinked_out_of_the_dataset_is_quarantined_not_read() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = d.path().join("ds");
+    std::fs::create_dir_all(ds.join("images")).unwrap();
+    std::fs::create_dir_all(d.path().join("outside")).unwrap();
+    std::fs::write(ds.join("images/ok.png"), png(1, 1)).unwrap();
+    std::fs::write(d.path().join("outside/secret.png"), png(3, 3)).unwrap();
+    // a symlink out of the folder, a symlinked folder out of it, and one that stays inside
+    std::os::unix::fs::symlink(d.path().join("outside/secret.png"), ds.join("images/link.png")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("outside"), ds.join("images/dir")).unwrap();
+    std::os::unix::fs::symlink("ok.png", ds.join("images/alias.png")).unwrap();
+    let json = mathvista_dataset(&ds, &["images/ok.png", "images/link.png", "images/dir/secret.png", "images/alias.png"]);
+    let f = d.path().join("p.yaml");
+    std::fs::write(&f, format!("name: s\ndatasets:\n  mv: {{path: {}, format: mathvista}}\nstages:\n  - id: prompts\n    op: import\n    dataset: mv\n", json.display())).unwrap();
+    let store = d.path().join("store");
+    ok(bin().arg("run").arg(&f).arg("--store").arg(&store));
+    let s = store.to_str().unwrap();
+    // the outside image's bytes are nowhere in the table
+    assert_eq!(
+        sql_csv(s, "SELECT prompt_id, images[1]['path'] AS path, cardinality(images) AS n FROM prompts ORDER BY prompt_id"),
+        "prompt_id,path,n\n1,images/ok.png,1\n4,images/alias.png,1\n"
+    );
+    let inside: String = png(1, 1).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sql_csv(s, "SELECT DISTINCT encode(images[1]['bytes'], 'hex') AS b FROM prompts"), format!("b\n{inside}\n"));
+    let q = sql_csv(s, "SELECT row, reason FROM quarantine ORDER BY row");
+    let lines: Vec<&str> = q.lines().collect();
+    assert_eq!(lines.len(), 3, "{q}");
+    assert!(lines[1].starts_with("2,\"image path `images/link.png` escapes the dataset root (it resolves to `"), "{q}");
+    assert!(lines[1].contains("outside/secret.png"), "{q}");
+    assert!(lines[2].starts_with("3,\"image path `images/dir/secret.png` escapes the dataset root"), "{q}");
+}
+
+#[test]
+fn an_image_above_the_pixel_limit_is_quarantined_from_its_header() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = d.path().join("ds");
+    std::fs::create_dir_all(ds.join("images")).unwrap();
+    let big = png_claiming(20_000, 20_000);
+    assert!(big.len() < 100);
+    std::fs::write(ds.join("images/big.png"), &big).unwrap();
+    std::fs::write(ds.join("images/small.png"), png(2, 2)).unwrap();
+    let json = mathvista_dataset(&ds, &["images/big.png", "images/small.png"]);
+    let write = |datasets: &str| {
+        let f = d.path().join("p.yaml");
+        std::fs::write(&f, format!("name: s\ndatasets:\n{datasets}stages:\n  - id: a\n    op: import\n    dataset: a\n")).unwrap();
+        f
+    };
+    // the default limit (50,000,000 pixels), and a dataset's own
+    let f = write(&format!("  a: {{path: {0}, format: mathvista}}\n  b: {{path: {0}, format: mathvista, max_image_pixels: 3}}\n", json.display()));
+    let yaml = std::fs::read_to_string(&f).unwrap() + "  - id: b\n    op: import\n    dataset: b\n";
+    std::fs::write(&f, yaml).unwrap();
+    let store = d.path().join("store");
+    ok(bin().arg("run").arg(&f).arg("--store").arg(&store));
+    let s = store.to_str().unwrap();
+    assert_eq!(sql_csv(s, "SELECT prompt_id FROM a"), "prompt_id\n2\n");
+    assert_eq!(sql_csv(s, "SELECT count(*) AS n FROM b"), "n\n0\n");
+    assert_eq!(
+        sql_csv(s, "SELECT source, row, reason FROM quarantine ORDER BY source, row"),
+        "source,row,reason\n\
+         a,1,\"image is 20000x20000 = 400000000 pixels, above the limit of 50000000 (max_image_pixels) (`images/big.png`)\"\n\
+         b,1,\"image is 20000x20000 = 400000000 pixels, above the limit of 3 (max_image_pixels) (`images/big.png`)\"\n\
+         b,2,\"image is 2x2 = 4 pixels, above the limit of 3 (max_image_pixels) (`images/small.png`)\"\n"
+    );
+    // the key is checked
+    let f = write(&format!("  a: {{path: {}, format: mathvista, max_image_pixels: 0}}\n", json.display()));
+    let (_, _, err) = fails(bin().arg("run").arg(&f).arg("--store").arg(d.path().join("s2")));
+    assert!(err.contains("max_image_pixels") && err.contains("at least 1"), "{err}");
+    std::fs::write(d.path().join("d.jsonl"), "{\"a\":1}\n").unwrap();
+    let f = write(&format!("  a: {{path: {}, max_image_pixels: 10}}\n", d.path().join("d.jsonl").display()));
+    let (_, _, err) = fails(bin().arg("run").arg(&f).arg("--store").arg(d.path().join("s3")));
+    assert!(err.contains("max_image_pixels") && err.contains("image formats only"), "{err}");
+}

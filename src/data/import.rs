@@ -4,8 +4,8 @@
 
 use super::answer::extract_answer;
 use super::prompts::{
-    infer_answer_type, letter_to_choice, safe_relative, split_choices, validate_image, Image, PromptRow,
-    PromptsBuilder, Quarantined,
+    infer_answer_type, letter_to_choice, resolve_below, safe_relative, split_choices, validate_image_within, Image,
+    PromptRow, PromptsBuilder, Quarantined, DEFAULT_MAX_IMAGE_PIXELS,
 };
 use crate::store::Location;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
@@ -45,6 +45,19 @@ pub struct ImportOptions {
     pub columns: BTreeMap<String, String>,
 }
 
+/// Limits a dataset may set besides its [`ImportOptions`] (the `max_image_pixels` of its spec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// Images with more pixels (width × height, read from the header) are quarantined.
+    pub max_image_pixels: u64,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        Self { max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS }
+    }
+}
+
 /// Bad rows, shared between the import stream and whoever writes the quarantine.
 pub type QuarantineSink = Arc<Mutex<Vec<Quarantined>>>;
 
@@ -76,7 +89,8 @@ fn parent(path: &str) -> String {
     }
 }
 
-fn truncate(s: String) -> String {
+/// A quarantined record as stored: at most 2000 bytes (then `…`).
+pub(crate) fn truncate(s: String) -> String {
     if s.len() <= 2000 {
         s
     } else {
@@ -88,8 +102,32 @@ fn truncate(s: String) -> String {
     }
 }
 
-/// Streams the prompts table of a dataset; bad rows are pushed to `quarantine`.
+/// Streams the prompts table of a dataset; bad rows are pushed to `quarantine`. Default
+/// [`ImportLimits`].
 pub async fn import(opts: ImportOptions, quarantine: QuarantineSink) -> Result<SendableRecordBatchStream, String> {
+    import_with_limits(opts, ImportLimits::default(), quarantine).await
+}
+
+/// The folder image paths are relative to; a local one also canonical (symlinks resolved),
+/// so every image can be checked to resolve below it.
+struct ImageRoot {
+    loc: Location,
+    local: Option<std::path::PathBuf>,
+}
+
+impl ImageRoot {
+    fn open(spec: &str) -> Result<Self, String> {
+        let loc = Location::open_existing(spec).map_err(|e| e.to_string())?;
+        let local = match loc.local_root() {
+            Some(p) => Some(std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display()))?),
+            None => None,
+        };
+        Ok(Self { loc, local })
+    }
+}
+
+/// [`import`] with a dataset's limits.
+pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quarantine: QuarantineSink) -> Result<SendableRecordBatchStream, String> {
     let split = opts.split.clone().unwrap_or_else(|| if opts.format == Format::MathVista { "test" } else { "train" }.to_string());
     let images_root = opts.images.clone().unwrap_or_else(|| parent(&opts.path));
     match opts.format {
@@ -97,8 +135,8 @@ pub async fn import(opts: ImportOptions, quarantine: QuarantineSink) -> Result<S
             let loc = Location::open_existing(&opts.path).map_err(|e| e.to_string())?;
             let bytes = loc.store.get(&loc.prefix).await.map_err(|e| format!("{}: {e}", opts.path))?.bytes().await.map_err(|e| e.to_string())?;
             let entries = if opts.format == Format::MathVista { mathvista_entries(&bytes)? } else { mathv360k_entries(&bytes)? };
-            let root = Location::open_existing(&images_root).map_err(|e| format!("image folder: {e}"))?;
-            let ctx = Arc::new(RowContext { root: Some(root), split, source: opts.source.clone(), quarantine });
+            let root = ImageRoot::open(&images_root).map_err(|e| format!("image folder: {e}"))?;
+            let ctx = Arc::new(RowContext { root: Some(root), split, source: opts.source.clone(), quarantine, limits });
             let chunks: Vec<Vec<Entry>> = chunk(entries);
             let stream = futures::stream::iter(chunks).then(move |c| {
                 let ctx = ctx.clone();
@@ -131,8 +169,8 @@ pub async fn import(opts: ImportOptions, quarantine: QuarantineSink) -> Result<S
                 .map_err(|e| format!("{}: {e}", opts.path))?;
             let table = ListingTable::try_new(config).map_err(|e| e.to_string())?;
             let input = sctx.read_table(Arc::new(table)).map_err(|e| e.to_string())?.execute_stream().await.map_err(|e| e.to_string())?;
-            let root = Location::open_existing(&images_root).ok();
-            let ctx = Arc::new(RowContext { root, split, source: opts.source.clone(), quarantine });
+            let root = ImageRoot::open(&images_root).ok();
+            let ctx = Arc::new(RowContext { root, split, source: opts.source.clone(), quarantine, limits });
             let format = opts.format;
             let columns = Arc::new(opts.columns.clone());
             let mut offset = 0usize;
@@ -172,10 +210,11 @@ fn chunk(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
 }
 
 struct RowContext {
-    root: Option<Location>,
+    root: Option<ImageRoot>,
     split: String,
     source: String,
     quarantine: QuarantineSink,
+    limits: ImportLimits,
 }
 
 impl RowContext {
@@ -212,17 +251,24 @@ impl RowContext {
                 ImgRef::Path(p) => {
                     let rel = safe_relative(&p)?;
                     let root = self.root.as_ref().ok_or_else(|| format!("image `{p}` is a path but no image folder is readable"))?;
-                    let bytes = match root.store.get(&root.path(&rel)).await {
-                        Ok(r) => r.bytes().await.map_err(|e| format!("image `{p}`: {e}"))?.to_vec(),
-                        Err(object_store::Error::NotFound { .. }) => return Err(format!("missing image file `{p}`")),
-                        Err(e) => return Err(format!("image `{p}`: {e}")),
+                    let bytes = match &root.local {
+                        // a local folder: symlinks resolved, and the file must stay below the root
+                        Some(dir) => {
+                            let file = resolve_below(dir, &rel, &p).map_err(|e| e.to_string())?;
+                            tokio::fs::read(&file).await.map_err(|e| format!("image `{p}`: {e}"))?
+                        }
+                        None => match root.loc.store.get(&root.loc.path(&rel)).await {
+                            Ok(r) => r.bytes().await.map_err(|e| format!("image `{p}`: {e}"))?.to_vec(),
+                            Err(object_store::Error::NotFound { .. }) => return Err(format!("missing image file `{p}`")),
+                            Err(e) => return Err(format!("image `{p}`: {e}")),
+                        },
                     };
                     (bytes, Some(rel))
                 }
             };
-            validate_image(&bytes).map_err(|m| match &path {
+            validate_image_within(&bytes, self.limits.max_image_pixels).map_err(|m| match &path {
                 Some(p) => format!("{m} (`{p}`)"),
-                None => m,
+                None => m.to_string(),
             })?;
             images.push(Image { bytes, path });
         }

@@ -62,16 +62,77 @@ pub fn quarantine_schema() -> SchemaRef {
     ]))
 }
 
-/// Decodes an image fully, to be sure it is usable; returns (width, height).
+/// Default of a dataset's `max_image_pixels`: the most pixels (width × height) an image may
+/// have; larger ones are quarantined from their header, before any decoding.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 50_000_000;
+
+/// Why an image cannot be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("empty image")]
+    Empty,
+    #[error("unreadable image: {0}")]
+    Unreadable(String),
+    #[error("undecodable image: {0}")]
+    Undecodable(String),
+    #[error("image is {width}x{height} = {pixels} pixels, above the limit of {limit} (max_image_pixels)")]
+    TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
+}
+
+/// Decodes an image fully, to be sure it is usable; returns (width, height). Images above
+/// [`DEFAULT_MAX_IMAGE_PIXELS`] are refused (see [`validate_image_within`]).
 pub fn validate_image(bytes: &[u8]) -> Result<(u32, u32), String> {
+    validate_image_within(bytes, DEFAULT_MAX_IMAGE_PIXELS).map_err(|e| e.to_string())
+}
+
+/// Checks an image's size from its header (refusing more than `max_pixels` pixels without
+/// decoding it), then decodes it fully, to be sure it is usable; returns (width, height).
+pub fn validate_image_within(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), ImageError> {
     if bytes.is_empty() {
-        return Err("empty image".into());
+        return Err(ImageError::Empty);
     }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("unreadable image: {e}"))?;
-    let img = reader.decode().map_err(|e| format!("undecodable image: {e}"))?;
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ImageError::Unreadable(e.to_string()))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(|e| ImageError::Undecodable(e.to_string()))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(ImageError::TooLarge { width, height, pixels, limit: max_pixels });
+    }
+    let img = reader()?.decode().map_err(|e| ImageError::Undecodable(e.to_string()))?;
     Ok((img.width(), img.height()))
+}
+
+/// Why a dataset-relative image path cannot be read from a local folder.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagePathError {
+    #[error("missing image file `{0}`")]
+    Missing(String),
+    #[error("image path `{path}` escapes the dataset root (it resolves to `{target}`, outside `{root}`)")]
+    Escapes { path: String, target: String, root: String },
+    #[error("image `{path}`: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+/// Resolves `rel` (a path already through [`safe_relative`]) below a local folder `root`
+/// that is itself canonical (`std::fs::canonicalize`): symlinks are followed, and a path
+/// that then lies outside the root is refused, so its bytes are never read. `shown` is the
+/// path as the dataset wrote it, for messages. Returns the resolved file to read.
+pub fn resolve_below(root: &std::path::Path, rel: &str, shown: &str) -> Result<std::path::PathBuf, ImagePathError> {
+    let target = std::fs::canonicalize(root.join(rel)).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => ImagePathError::Missing(shown.to_string()),
+        _ => ImagePathError::Io { path: shown.to_string(), error },
+    })?;
+    if !target.starts_with(root) {
+        return Err(ImagePathError::Escapes {
+            path: shown.to_string(),
+            target: target.display().to_string(),
+            root: root.display().to_string(),
+        });
+    }
+    Ok(target)
 }
 
 /// Joins a dataset-relative path to a root, refusing absolute paths and any `..` that would
@@ -283,6 +344,57 @@ mod tests {
         assert!(safe_relative("a/../../x.png").is_err());
         assert!(safe_relative("/etc/passwd").is_err());
         assert!(safe_relative("C:/x.png").is_err());
+    }
+
+    /// A PNG whose IHDR claims `w`×`h` pixels (its CRC recomputed), made from a real 1×1 PNG.
+    fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(1, 1))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(&png[12..16], b"IHDR");
+        png[16..20].copy_from_slice(&w.to_be_bytes());
+        png[20..24].copy_from_slice(&h.to_be_bytes());
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in &png[12..29] {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { 0xEDB8_8320 ^ (crc >> 1) } else { crc >> 1 };
+            }
+        }
+        png[29..33].copy_from_slice(&(!crc).to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn image_size_is_checked_from_the_header() {
+        assert_eq!(validate_image_within(&png_claiming(1, 1), 1).unwrap(), (1, 1));
+        let err = validate_image_within(&png_claiming(20_000, 20_000), DEFAULT_MAX_IMAGE_PIXELS).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { width: 20_000, height: 20_000, pixels: 400_000_000, .. }), "{err}");
+        assert!(validate_image(&png_claiming(20_000, 20_000)).unwrap_err().contains("max_image_pixels"));
+        // a configurable limit
+        assert!(matches!(validate_image_within(&png_claiming(2, 2), 3), Err(ImageError::TooLarge { .. })));
+        assert!(matches!(validate_image_within(b"", 3), Err(ImageError::Empty)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_out_of_the_root_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("ds");
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        std::fs::write(root.join("images/a.png"), b"x").unwrap();
+        std::fs::write(d.path().join("secret.png"), b"s").unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret.png"), root.join("images/out.png")).unwrap();
+        std::os::unix::fs::symlink("a.png", root.join("images/in.png")).unwrap();
+        std::os::unix::fs::symlink(d.path(), root.join("up")).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        assert_eq!(resolve_below(&root, "images/in.png", "images/in.png").unwrap(), root.join("images/a.png"));
+        let err = resolve_below(&root, "images/out.png", "images/out.png").unwrap_err();
+        assert!(matches!(err, ImagePathError::Escapes { .. }), "{err}");
+        assert!(err.to_string().contains("`images/out.png` escapes the dataset root"), "{err}");
+        assert!(matches!(resolve_below(&root, "up/secret.png", "up/secret.png"), Err(ImagePathError::Escapes { .. })));
+        assert!(matches!(resolve_below(&root, "images/none.png", "images/none.png"), Err(ImagePathError::Missing(_))));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The `import` operator: a dataset file or folder (Parquet, JSON array, JSONL), local or on an
-//! object store, streamed into a stage table in file order.
+//! object store, streamed into a stage table in file order. JSONL is read line by line: a
+//! line that is not a JSON object (or does not fit the schema inferred from the first records)
+//! goes to the `quarantine` side table with its file and 1-based line number.
 
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::spec::{DatasetFormat, ImportSpec, Pipeline};
@@ -14,8 +16,9 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{stream, FutureExt, StreamExt};
-use object_store::{ObjectMeta, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -25,6 +28,9 @@ pub struct ImportOp {
     format: Option<DatasetFormat>,
     /// The resolved options of a prompts format (MathVista, MathV360K, hf, verl).
     prompts: Option<crate::data::import::ImportOptions>,
+    /// The dataset's limits (`max_image_pixels`), and whether it set them.
+    limits: crate::data::import::ImportLimits,
+    limits_set: bool,
     /// A split of the synthetic task, generated here.
     synth: Option<crate::spec::SynthSource>,
 }
@@ -51,7 +57,19 @@ impl ImportOp {
             source: spec.dataset.clone(),
             columns: ds.columns.clone(),
         });
-        Ok(Self { dataset: spec.dataset.clone(), url, format: ds.format, prompts, synth: ds.synth.clone() })
+        let mut limits = crate::data::import::ImportLimits::default();
+        if let Some(n) = ds.max_image_pixels {
+            limits.max_image_pixels = n;
+        }
+        Ok(Self {
+            dataset: spec.dataset.clone(),
+            url,
+            format: ds.format,
+            prompts,
+            limits,
+            limits_set: ds.max_image_pixels.is_some(),
+            synth: ds.synth.clone(),
+        })
     }
 
     fn fail(&self, msg: impl std::fmt::Display) -> OpError {
@@ -150,6 +168,196 @@ impl ImportOp {
     }
 }
 
+/// Records read to infer a JSONL dataset's schema (as DataFusion's JSON reader does).
+const JSONL_INFER_RECORDS: usize = 1000;
+/// Rows per record batch of a JSONL import.
+const JSONL_BATCH_ROWS: usize = 1024;
+
+impl ImportOp {
+    /// The schema of a JSONL dataset, from its first valid records; broken lines are skipped
+    /// here (the import quarantines them). A dataset with lines but no valid one is an error.
+    async fn jsonl_schema(&self, f: &Files) -> Result<SchemaRef> {
+        let mut lines = JsonlLines::new(f);
+        let mut records = Vec::new();
+        let mut first_bad: Option<(Line, String)> = None;
+        while records.len() < JSONL_INFER_RECORDS {
+            let Some(line) = lines.next().await.map_err(|e| self.fail(e))? else { break };
+            match parse_line(&line) {
+                None => {}
+                Some(Ok(v)) => records.push(v),
+                Some(Err(reason)) => {
+                    first_bad.get_or_insert((line, reason));
+                }
+            }
+        }
+        if let (true, Some((line, reason))) = (records.is_empty(), first_bad) {
+            return Err(self.fail(format!("{}: no valid JSON record; {reason}", line.file)));
+        }
+        let schema = arrow::json::reader::infer_json_schema_from_iterator(records.into_iter().map(Ok)).map_err(|e| self.fail(e))?;
+        Ok(Arc::new(schema))
+    }
+}
+
+/// One line of a JSONL file.
+struct Line {
+    /// The file, relative to the dataset folder (its name for a single file).
+    file: Arc<str>,
+    /// 1-based.
+    number: usize,
+    text: Vec<u8>,
+}
+
+/// A JSONL line as a JSON object: None for a blank line, Err(reason) for a broken one.
+fn parse_line(line: &Line) -> Option<std::result::Result<Value, String>> {
+    let text = line.text.strip_suffix(b"\r").unwrap_or(&line.text);
+    // a byte order mark at the start of a file
+    let text = if line.number == 1 { text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text) } else { text };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let n = line.number;
+    Some(match serde_json::from_slice::<Value>(text) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(format!("line {n}: not a JSON object")),
+        Err(e) => {
+            let full = e.to_string();
+            let msg = full.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&full);
+            Err(format!("line {n}: invalid JSON at column {}: {msg}", e.column()))
+        }
+    })
+}
+
+/// The lines of a dataset's JSONL files in order, each file read as a stream of chunks (a
+/// file is never held whole).
+struct JsonlLines {
+    store: Arc<dyn ObjectStore>,
+    files: std::vec::IntoIter<(Arc<str>, object_store::path::Path)>,
+    current: Option<OpenFile>,
+}
+
+struct OpenFile {
+    name: Arc<str>,
+    chunks: BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+    /// Start of the first unread line in `buf`; `buf[pos..scanned]` holds no newline.
+    pos: usize,
+    scanned: usize,
+    line: usize,
+    eof: bool,
+}
+
+impl JsonlLines {
+    fn new(f: &Files) -> Self {
+        let files: Vec<(Arc<str>, object_store::path::Path)> = f
+            .files
+            .iter()
+            .map(|m| {
+                let rel = f.loc.relative(&m.location).filter(|r| !r.is_empty());
+                let name = rel.unwrap_or_else(|| m.location.filename().unwrap_or(m.location.as_ref()).to_string());
+                (Arc::from(name), m.location.clone())
+            })
+            .collect();
+        Self { store: f.loc.store.clone(), files: files.into_iter(), current: None }
+    }
+
+    async fn next(&mut self) -> std::result::Result<Option<Line>, String> {
+        loop {
+            let Some(cur) = self.current.as_mut() else {
+                let Some((name, path)) = self.files.next() else { return Ok(None) };
+                let chunks = self.store.get(&path).await.map_err(|e| format!("{name}: {e}"))?.into_stream();
+                self.current = Some(OpenFile { name, chunks, buf: Vec::new(), pos: 0, scanned: 0, line: 0, eof: false });
+                continue;
+            };
+            if let Some(i) = cur.buf[cur.scanned..].iter().position(|&b| b == b'\n') {
+                let end = cur.scanned + i;
+                let text = cur.buf[cur.pos..end].to_vec();
+                cur.pos = end + 1;
+                cur.scanned = cur.pos;
+                cur.line += 1;
+                return Ok(Some(Line { file: cur.name.clone(), number: cur.line, text }));
+            }
+            cur.scanned = cur.buf.len();
+            if cur.eof {
+                if cur.pos < cur.buf.len() {
+                    // the last line, without a newline
+                    let text = cur.buf[cur.pos..].to_vec();
+                    cur.pos = cur.buf.len();
+                    cur.line += 1;
+                    return Ok(Some(Line { file: cur.name.clone(), number: cur.line, text }));
+                }
+                self.current = None;
+                continue;
+            }
+            if cur.pos > 0 {
+                cur.buf.drain(..cur.pos);
+                cur.scanned -= cur.pos;
+                cur.pos = 0;
+            }
+            match cur.chunks.next().await {
+                Some(Ok(b)) => cur.buf.extend_from_slice(&b),
+                Some(Err(e)) => return Err(format!("{}: {e}", cur.name)),
+                None => cur.eof = true,
+            }
+        }
+    }
+}
+
+/// Record batches of a JSONL dataset; bad lines go to `quarantine`.
+struct JsonlBatches {
+    lines: JsonlLines,
+    schema: SchemaRef,
+    source: String,
+    quarantine: crate::data::import::QuarantineSink,
+}
+
+impl JsonlBatches {
+    fn quarantine(&self, file: &str, number: usize, reason: String, record: String) {
+        self.quarantine.lock().expect("quarantine").push(crate::data::prompts::Quarantined {
+            source: self.source.clone(),
+            row: format!("{file}:{number}"),
+            reason,
+            record: crate::data::import::truncate(record),
+        });
+    }
+
+    fn decode(&self, rows: &[Value]) -> std::result::Result<Option<RecordBatch>, arrow_schema::ArrowError> {
+        let mut decoder = arrow::json::ReaderBuilder::new(self.schema.clone()).with_batch_size(rows.len().max(1)).build_decoder()?;
+        decoder.serialize(rows)?;
+        decoder.flush()
+    }
+
+    async fn next_batch(&mut self) -> datafusion::error::Result<Option<RecordBatch>> {
+        let (mut at, mut values): (Vec<(Arc<str>, usize)>, Vec<Value>) = (Vec::new(), Vec::new());
+        while values.len() < JSONL_BATCH_ROWS {
+            let Some(line) = self.lines.next().await.map_err(datafusion::error::DataFusionError::Execution)? else { break };
+            match parse_line(&line) {
+                None => {}
+                Some(Ok(v)) => {
+                    at.push((line.file, line.number));
+                    values.push(v);
+                }
+                Some(Err(reason)) => self.quarantine(&line.file, line.number, reason, String::from_utf8_lossy(&line.text).into_owned()),
+            }
+        }
+        if values.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(Some(batch)) = self.decode(&values) {
+            return Ok(Some(batch));
+        }
+        // some record does not fit the schema: find it, row by row
+        let mut good = Vec::new();
+        for ((file, number), v) in at.into_iter().zip(values) {
+            match self.decode(std::slice::from_ref(&v)) {
+                Ok(Some(b)) => good.push(b),
+                Ok(None) => {}
+                Err(e) => self.quarantine(&file, number, format!("line {number}: does not fit the schema of the first records: {e}"), v.to_string()),
+            }
+        }
+        Ok(Some(arrow::compute::concat_batches(&self.schema, &good)?))
+    }
+}
+
 impl Operator for ImportOp {
     fn name(&self) -> &'static str {
         "import"
@@ -173,7 +381,11 @@ impl Operator for ImportOp {
                     })
                 })
                 .collect();
-            Ok(json!({ "format": f.format, "files": files }))
+            let mut extra = json!({ "format": f.format, "files": files });
+            if self.limits_set {
+                extra["max_image_pixels"] = json!(self.limits.max_image_pixels);
+            }
+            Ok(extra)
         }
         .boxed()
     }
@@ -189,6 +401,9 @@ impl Operator for ImportOp {
             let f = self.files().await?;
             if f.format == DatasetFormat::Json {
                 return Ok(Some(self.json_array(&f).await?.0));
+            }
+            if f.format == DatasetFormat::Jsonl {
+                return Ok(Some(self.jsonl_schema(&f).await?));
             }
             let ctx = Self::session(&f.loc);
             let table = self.listing(&f, &ctx).await?;
@@ -215,7 +430,7 @@ impl Operator for ImportOp {
             }
             if let Some(opts) = &self.prompts {
                 let sink = crate::data::import::QuarantineSink::default();
-                let stream = crate::data::import::import(opts.clone(), sink.clone()).await.map_err(|e| self.fail(e))?;
+                let stream = crate::data::import::import_with_limits(opts.clone(), self.limits, sink.clone()).await.map_err(|e| self.fail(e))?;
                 let schema = stream.schema();
                 let side = ctx.side.clone();
                 // once every row is read, the bad ones become the `quarantine` side table
@@ -230,6 +445,28 @@ impl Operator for ImportOp {
             let stream: SendableRecordBatchStream = if f.format == DatasetFormat::Json {
                 let (schema, batches) = self.json_array(&f).await?;
                 Box::pin(RecordBatchStreamAdapter::new(schema, stream::iter(batches.into_iter().map(Ok))))
+            } else if f.format == DatasetFormat::Jsonl {
+                let schema = self.jsonl_schema(&f).await?;
+                let sink = crate::data::import::QuarantineSink::default();
+                let batches = JsonlBatches { lines: JsonlLines::new(&f), schema: schema.clone(), source: self.dataset.clone(), quarantine: sink.clone() };
+                let rows = stream::unfold(Some(batches), |state| async move {
+                    let mut b = state?;
+                    match b.next_batch().await {
+                        Ok(Some(batch)) => Some((Ok(batch), Some(b))),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(e), None)),
+                    }
+                });
+                // once every line is read, the bad ones become the `quarantine` side table
+                let side = ctx.side.clone();
+                let flush = stream::once(async move {
+                    let bad = std::mem::take(&mut *sink.lock().expect("quarantine"));
+                    if !bad.is_empty() {
+                        side.push("quarantine", crate::data::prompts::quarantine_batch(&bad));
+                    }
+                })
+                .filter_map(|_| async { None });
+                Box::pin(RecordBatchStreamAdapter::new(schema, rows.chain(flush)))
             } else {
                 let ctx = Self::session(&f.loc);
                 let table = self.listing(&f, &ctx).await?;
