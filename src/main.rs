@@ -241,6 +241,9 @@ enum DataCmd {
         /// hf: which column plays a role, e.g. --column question=problem
         #[arg(long = "column", value_name = "ROLE=NAME")]
         columns: Vec<String>,
+        /// Images whose header says more pixels than this are quarantined, undecoded
+        #[arg(long, default_value_t = mstar::data::prompts::DEFAULT_MAX_IMAGE_PIXELS)]
+        max_image_pixels: u64,
     },
 }
 
@@ -541,8 +544,9 @@ async fn data(cmd: DataCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        DataCmd::Import { format, path, out, images, split, columns } => {
-            use mstar::data::import::{import, Format, ImportOptions, QuarantineSink};
+        DataCmd::Import { format, path, out, images, split, columns, max_image_pixels } => {
+            use mstar::data::import::{import_with_limits, Format, ImportLimits, ImportOptions, QuarantineSink};
+            anyhow::ensure!(max_image_pixels > 0, "--max-image-pixels must be at least 1");
             let format = match format.as_str() {
                 "mathvista" => Format::MathVista,
                 "mathv360k" => Format::MathV360K,
@@ -557,7 +561,7 @@ async fn data(cmd: DataCmd) -> Result<i32> {
             }
             let source = Path::new(&path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
             let sink = QuarantineSink::default();
-            let stream = import(ImportOptions { format, path: path.clone(), images, split, source, columns: cols }, sink.clone())
+            let stream = import_with_limits(ImportOptions { format, path: path.clone(), images, split, source, columns: cols }, ImportLimits { max_image_pixels }, sink.clone())
                 .await
                 .map_err(anyhow::Error::msg)?;
             let rows = write_stream(stream, OutputFormat::Parquet, output(&Some(out.clone()), OutputFormat::Parquet)?).await?;

@@ -177,3 +177,18 @@ fn an_image_above_the_pixel_limit_is_quarantined_from_its_header() {
     let (_, _, err) = fails(bin().arg("run").arg(&f).arg("--store").arg(d.path().join("s3")));
     assert!(err.contains("max_image_pixels") && err.contains("image formats only"), "{err}");
 }
+
+/// `mstar data import --max-image-pixels` applies the same header check as a dataset's
+/// `max_image_pixels`: every image of the MathVista fixture is above 1 pixel.
+#[test]
+fn data_import_takes_a_pixel_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.parquet");
+    let fixture = repo().join("tests/fixtures/mathvista/testmini.json");
+    ok(bin().args(["data", "import", "--format", "mathvista", "--max-image-pixels", "1"]).arg(&fixture).arg("--out").arg(&out));
+    let q = plain_sql(&format!("SELECT count(*) AS n FROM '{}' WHERE reason LIKE '%above the limit of 1 (max_image_pixels)%'", out.with_extension("quarantine.parquet").display()));
+    let n: usize = q.lines().nth(1).unwrap().parse().unwrap();
+    assert!(n >= 1, "{q}");
+    let (_, _, err) = fails(bin().args(["data", "import", "--format", "mathvista", "--max-image-pixels", "0"]).arg(&fixture).arg("--out").arg(&out));
+    assert!(err.contains("--max-image-pixels must be at least 1"), "{err}");
+}

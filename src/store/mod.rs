@@ -396,7 +396,7 @@ impl RunStore {
             for meta in self.loc.list(&format!("{dir}/")).await? {
                 let rel = self.loc.relative(&meta.location).unwrap_or_default();
                 if !referenced.contains(&rel) {
-                    out.push((rel, meta.size as u64));
+                    out.push((rel, meta.size));
                 }
             }
             if let Some(root) = self.loc.local_root() {
