@@ -503,32 +503,6 @@ fn image_part(png: &[u8]) -> serde_json::Value {
     serde_json::json!({"type": "image_url", "image_url": {"url": mstar::openai::data_url(png)}})
 }
 
-/// CRC-32 (IEEE, as PNG chunks use), bit by bit.
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
-}
-
-/// A PNG of a few dozen bytes whose header says `w`×`h` (its pixel data is a 1×1 image's).
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut png = Vec::new();
-    image::DynamicImage::new_rgb8(1, 1).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-    // signature (8), IHDR length (4), "IHDR" (4), width (4), height (4), 5 more bytes, CRC (4)
-    assert_eq!(&png[12..16], b"IHDR");
-    assert_eq!(crc32(&png[12..29]).to_be_bytes(), png[29..33], "crc32 disagrees with the encoder's");
-    png[16..20].copy_from_slice(&w.to_be_bytes());
-    png[20..24].copy_from_slice(&h.to_be_bytes());
-    let crc = crc32(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
-    png
-}
-
 fn status_of(resp: &str) -> &str {
     resp.get(9..12).unwrap_or("")
 }

@@ -64,33 +64,6 @@ fn import_operator_commits_a_queryable_quarantine() {
     assert_eq!(sql_csv(s, "SELECT count(*) AS n FROM mv"), "n\n4\n");
 }
 
-/// A PNG of `w`×`h` black pixels.
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::DynamicImage::ImageRgb8(image::RgbImage::new(w, h))
-        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-        .unwrap();
-    out
-}
-
-/// A few-byte PNG whose IHDR claims `w`×`h` pixels: a 1×1 PNG with width and height patched
-/// and the chunk's CRC32 recomputed.
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut p = png(1, 1);
-    assert_eq!(&p[12..16], b"IHDR");
-    p[16..20].copy_from_slice(&w.to_be_bytes());
-    p[20..24].copy_from_slice(&h.to_be_bytes());
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in &p[12..29] {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { 0xEDB8_8320 ^ (crc >> 1) } else { crc >> 1 };
-        }
-    }
-    p[29..33].copy_from_slice(&(!crc).to_be_bytes());
-    p
-}
-
 /// A MathVista dataset in `dir`: testmini.json with one free-form problem per image path.
 fn mathvista_dataset(dir: &std::path::Path, images: &[&str]) -> std::path::PathBuf {
     let problems: Vec<String> = images

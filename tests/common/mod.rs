@@ -14,6 +14,39 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A PNG of `w`×`h` black pixels.
+pub fn png(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(w, h)).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+    out
+}
+
+/// CRC-32 (IEEE, as PNG chunks use), bit by bit.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A PNG of a few dozen bytes whose header says `w`×`h` (its pixel data is a 1×1 image's): a
+/// decompression bomb's header without the bomb.
+pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut png = png(1, 1);
+    // signature (8), IHDR length (4), "IHDR" (4), width (4), height (4), 5 more bytes, CRC (4)
+    assert_eq!(&png[12..16], b"IHDR");
+    assert_eq!(crc32(&png[12..29]).to_be_bytes(), png[29..33], "crc32 disagrees with the encoder's");
+    png[16..20].copy_from_slice(&w.to_be_bytes());
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
 /// A scratch project: a copy of pipelines/ (without runs) and sql/.
 pub fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
