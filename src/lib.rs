@@ -13,8 +13,8 @@ pub mod schemas;
 pub mod spec;
 pub mod sql;
 pub mod status;
-pub mod train;
 pub mod store;
+pub mod train;
 
 /// Errors of the library's entry points.
 #[derive(Debug, thiserror::Error)]

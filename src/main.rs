@@ -282,9 +282,7 @@ fn load(pipeline: &Path, set: &[String], store: &Option<String>) -> Result<Optio
 
 fn output(out: &Option<PathBuf>, format: OutputFormat) -> Result<Box<dyn Write + Send>> {
     Ok(match out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)),
         None if format == OutputFormat::Parquet => bail!("--format parquet needs --out FILE"),
         None => Box::new(std::io::stdout()),
     })
@@ -319,10 +317,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let report = runner::run(&p, &rs, &RunOptions { from, allow_other_pipeline }).await?;
             if let Some(batches) = report.summary {
                 let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
-                let stream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    schema,
-                    futures::stream::iter(batches.into_iter().map(Ok)),
-                ));
+                let stream =
+                    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))));
                 write_stream(stream, format, Box::new(std::io::stdout())).await?;
             }
             eprintln!("mstar: done · store {}", rs.display());
@@ -333,7 +329,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let st = mstar::status::status(&rs).await?;
             if format == OutputFormat::Table {
                 if let Some(run) = &st.run {
-                    println!("run store {} · pipeline {} · seed {} · spec {} · updated {}", rs.display(), run.pipeline, run.seed, &run.spec_hash[..12], run.updated_at);
+                    println!(
+                        "run store {} · pipeline {} · seed {} · spec {} · updated {}",
+                        rs.display(),
+                        run.pipeline,
+                        run.seed,
+                        &run.spec_hash[..12],
+                        run.updated_at
+                    );
                 }
                 match &st.lock {
                     Some(l) => println!("locked by pid {} on {} since {} (`{}`)", l.pid, l.host, l.started_at, l.command),
@@ -341,7 +344,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 }
                 match st.orphaned {
                     Some((0, _)) => println!("no orphaned files"),
-                    Some((n, bytes)) => println!("orphaned: {n} files, {} that no committed manifest references (the next run removes them)", mstar::runner::human_bytes(bytes)),
+                    Some((n, bytes)) => {
+                        println!("orphaned: {n} files, {} that no committed manifest references (the next run removes them)", mstar::runner::human_bytes(bytes))
+                    }
                     None => println!("orphaned files: not counted while a run is active"),
                 }
             }
@@ -349,10 +354,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             if format == OutputFormat::Table {
                 write_table(&batch.schema(), &[batch], Box::new(std::io::stdout()))?;
             } else {
-                let stream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    batch.schema(),
-                    futures::stream::iter(vec![Ok(batch)]),
-                ));
+                let stream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(batch.schema(), futures::stream::iter(vec![Ok(batch)])));
                 write_stream(stream, format, Box::new(std::io::stdout())).await?;
             }
             Ok(0)
@@ -396,7 +398,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                     if let Err(e) = result {
                         let msg = e.to_string();
                         if msg.contains("Resources exhausted") {
-                            bail!("the query needs more memory than its limit ({} MB; raise it with --memory-mb): {msg}", memory_mb.map_or("MSTAR_MEMORY_LIMIT_MB or 2048".to_string(), |m| m.to_string()));
+                            bail!(
+                                "the query needs more memory than its limit ({} MB; raise it with --memory-mb): {msg}",
+                                memory_mb.map_or("MSTAR_MEMORY_LIMIT_MB or 2048".to_string(), |m| m.to_string())
+                            );
                         }
                         if msg.contains("not found") && msg.contains("table") {
                             bail!("{msg}\n  (tables in this run: {})", if tables.is_empty() { "none".to_string() } else { tables.join(", ") });
@@ -419,7 +424,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let name = name.unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()));
             let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
             eprintln!("mstar serve: {name} on http://{}/v1 ({dev:?}, {dtype:?})", listener.local_addr()?);
-            let limits = mstar::openai::server::Limits { max_body_bytes: max_body_mb.saturating_mul(1 << 20), max_prompt_tokens, max_images, max_image_pixels, max_n, read_timeout: std::time::Duration::from_secs(read_timeout_secs) };
+            let limits = mstar::openai::server::Limits {
+                max_body_bytes: max_body_mb.saturating_mul(1 << 20),
+                max_prompt_tokens,
+                max_images,
+                max_image_pixels,
+                max_n,
+                read_timeout: std::time::Duration::from_secs(read_timeout_secs),
+            };
             mstar::openai::server::Server::new(ck, name, eos, dev).with_limits(limits).run(listener).await?;
             Ok(0)
         }
@@ -430,7 +442,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Model { cmd: ModelCmd::BenchHf { dir, batch, new_tokens, train_batch, train_len, full, gradient_checkpointing } } => {
             let dev = mstar::model::device();
-            let r = tokio::task::spawn_blocking(move || mstar::model::bench::bench_hf(&dir, batch, new_tokens, train_batch, train_len, !full, gradient_checkpointing, &dev)).await??;
+            let r = tokio::task::spawn_blocking(move || {
+                mstar::model::bench::bench_hf(&dir, batch, new_tokens, train_batch, train_len, !full, gradient_checkpointing, &dev)
+            })
+            .await??;
             println!("{r}");
             Ok(0)
         }
@@ -535,11 +550,9 @@ async fn data(cmd: DataCmd) -> Result<i32> {
             // statistics per split, by SQL over the files just written
             let ctx = mstar::sql::new_session();
             ctx.register_parquet("synth", out.to_string_lossy().as_ref(), Default::default()).await?;
-            for q in [
-                include_str!("../sql/synth_stats_splits.sql"),
-                include_str!("../sql/synth_stats_qtypes.sql"),
-                include_str!("../sql/synth_stats_answers.sql"),
-            ] {
+            for q in
+                [include_str!("../sql/synth_stats_splits.sql"), include_str!("../sql/synth_stats_qtypes.sql"), include_str!("../sql/synth_stats_answers.sql")]
+            {
                 run_query(&ctx, q, OutputFormat::Table, Box::new(std::io::stdout())).await?;
             }
             Ok(0)
@@ -561,17 +574,18 @@ async fn data(cmd: DataCmd) -> Result<i32> {
             }
             let source = Path::new(&path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
             let sink = QuarantineSink::default();
-            let stream = import_with_limits(ImportOptions { format, path: path.clone(), images, split, source, columns: cols }, ImportLimits { max_image_pixels }, sink.clone())
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let stream = import_with_limits(
+                ImportOptions { format, path: path.clone(), images, split, source, columns: cols },
+                ImportLimits { max_image_pixels },
+                sink.clone(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
             let rows = write_stream(stream, OutputFormat::Parquet, output(&Some(out.clone()), OutputFormat::Parquet)?).await?;
             let bad = std::mem::take(&mut *sink.lock().expect("quarantine"));
             let qpath = out.with_extension("quarantine.parquet");
             let batch = mstar::data::prompts::quarantine_batch(&bad);
-            let qstream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                batch.schema(),
-                futures::stream::iter(vec![Ok(batch)]),
-            ));
+            let qstream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(batch.schema(), futures::stream::iter(vec![Ok(batch)])));
             write_stream(qstream, OutputFormat::Parquet, output(&Some(qpath.clone()), OutputFormat::Parquet)?).await?;
             println!("imported {rows} prompts to {}; quarantined {} rows to {}", out.display(), bad.len(), qpath.display());
             for q in bad.iter().take(20) {

@@ -9,12 +9,12 @@ use crate::store::manifest::{ManifestInput, OutputKind, SideTable, MANIFEST_FORM
 use crate::store::writer::{self, WriteOptions};
 use crate::store::{Manifest, RunStore, PLAN_FILE, RUN_FILE, SPEC_FILE};
 use crate::Error;
-use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,22 +127,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_locked(
-    p: &Pipeline,
-    store: &RunStore,
-    opts: &RunOptions,
-    ops: &[Box<dyn ops::Operator>],
-    plan: &Plan,
-) -> Result<RunReport, Error> {
+async fn run_locked(p: &Pipeline, store: &RunStore, opts: &RunOptions, ops: &[Box<dyn ops::Operator>], plan: &Plan) -> Result<RunReport, Error> {
     freeze(p, store, opts).await?;
     store.write_json(PLAN_FILE, plan).await?;
 
-    let mut committed: BTreeMap<(String, u32), Manifest> = store
-        .manifests()
-        .await?
-        .into_iter()
-        .map(|m| ((m.stage.clone(), m.iteration), m))
-        .collect();
+    let mut committed: BTreeMap<(String, u32), Manifest> = store.manifests().await?.into_iter().map(|m| ((m.stage.clone(), m.iteration), m)).collect();
     let pause = fault_pause();
     let mut forced: HashSet<(String, u32)> = HashSet::new();
     let mut report = RunReport::default();
@@ -170,17 +159,13 @@ async fn run_locked(
         }
         let si = p.stages.iter().position(|s| s.id == inst.stage).expect("planned stage");
         let started = Instant::now();
-        let m = execute(p, store, &*ops[si], inst, &committed, current, pause.get(&inst.stage).copied())
-            .await
-            .map_err(|e| Error::Stage { stage: inst.stage.clone(), iteration: inst.iteration, error: Box::new(e) })?;
+        let m = execute(p, store, &*ops[si], inst, &committed, current, pause.get(&inst.stage).copied()).await.map_err(|e| Error::Stage {
+            stage: inst.stage.clone(),
+            iteration: inst.iteration,
+            error: Box::new(e),
+        })?;
         let side: String = m.side.iter().map(|s| format!("  + {} {} rows", s.name, s.rows)).collect();
-        eprintln!(
-            "  {label:<8} {:<20} computed  {:>10} rows {:>10}  {:.2}s{side}",
-            inst.stage,
-            m.rows,
-            human_bytes(m.bytes),
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("  {label:<8} {:<20} computed  {:>10} rows {:>10}  {:.2}s{side}", inst.stage, m.rows, human_bytes(m.bytes), started.elapsed().as_secs_f64());
         committed.insert(key, m);
         report.stages.push((inst.iteration, inst.stage.clone(), Some(Outcome::Computed)));
     }
@@ -258,20 +243,11 @@ async fn execute(
     let mut input_manifests = Vec::new();
     let mut manifest_inputs = Vec::new();
     for input in &inst.inputs {
-        let ms: Vec<&Manifest> = input
-            .iterations
-            .iter()
-            .filter_map(|it| committed.get(&(input.stage.clone(), *it)))
-            .collect();
+        let ms: Vec<&Manifest> = input.iterations.iter().filter_map(|it| committed.get(&(input.stage.clone(), *it))).collect();
         for (it, fp) in input.iterations.iter().zip(&input.fingerprints) {
             match committed.get(&(input.stage.clone(), *it)) {
                 Some(m) if &m.fingerprint == fp => {}
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "input {} at iteration {it} is not committed with the planned fingerprint",
-                        input.stage
-                    )))
-                }
+                _ => return Err(Error::Usage(format!("input {} at iteration {it} is not committed with the planned fingerprint", input.stage))),
             }
         }
         crate::sql::register_stage(&session, store, &input.stage, &ms).await?;
@@ -281,11 +257,7 @@ async fn execute(
             }
         }
         input_manifests.push((input.stage.clone(), ms.iter().map(|m| (*m).clone()).collect()));
-        manifest_inputs.push(ManifestInput {
-            stage: input.stage.clone(),
-            iterations: input.iterations.clone(),
-            fingerprints: input.fingerprints.clone(),
-        });
+        manifest_inputs.push(ManifestInput { stage: input.stage.clone(), iterations: input.iterations.clone(), fingerprints: input.fingerprints.clone() });
     }
     let stage = p.stage(&inst.stage).expect("planned stage");
     let attempt = attempt_id();
@@ -306,12 +278,7 @@ async fn execute(
             let in_schema = stream.schema();
             if let Some(d) = &declared {
                 if !same_columns(d, &in_schema) {
-                    return Err(Error::Usage(format!(
-                        "operator {} promised columns {} but produced {}",
-                        op.name(),
-                        columns(d),
-                        columns(&in_schema)
-                    )));
+                    return Err(Error::Usage(format!("operator {} promised columns {} but produced {}", op.name(), columns(d), columns(&in_schema))));
                 }
             }
             let out_schema = with_iteration(&in_schema);
@@ -378,8 +345,7 @@ fn columns(s: &Schema) -> String {
 }
 
 fn same_columns(a: &Schema, b: &Schema) -> bool {
-    a.fields().len() == b.fields().len()
-        && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+    a.fields().len() == b.fields().len() && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
 /// The stored schema: `iteration` first, then the operator's columns (an `iteration` column

@@ -39,8 +39,7 @@ pub async fn status(store: &RunStore) -> Result<StoreStatus, crate::Error> {
     if run.is_none() && plan.is_none() {
         return Err(crate::Error::Usage(format!("{} is not an mstar run store (no {RUN_FILE})", store.display())));
     }
-    let manifests: BTreeMap<(u32, String), Manifest> =
-        store.manifests().await?.into_iter().map(|m| ((m.iteration, m.stage.clone()), m)).collect();
+    let manifests: BTreeMap<(u32, String), Manifest> = store.manifests().await?.into_iter().map(|m| ((m.iteration, m.stage.clone()), m)).collect();
     let mut keys: Vec<(u32, String, Option<String>)> = Vec::new();
     if let Some(plan) = &plan {
         for i in &plan.instances {

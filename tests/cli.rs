@@ -22,12 +22,10 @@ fn demo_on_a_folder_matches_golden_and_second_run_skips_everything() {
     assert_eq!(outcomes(&stderr, "computed").len(), 2 + 3 * 4, "{stderr}");
 
     golden("demo_summary.csv", &sql_csv(store, SUMMARY_SQL));
-    golden(
-        "demo_selected.csv",
-        &sql_csv(store, "SELECT iteration, prompt_id, sample_idx, rank FROM selected ORDER BY iteration, prompt_id, rank"),
-    );
+    golden("demo_selected.csv", &sql_csv(store, "SELECT iteration, prompt_id, sample_idx, rank FROM selected ORDER BY iteration, prompt_id, rank"));
     // JSON output of the same query
-    let json = ok(bin().args(["sql", "--store", store, "--format", "json", "SELECT iteration, count(*) AS n FROM selected GROUP BY iteration ORDER BY iteration"])).0;
+    let json =
+        ok(bin().args(["sql", "--store", store, "--format", "json", "SELECT iteration, count(*) AS n FROM selected GROUP BY iteration ORDER BY iteration"])).0;
     assert_eq!(json.trim(), r#"[{"iteration":1,"n":61},{"iteration":2,"n":73},{"iteration":3,"n":79}]"#);
 
     let (_, stderr) = run_demo(p.path(), store, &[]);
@@ -58,12 +56,7 @@ fn sql_output_to_parquet_file_and_stdin_statements() {
     let q = format!("SELECT count(*) AS n FROM '{}'", out.display());
     assert_eq!(ok(bin().args(["sql", "--format", "csv", &q])).0, "n\n213\n");
 
-    let mut child = bin()
-        .args(["sql", "--store", store, "--format", "csv"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = bin().args(["sql", "--store", store, "--format", "csv"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"SELECT count(*) AS a\n FROM prompts;\nSELECT 2 AS b;\n").unwrap();
     let o = child.wait_with_output().unwrap();

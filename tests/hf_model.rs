@@ -143,7 +143,8 @@ fn serve(model: &Path, name: &str) -> (Served, String) {
 /// `serve` with more command-line arguments (limits, timeouts).
 fn serve_with(model: &Path, name: &str, args: &[&str]) -> (Served, String) {
     use std::io::{BufRead, BufReader};
-    let mut server = Served(bin().args(["serve"]).arg(model).args(["--port", "0", "--name", name]).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let mut server =
+        Served(bin().args(["serve"]).arg(model).args(["--port", "0", "--name", name]).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap());
     let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
     // warnings at load come before the line that names the address
     let mut seen = String::new();
@@ -174,7 +175,10 @@ fn transformers_5_folders_generate_and_serve() {
         assert_eq!(err.contains("eos_token_id [151645, 151643] not in the tokenizer's vocabulary") && err.contains("\"<|im_end|>\""), warns, "{name}: {err}");
         let (server, addr) = serve(&model, "m");
         let http = tmp.path().join("http");
-        ok(bin().arg("run").arg(write_with_backend(tmp.path(), &format!("openai: {{base_url: 'http://{addr}/v1', model: m, retries: 0}}"), "")).args(["--store", http.to_str().unwrap()]));
+        ok(bin()
+            .arg("run")
+            .arg(write_with_backend(tmp.path(), &format!("openai: {{base_url: 'http://{addr}/v1', model: m, retries: 0}}"), ""))
+            .args(["--store", http.to_str().unwrap()]));
         drop(server);
         let q = "SELECT prompt_id, sample_idx, response, num_tokens, round(logprob, 3) AS lp, finish_reason FROM rollouts ORDER BY prompt_id, sample_idx";
         let (a, b) = (sql_csv(local.to_str().unwrap(), q), sql_csv(http.to_str().unwrap(), q));
@@ -211,7 +215,12 @@ fn serve_and_the_openai_backend() {
     // a bad request: an image by URL (the server cannot fetch)
     let body = r#"{"model":"tiny","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}"#;
     let mut c = std::net::TcpStream::connect(&addr).unwrap();
-    write!(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut resp = String::new();
     c.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("not a data: URL"), "{resp}");
@@ -291,7 +300,12 @@ fn lora_sft_on_a_qwen_folder_then_sample_and_export() {
     // training changes the greedy decodes
     let all = "(SELECT * FROM eval_base UNION ALL SELECT * FROM eval)";
     let g = sql_csv(store, &format!("SELECT count(DISTINCT response) > 1 FROM {all} WHERE greedy AND prompt_id = (SELECT min(prompt_id) FROM eval)"));
-    assert_eq!(g.lines().nth(1), Some("true"), "greedy decodes did not change with training: {}", sql_csv(store, &format!("SELECT iteration, prompt_id, response FROM {all} WHERE greedy ORDER BY 2, 1")));
+    assert_eq!(
+        g.lines().nth(1),
+        Some("true"),
+        "greedy decodes did not change with training: {}",
+        sql_csv(store, &format!("SELECT iteration, prompt_id, response FROM {all} WHERE greedy ORDER BY 2, 1"))
+    );
     assert!(err.contains("generate: the checkpoint of `sft` (iteration 1)"), "{err}");
     // 3 rows × 2 epochs in micro-batches of 2: 4 steps an iteration, counted on across iterations
     let log = sql_csv(store, "SELECT iteration, min(step), max(step), count(*) FROM train_log GROUP BY iteration ORDER BY iteration");
@@ -354,7 +368,16 @@ fn full_sft_of_qwen3_vl_with_gradient_checkpointing() {
     // a model folder: weights, config, tokenizer, processor, template, optimizer state
     let ck = Path::new(store).join("checkpoints/sft/iteration=2");
     let attempt = std::fs::read_dir(&ck).unwrap().next().unwrap().unwrap().path();
-    for f in ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json", "chat_template.jinja", "generation_config.json", "optimizer.safetensors", "trainer_state.json"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
         assert!(attempt.join(f).exists(), "{f} missing from the checkpoint");
     }
     // lora without a model folder is a spec error
@@ -483,7 +506,14 @@ fn read_until_closed(c: &mut std::net::TcpStream) -> String {
 
 /// A POST of `body` to /v1/chat/completions (Connection: close).
 fn post_chat(addr: &str, body: &str) -> (String, std::time::Duration) {
-    exchange(addr, &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()), body.as_bytes())
+    exchange(
+        addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+        body.as_bytes(),
+    )
 }
 
 fn get_models(addr: &str) -> (String, std::time::Duration) {
@@ -552,18 +582,31 @@ fn serve_refuses_requests_past_its_limits() {
     copy_fixture(&model);
     let a_png = std::fs::read(model.join("a.png")).unwrap();
     let c_png = std::fs::read(model.join("c.png")).unwrap();
-    let message = |r: &str| r.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()).and_then(|v| v["error"]["message"].as_str().map(str::to_string)).unwrap_or_default();
+    let message = |r: &str| {
+        r.split("\r\n\r\n")
+            .nth(1)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
     {
         // the defaults: 16 MiB, 50,000,000 pixels, 8 images, the model's 512 positions, n ≤ 16
         let (_server, addr) = serve(&model, "tiny");
         // 17 MiB announced, 64 KiB sent: refused without waiting for the rest
-        let (r, took) = exchange(&addr, &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 17 << 20), &vec![b' '; 64 << 10]);
+        let (r, took) = exchange(
+            &addr,
+            &format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 17 << 20),
+            &vec![b' '; 64 << 10],
+        );
         eprintln!("413 for a 17 MiB Content-Length: {took:?}");
         assert_eq!(status_of(&r), "413", "{r}");
         assert!(message(&r).contains("limit of 16 MiB") && r.contains("\"type\":\"invalid_request_error\""), "{r}");
         assert!(took < Duration::from_secs(2), "{took:?}");
         // a 20000×20000 PNG: refused from its header
-        let (r, took) = post_chat(&addr, &chat_body(serde_json::json!([image_part(&png_claiming(20_000, 20_000)), {"type": "text", "text": "what?"}]), serde_json::json!({})));
+        let (r, took) = post_chat(
+            &addr,
+            &chat_body(serde_json::json!([image_part(&png_claiming(20_000, 20_000)), {"type": "text", "text": "what?"}]), serde_json::json!({})),
+        );
         eprintln!("400 for a 20000×20000 PNG: {took:?}");
         assert_eq!(status_of(&r), "400", "{r}");
         assert!(message(&r).contains("20000×20000") && message(&r).contains("limit of 50000000 pixels"), "{r}");
@@ -588,11 +631,15 @@ fn serve_refuses_requests_past_its_limits() {
         assert_eq!(status_of(&r), "400", "{r}");
         assert!(message(&r).contains("limit of 16 choices"), "{r}");
         // two images at the limits pass
-        let (r, _) = post_chat(&addr, &chat_body(serde_json::json!([image_part(&a_png), image_part(&c_png), {"type": "text", "text": "count"}]), serde_json::json!({"n": 2})));
+        let (r, _) = post_chat(
+            &addr,
+            &chat_body(serde_json::json!([image_part(&a_png), image_part(&c_png), {"type": "text", "text": "count"}]), serde_json::json!({"n": 2})),
+        );
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("chat.completion"), "{r}");
     }
     {
-        let (_server, addr) = serve_with(&model, "tiny", &["--max-body-mb", "1", "--max-prompt-tokens", "60", "--max-images", "1", "--max-image-pixels", "4000"]);
+        let (_server, addr) =
+            serve_with(&model, "tiny", &["--max-body-mb", "1", "--max-prompt-tokens", "60", "--max-images", "1", "--max-image-pixels", "4000"]);
         // a chunked body that passes 1 MiB: refused once it does, the rest unread
         let mut c = std::net::TcpStream::connect(&addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -681,7 +728,9 @@ fn serve_answers_queued_requests() {
     let clients: Vec<_> = (0..3u64)
         .map(|i| {
             let addr = addr.clone();
-            std::thread::spawn(move || post_chat(&addr, &chat_body(format!("Question {i}").into(), serde_json::json!({"seed": 100 + i, "max_tokens": 24, "n": 2}))))
+            std::thread::spawn(move || {
+                post_chat(&addr, &chat_body(format!("Question {i}").into(), serde_json::json!({"seed": 100 + i, "max_tokens": 24, "n": 2})))
+            })
         })
         .collect();
     let (m, took) = get_models(&addr);

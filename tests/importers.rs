@@ -91,7 +91,11 @@ fn an_image_symlinked_out_of_the_dataset_is_quarantined_not_read() {
     std::os::unix::fs::symlink("ok.png", ds.join("images/alias.png")).unwrap();
     let json = mathvista_dataset(&ds, &["images/ok.png", "images/link.png", "images/dir/secret.png", "images/alias.png"]);
     let f = d.path().join("p.yaml");
-    std::fs::write(&f, format!("name: s\ndatasets:\n  mv: {{path: {}, format: mathvista}}\nstages:\n  - id: prompts\n    op: import\n    dataset: mv\n", json.display())).unwrap();
+    std::fs::write(
+        &f,
+        format!("name: s\ndatasets:\n  mv: {{path: {}, format: mathvista}}\nstages:\n  - id: prompts\n    op: import\n    dataset: mv\n", json.display()),
+    )
+    .unwrap();
     let store = d.path().join("store");
     ok(bin().arg("run").arg(&f).arg("--store").arg(&store));
     let s = store.to_str().unwrap();
@@ -159,7 +163,10 @@ fn data_import_takes_a_pixel_limit() {
     let out = d.path().join("out.parquet");
     let fixture = repo().join("tests/fixtures/mathvista/testmini.json");
     ok(bin().args(["data", "import", "--format", "mathvista", "--max-image-pixels", "1"]).arg(&fixture).arg("--out").arg(&out));
-    let q = plain_sql(&format!("SELECT count(*) AS n FROM '{}' WHERE reason LIKE '%above the limit of 1 (max_image_pixels)%'", out.with_extension("quarantine.parquet").display()));
+    let q = plain_sql(&format!(
+        "SELECT count(*) AS n FROM '{}' WHERE reason LIKE '%above the limit of 1 (max_image_pixels)%'",
+        out.with_extension("quarantine.parquet").display()
+    ));
     let n: usize = q.lines().nth(1).unwrap().parse().unwrap();
     assert!(n >= 1, "{q}");
     let (_, _, err) = fails(bin().args(["data", "import", "--format", "mathvista", "--max-image-pixels", "0"]).arg(&fixture).arg("--out").arg(&out));

@@ -70,7 +70,10 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
     assert_eq!(one("SELECT count(DISTINCT split) FROM eval_metrics"), "3", "val, test and test_hard");
     // selected rows are correct, at most k = 2 per prompt, and are the top-scored correct ones
     assert_eq!(one("SELECT count(*) FROM selected s JOIN scored v ON s.iteration = v.iteration AND s.prompt_id = v.prompt_id AND s.sample_idx = v.sample_idx WHERE NOT v.correct"), "0");
-    assert_eq!(one("SELECT count(*) FROM selected"), one("SELECT count(*) FROM selected s JOIN scored v ON s.iteration = v.iteration AND s.prompt_id = v.prompt_id AND s.sample_idx = v.sample_idx"));
+    assert_eq!(
+        one("SELECT count(*) FROM selected"),
+        one("SELECT count(*) FROM selected s JOIN scored v ON s.iteration = v.iteration AND s.prompt_id = v.prompt_id AND s.sample_idx = v.sample_idx")
+    );
     assert_eq!(one("SELECT count(*) FROM (SELECT iteration, prompt_id, count(*) AS n FROM selected GROUP BY iteration, prompt_id) WHERE n > 2"), "0");
     assert_eq!(
         one("SELECT count(*) FROM selected s JOIN scored v ON s.iteration = v.iteration AND s.prompt_id = v.prompt_id AND v.correct AND v.score > s.score WHERE s.rank = 2 AND v.sample_idx <> (SELECT max(sample_idx) FROM selected t WHERE t.iteration = s.iteration AND t.prompt_id = s.prompt_id AND t.rank = 1)"),
@@ -90,7 +93,13 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
 
     // temperature search at iterations 1 and 3: the whole grid, one choice, which the
     // following rollouts use
-    assert_eq!(sql_csv(&s, "SELECT iteration, count(*) AS n, sum(CASE WHEN chosen THEN 1 ELSE 0 END) AS chosen FROM temperature GROUP BY iteration ORDER BY iteration"), "iteration,n,chosen\n1,14,1\n3,14,1\n");
+    assert_eq!(
+        sql_csv(
+            &s,
+            "SELECT iteration, count(*) AS n, sum(CASE WHEN chosen THEN 1 ELSE 0 END) AS chosen FROM temperature GROUP BY iteration ORDER BY iteration"
+        ),
+        "iteration,n,chosen\n1,14,1\n3,14,1\n"
+    );
     assert_eq!(one("SELECT count(DISTINCT temperature) FROM temperature_search WHERE iteration = 1"), "14");
     assert_eq!(
         one("SELECT count(*) FROM rollouts r WHERE r.temperature <> (SELECT max(t.temperature) FROM temperature t WHERE t.chosen AND t.iteration = CASE WHEN r.iteration >= 3 THEN 3 ELSE 1 END)"),
@@ -98,7 +107,10 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
         "rollouts do not use the chosen temperature"
     );
     // the chosen temperature has the highest Reward-Pass@2
-    assert_eq!(one("SELECT count(*) FROM temperature c JOIN temperature o ON c.iteration = o.iteration WHERE c.chosen AND o.reward_pass_at_2 > c.reward_pass_at_2"), "0");
+    assert_eq!(
+        one("SELECT count(*) FROM temperature c JOIN temperature o ON c.iteration = o.iteration WHERE c.chosen AND o.reward_pass_at_2 > c.reward_pass_at_2"),
+        "0"
+    );
 
     // Kill during iteration 2 (rollouts half written), resume, and end with the same tables.
     let b = store("b");
@@ -149,7 +161,10 @@ fn micro_mixin_pseudo_labels_unlabeled_prompts_from_t_mixin_on() {
     ok(&mut run_pipeline("pipelines/ablations/mixin.yaml", &s, &["iterations=2", "datasets.unlabeled.synth.count=8", "params.mixin_from=2"]));
     let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
     // unlabeled prompts join at iteration 2 (T_mixin), a quarter of them
-    assert_eq!(sql_csv(&s, "SELECT iteration, sum(CASE WHEN answer IS NULL THEN 1 ELSE 0 END) AS unlabeled FROM batch GROUP BY iteration ORDER BY iteration"), "iteration,unlabeled\n1,0\n2,2\n");
+    assert_eq!(
+        sql_csv(&s, "SELECT iteration, sum(CASE WHEN answer IS NULL THEN 1 ELSE 0 END) AS unlabeled FROM batch GROUP BY iteration ORDER BY iteration"),
+        "iteration,unlabeled\n1,0\n2,2\n"
+    );
     // their answers are the weighted-vote pseudo-labels, and verify judges against them
     assert_eq!(one("SELECT count(*) FROM labeled_batch l LEFT JOIN pseudo p ON l.prompt_id = p.prompt_id AND p.iteration = l.iteration WHERE l.pseudo AND l.answer IS DISTINCT FROM p.pseudo_answer"), "0");
     assert_eq!(one("SELECT count(*) FROM labeled_batch WHERE NOT pseudo AND answer IS NULL"), "0");
@@ -162,7 +177,10 @@ fn micro_mixin_pseudo_labels_unlabeled_prompts_from_t_mixin_on() {
         one("SELECT count(*) FROM pseudo p JOIN (SELECT r.prompt_id, extract_answer(r.response) AS pred, sum(coalesce(m.score, 0)) AS w FROM rollouts r LEFT JOIN (SELECT iteration, prompt_id, sample_idx, min(score) AS score FROM step_scores GROUP BY 1, 2, 3) m ON r.iteration = m.iteration AND r.prompt_id = m.prompt_id AND r.sample_idx = m.sample_idx WHERE r.iteration = 2 GROUP BY 1, 2) o ON o.prompt_id = p.prompt_id WHERE o.pred IS NOT NULL AND o.w > p.weight + 1e-9"),
         "0"
     );
-    assert!(sql_csv(&s, "SELECT name FROM pseudo_metrics WHERE iteration = 2").contains("pseudo_label_accuracy") || one("SELECT count(*) FROM pseudo WHERE iteration = 2") == "0");
+    assert!(
+        sql_csv(&s, "SELECT name FROM pseudo_metrics WHERE iteration = 2").contains("pseudo_label_accuracy")
+            || one("SELECT count(*) FROM pseudo WHERE iteration = 2") == "0"
+    );
 }
 
 #[test]

@@ -8,7 +8,22 @@ use common::*;
 use std::path::Path;
 
 fn pipeline(dir: &Path) -> std::path::PathBuf {
-    ok(bin().args(["data", "synth", "--out"]).arg(dir.join("synth")).args(["--seed", "5", "--train", "24", "--cot", "24", "--unlabeled", "0", "--val", "0", "--test", "6", "--test-hard", "0"]));
+    ok(bin().args(["data", "synth", "--out"]).arg(dir.join("synth")).args([
+        "--seed",
+        "5",
+        "--train",
+        "24",
+        "--cot",
+        "24",
+        "--unlabeled",
+        "0",
+        "--val",
+        "0",
+        "--test",
+        "6",
+        "--test-hard",
+        "0",
+    ]));
     std::fs::create_dir_all(dir.join("sql")).unwrap();
     std::fs::copy(repo().join("sql/eval_metrics.sql"), dir.join("sql/eval_metrics.sql")).unwrap();
     let f = dir.join("p.yaml");
@@ -85,12 +100,16 @@ fn micro_pipeline_is_batch_invariant_and_continues_optimizer_state() {
     }
     // the optimizer step (scheduler position) carries on from sft@1 to sft@2; sft@1 starts a
     // fresh one from the warm-up's weights
-    let steps = sql_csv(&store("b7"), "SELECT iteration, stage, min(step) AS first, max(step) AS last FROM train_log GROUP BY iteration, stage ORDER BY iteration");
+    let steps =
+        sql_csv(&store("b7"), "SELECT iteration, stage, min(step) AS first, max(step) AS last FROM train_log GROUP BY iteration, stage ORDER BY iteration");
     let rows: Vec<Vec<i64>> = steps.lines().skip(1).map(|l| l.split(',').filter_map(|x| x.parse().ok()).collect()).collect();
     assert_eq!(rows.len(), 3, "{steps}");
     assert!(rows[1][1] == 1 && rows[1][2] + 1 == rows[2][1], "steps do not continue: {steps}");
     let metrics = sql_csv(&store("b7"), "SELECT iteration, name FROM metrics ORDER BY iteration, name");
-    assert!(metrics.contains("1,greedy_accuracy") && metrics.contains("2,pass@k") && metrics.contains("2,greedy_steps_ok") && !metrics.contains("reward_pass"), "{metrics}");
+    assert!(
+        metrics.contains("1,greedy_accuracy") && metrics.contains("2,pass@k") && metrics.contains("2,greedy_steps_ok") && !metrics.contains("reward_pass"),
+        "{metrics}"
+    );
     // eval_samples: one greedy decode and k = 2 samples per test prompt, judged
     let decodes = sql_csv(&store("b7"), "SELECT greedy, count(*) AS n, count(DISTINCT prompt_id) AS prompts, count(score) AS scored FROM eval WHERE iteration = 2 GROUP BY greedy ORDER BY greedy");
     let prompts = sql_csv(&store("b7"), "SELECT count(*) AS n FROM test_prompts");

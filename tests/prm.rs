@@ -56,8 +56,14 @@ fn prm_pipeline_labels_trains_scores_and_selects() {
     let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
 
     // labels: every response of label_samples, steps numbered 0.., n completions except the last step
-    assert_eq!(one("SELECT count(DISTINCT concat(prompt_id, '/', CAST(sample_idx AS VARCHAR))) FROM step_labels"), one("SELECT count(*) FROM label_samples WHERE array_length(split_steps(response)) > 0"));
-    assert_eq!(one("SELECT count(*) FROM step_labels WHERE soft < 0 OR soft > 1 OR hard <> (successes > 0) OR abs(soft - CAST(successes AS DOUBLE) / n) > 1e-12"), "0");
+    assert_eq!(
+        one("SELECT count(DISTINCT concat(prompt_id, '/', CAST(sample_idx AS VARCHAR))) FROM step_labels"),
+        one("SELECT count(*) FROM label_samples WHERE array_length(split_steps(response)) > 0")
+    );
+    assert_eq!(
+        one("SELECT count(*) FROM step_labels WHERE soft < 0 OR soft > 1 OR hard <> (successes > 0) OR abs(soft - CAST(successes AS DOUBLE) / n) > 1e-12"),
+        "0"
+    );
     assert_eq!(
         one("SELECT count(*) FROM (SELECT prompt_id, sample_idx, max(step_idx) AS m, count(*) AS c FROM step_labels GROUP BY prompt_id, sample_idx) WHERE m + 1 <> c"),
         "0",
@@ -90,7 +96,9 @@ fn prm_pipeline_labels_trains_scores_and_selects() {
     );
     // metrics hang together
     let m = sql_csv(&s, "SELECT name, value FROM prm_metrics ORDER BY name");
-    let get = |n: &str| -> f64 { m.lines().find(|l| l.starts_with(&format!("{n},"))).unwrap_or_else(|| panic!("{n} missing: {m}")).split(',').nth(1).unwrap().parse().unwrap() };
+    let get = |n: &str| -> f64 {
+        m.lines().find(|l| l.starts_with(&format!("{n},"))).unwrap_or_else(|| panic!("{n} missing: {m}")).split(',').nth(1).unwrap().parse().unwrap()
+    };
     assert!(get("best_of_n") <= get("reward_pass@2") && get("reward_pass@2") <= get("pass@k"), "{m}");
     let r = sql_csv(&s, "SELECT name, value FROM prm_report ORDER BY name");
     for name in ["step_auroc", "steps", "sound_share_prm_top2", "sound_share_random2", "sound_share_all_correct"] {

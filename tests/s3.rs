@@ -76,7 +76,10 @@ fn demo_on_s3() {
     let pipeline = p.path().join("pipelines/recorded.yaml");
     let run = |extra: &[&str]| {
         let mut c = bin();
-        c.arg("run").arg(&pipeline).args(["--store", store, "--format", "csv", "--set", "datasets.prompts.path=s3://bucket/datasets/demo_prompts.jsonl"]).args(extra);
+        c.arg("run")
+            .arg(&pipeline)
+            .args(["--store", store, "--format", "csv", "--set", "datasets.prompts.path=s3://bucket/datasets/demo_prompts.jsonl"])
+            .args(extra);
         s3(&mut c, &srv);
         c.output().unwrap()
     };
@@ -140,7 +143,8 @@ fn s3_outage_mid_stage_wrong_credentials_and_a_missing_bucket() {
         c
     };
     // a slow stage: rollouts pauses after each 40-row file
-    let mut child = run("s3://bucket/runs/outage", &srv).env("MSTAR_FAULT_PAUSE_MS", "rollouts:300").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        run("s3://bucket/runs/outage", &srv).env("MSTAR_FAULT_PAUSE_MS", "rollouts:300").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let it2 = srv.root.path().join("bucket/runs/outage/tables/rollouts/iteration=2");
     let started = Instant::now();
     while std::fs::read_dir(&it2).map(|d| d.count()).unwrap_or(0) < 1 {

@@ -209,9 +209,7 @@ fn extends_and_every_errors() {
 #[test]
 fn unusable_learning_rate_schedules() {
     let train = |schedule: &str| {
-        format!(
-            "{GOOD}  - {{id: init, op: model_init, corpus: raw}}\n  - id: t\n    op: train\n    data: b\n    base: init\n    schedule: {schedule}\n"
-        )
+        format!("{GOOD}  - {{id: init, op: model_init, corpus: raw}}\n  - id: t\n    op: train\n    data: b\n    base: init\n    schedule: {schedule}\n")
     };
     let (code, err) = validate(&train("{kind: constant, lr: -0.001}"), &[]);
     assert_eq!(code, 2);

@@ -9,7 +9,22 @@ fn synth_is_deterministic_and_verify_scores_answers_and_steps() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     let synth = |out: &str| {
-        ok(bin().args(["data", "synth", "--out"]).arg(p.join(out)).args(["--seed", "3", "--train", "120", "--cot", "120", "--unlabeled", "10", "--val", "10", "--test", "10", "--test-hard", "10"]))
+        ok(bin().args(["data", "synth", "--out"]).arg(p.join(out)).args([
+            "--seed",
+            "3",
+            "--train",
+            "120",
+            "--cot",
+            "120",
+            "--unlabeled",
+            "10",
+            "--val",
+            "10",
+            "--test",
+            "10",
+            "--test-hard",
+            "10",
+        ]))
     };
     let (stats, _) = synth("a");
     assert!(stats.contains("| train     | 120  | 120     | 120"), "{stats}");

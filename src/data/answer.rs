@@ -59,11 +59,7 @@ impl FromStr for AnswerType {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        AnswerType::parse(s).ok_or_else(|| {
-            format!(
-                "invalid answer type {s:?}: expected one of \"text\", \"integer\", \"float\", \"list\""
-            )
-        })
+        AnswerType::parse(s).ok_or_else(|| format!("invalid answer type {s:?}: expected one of \"text\", \"integer\", \"float\", \"list\""))
     }
 }
 
@@ -238,21 +234,12 @@ fn clean_candidate(s: &str) -> Option<String> {
 pub fn split_steps(response: &str) -> Vec<String> {
     let lines: Vec<&str> = response.split('\n').collect();
     if !lines.iter().any(|l| is_step_marker(l)) {
-        return lines
-            .iter()
-            .map(|l| py_strip(l))
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
+        return lines.iter().map(|l| py_strip(l)).filter(|l| !l.is_empty()).map(str::to_string).collect();
     }
     let mut steps = Vec::new();
     let mut cur: Vec<&str> = Vec::new();
     let flush = |cur: &mut Vec<&str>, steps: &mut Vec<String>| {
-        let joined = cur
-            .iter()
-            .map(|l| l.trim_end())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let joined = cur.iter().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n");
         let t = py_strip(&joined);
         if !t.is_empty() {
             steps.push(t.to_string());
@@ -298,22 +285,14 @@ fn is_step_marker(line: &str) -> bool {
 /// integer `str(int(float(x)))`, float `str(round(float(x), precision))` (precision None
 /// is treated as 2), list the string itself, text the stripped string. None when Python
 /// would raise.
-pub fn normalize(
-    pred: &str,
-    answer_type: AnswerType,
-    precision: Option<i32>,
-    choices: Option<&[String]>,
-) -> Option<String> {
+pub fn normalize(pred: &str, answer_type: AnswerType, precision: Option<i32>, choices: Option<&[String]>) -> Option<String> {
     if let Some(choices) = choices.filter(|c| !c.is_empty()) {
         let mut extraction: String = py_strip(pred).to_string();
         if let Some(letter) = first_paren_letter(&extraction) {
             extraction = letter.to_ascii_uppercase().to_string();
         }
         for (i, choice) in choices.iter().enumerate() {
-            let option = u32::try_from(i)
-                .ok()
-                .and_then(|i| ('A' as u32).checked_add(i))
-                .and_then(char::from_u32);
+            let option = u32::try_from(i).ok().and_then(|i| ('A' as u32).checked_add(i)).and_then(char::from_u32);
             if let Some(option) = option {
                 let mut buf = [0u8; 4];
                 if extraction == *option.encode_utf8(&mut buf) {
@@ -327,9 +306,7 @@ pub fn normalize(
         AnswerType::Integer => py_float(pred).and_then(py_int_str),
         AnswerType::Float => {
             let p = precision.unwrap_or(2);
-            py_float(pred)
-                .and_then(|x| py_round(x, p))
-                .map(py_float_repr)
+            py_float(pred).and_then(|x| py_round(x, p)).map(py_float_repr)
         }
         AnswerType::List => Some(pred.to_string()),
         AnswerType::Text => Some(py_strip(pred).to_string()),
@@ -338,13 +315,7 @@ pub fn normalize(
 
 /// MathVista's `safe_equal(normalize(pred), answer)`: plain string equality after
 /// normalisation; a failed normalisation never matches.
-pub fn answer_match(
-    pred: &str,
-    answer: &str,
-    answer_type: AnswerType,
-    precision: Option<i32>,
-    choices: Option<&[String]>,
-) -> bool {
+pub fn answer_match(pred: &str, answer: &str, answer_type: AnswerType, precision: Option<i32>, choices: Option<&[String]>) -> bool {
     normalize(pred, answer_type, precision, choices).is_some_and(|n| n == answer)
 }
 
@@ -385,9 +356,7 @@ fn get_most_similar<'a>(prediction: &str, choices: &'a [String]) -> &'a String {
 /// First match of the regex `\(([a-zA-Z])\)`.
 fn first_paren_letter(s: &str) -> Option<char> {
     let b = s.as_bytes();
-    b.windows(3)
-        .find(|w| w[0] == b'(' && w[1].is_ascii_alphabetic() && w[2] == b')')
-        .map(|w| w[1] as char)
+    b.windows(3).find(|w| w[0] == b'(' && w[1].is_ascii_alphabetic() && w[2] == b')').map(|w| w[1] as char)
 }
 
 // ---------------------------------------------------------------------------
@@ -407,20 +376,15 @@ fn py_strip(s: &str) -> &str {
 /// Code points of the digit zero of every Unicode 14.0 decimal-digit (Nd) block outside
 /// ASCII; each block holds the ten digits 0..9 contiguously.
 const ND_ZEROS: [u32; 65] = [
-    0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6,
-    0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50,
-    0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
-    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
-    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
-    0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+    0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946,
+    0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0,
+    0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50, 0x1D7CE,
+    0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
 ];
 
 fn unicode_decimal(c: char) -> Option<u8> {
     let cp = c as u32;
-    ND_ZEROS
-        .iter()
-        .find(|&&z| cp >= z && cp < z + 10)
-        .map(|&z| (cp - z) as u8)
+    ND_ZEROS.iter().find(|&&z| cp >= z && cp < z + 10).map(|&z| (cp - z) as u8)
 }
 
 /// Python's `float(s)` for a `str` argument; None where Python raises ValueError.
@@ -527,11 +491,7 @@ pub(crate) fn py_int_str(x: f64) -> Option<String> {
     let mut big = BigDec::from_u64(m);
     big.mul_pow2(e as u32);
     let digits = big.to_decimal_string();
-    Some(if t < 0.0 {
-        format!("-{digits}")
-    } else {
-        digits
-    })
+    Some(if t < 0.0 { format!("-{digits}") } else { digits })
 }
 
 /// `(m, e)` with `x == m * 2^e` for finite positive `x`.
@@ -576,15 +536,9 @@ pub(crate) fn py_round(x: f64, ndigits: i32) -> Option<f64> {
     let k = (scale - n) as usize; // number of decimal digits to drop
     let ds = big.to_decimal_string();
     let (q, r): (String, String) = if ds.len() > k {
-        (
-            ds[..ds.len() - k].to_string(),
-            ds[ds.len() - k..].to_string(),
-        )
+        (ds[..ds.len() - k].to_string(), ds[ds.len() - k..].to_string())
     } else {
-        (
-            "0".to_string(),
-            format!("{}{}", "0".repeat(k - ds.len()), ds),
-        )
+        ("0".to_string(), format!("{}{}", "0".repeat(k - ds.len()), ds))
     };
     let rb = r.as_bytes();
     let round_up = match rb[0].cmp(&b'5') {
@@ -652,11 +606,7 @@ pub(crate) fn py_float_repr(x: f64) -> String {
     } else if decpt <= 0 {
         format!("0.{}{digits}", "0".repeat((-decpt) as usize))
     } else if decpt < nd {
-        format!(
-            "{}.{}",
-            &digits[..decpt as usize],
-            &digits[decpt as usize..]
-        )
+        format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
     } else {
         format!("{digits}{}.0", "0".repeat((decpt - nd) as usize))
     };
@@ -691,25 +641,15 @@ fn shortest_digits(x: f64) -> (String, i32) {
     let ds = big.to_decimal_string();
     let drop = drop as usize;
     let (q, r) = if ds.len() > drop {
-        (
-            ds[..ds.len() - drop].to_string(),
-            ds[ds.len() - drop..].to_string(),
-        )
+        (ds[..ds.len() - drop].to_string(), ds[ds.len() - drop..].to_string())
     } else {
-        (
-            "0".to_string(),
-            format!("{}{}", "0".repeat(drop - ds.len()), ds),
-        )
+        ("0".to_string(), format!("{}{}", "0".repeat(drop - ds.len()), ds))
     };
     let rb = r.as_bytes();
     if rb[0] != b'5' || rb[1..].iter().any(|&d| d != b'0') {
         return (digits, exp);
     }
-    let even = if q.as_bytes()[q.len() - 1] & 1 == 0 {
-        q
-    } else {
-        decimal_increment(&q)
-    };
+    let even = if q.as_bytes()[q.len() - 1] & 1 == 0 { q } else { decimal_increment(&q) };
     if even == digits || format!("{even}e{p}").parse::<f64>() != Ok(x) {
         return (digits, exp);
     }
@@ -795,12 +735,7 @@ mod tests {
         assert_eq!("list".parse::<AnswerType>(), Ok(AnswerType::List));
         let err = "bool".parse::<AnswerType>().unwrap_err();
         assert!(err.contains("\"bool\"") && err.contains("integer") && err.contains("text"));
-        for t in [
-            AnswerType::Text,
-            AnswerType::Integer,
-            AnswerType::Float,
-            AnswerType::List,
-        ] {
+        for t in [AnswerType::Text, AnswerType::Integer, AnswerType::Float, AnswerType::List] {
             assert_eq!(t.to_string().parse::<AnswerType>(), Ok(t));
         }
     }
@@ -815,10 +750,7 @@ mod tests {
         ("Answer: 1\nmore thought\nAnswer: 2.", Some("2")),
         ("Answer:\n\n5", Some("5")),
         ("Thus \\boxed{17}.", Some("17")),
-        (
-            "\\boxed{1} then \\boxed{\\frac{1}{2}}",
-            Some("\\frac{1}{2}"),
-        ),
+        ("\\boxed{1} then \\boxed{\\frac{1}{2}}", Some("\\frac{1}{2}")),
         ("Answer: \\boxed{9}", Some("9")),
         ("$\\boxed{3.5}$", Some("3.5")),
         ("unbalanced \\boxed{12", None),
@@ -880,13 +812,7 @@ mod tests {
         ("1,000", AnswerType::Integer, None, None, None),
         ("inf", AnswerType::Integer, None, None, None),
         ("nan", AnswerType::Integer, None, None, None),
-        (
-            "1e20",
-            AnswerType::Integer,
-            None,
-            None,
-            Some("100000000000000000000"),
-        ),
+        ("1e20", AnswerType::Integer, None, None, Some("100000000000000000000")),
         ("", AnswerType::Integer, None, None, None),
         ("0x10", AnswerType::Integer, None, None, None),
         ("１２", AnswerType::Integer, None, None, Some("12")),
@@ -908,55 +834,13 @@ mod tests {
         ("abc", AnswerType::Float, Some(1), None, None),
         ("[1, 2, 3]", AnswerType::List, None, None, Some("[1, 2, 3]")),
         ("  Yes ", AnswerType::Text, None, None, Some("Yes")),
-        (
-            "B",
-            AnswerType::Text,
-            None,
-            Some(&["red", "green", "blue"]),
-            Some("green"),
-        ),
-        (
-            "(C) blue",
-            AnswerType::Text,
-            None,
-            Some(&["red", "green", "blue"]),
-            Some("blue"),
-        ),
-        (
-            "(c)",
-            AnswerType::Text,
-            None,
-            Some(&["red", "green", "blue"]),
-            Some("blue"),
-        ),
-        (
-            "gren",
-            AnswerType::Text,
-            None,
-            Some(&["red", "green", "blue"]),
-            Some("green"),
-        ),
-        (
-            "D",
-            AnswerType::Text,
-            None,
-            Some(&["red", "green", "blue"]),
-            Some("red"),
-        ),
-        (
-            "",
-            AnswerType::Integer,
-            None,
-            Some(&["10", "2", "300"]),
-            Some("2"),
-        ),
-        (
-            "2",
-            AnswerType::Float,
-            Some(1),
-            Some(&["2.0", "3.0"]),
-            Some("2.0"),
-        ),
+        ("B", AnswerType::Text, None, Some(&["red", "green", "blue"]), Some("green")),
+        ("(C) blue", AnswerType::Text, None, Some(&["red", "green", "blue"]), Some("blue")),
+        ("(c)", AnswerType::Text, None, Some(&["red", "green", "blue"]), Some("blue")),
+        ("gren", AnswerType::Text, None, Some(&["red", "green", "blue"]), Some("green")),
+        ("D", AnswerType::Text, None, Some(&["red", "green", "blue"]), Some("red")),
+        ("", AnswerType::Integer, None, Some(&["10", "2", "300"]), Some("2")),
+        ("2", AnswerType::Float, Some(1), Some(&["2.0", "3.0"]), Some("2.0")),
     ];
 
     #[test]
@@ -966,9 +850,7 @@ mod tests {
             let choices = c.map(ch);
             let got = normalize(pred, *t, *p, choices.as_deref());
             if got.as_deref() != *want {
-                bad.push(format!(
-                    "{pred:?} {t} {p:?} {c:?}: got {got:?}, want {want:?}"
-                ));
+                bad.push(format!("{pred:?} {t} {p:?} {c:?}: got {got:?}, want {want:?}"));
             }
         }
         assert!(bad.is_empty(), "{}", bad.join("\n"));
@@ -982,13 +864,7 @@ mod tests {
         assert!(!answer_match("x", "x", AnswerType::Integer, None, None));
         let c = ch(&["cat", "dog"]);
         assert!(answer_match("B", "dog", AnswerType::Text, None, Some(&c)));
-        assert!(answer_match(
-            "(A) cat",
-            "cat",
-            AnswerType::Text,
-            None,
-            Some(&c)
-        ));
+        assert!(answer_match("(A) cat", "cat", AnswerType::Text, None, Some(&c)));
         assert!(!answer_match("A", "dog", AnswerType::Text, None, Some(&c)));
     }
 
@@ -1012,27 +888,9 @@ mod tests {
         assert!(py_float("-nan").unwrap().is_nan());
         let neg_zero = py_float("-1e-400").unwrap();
         assert!(neg_zero == 0.0 && neg_zero.is_sign_negative());
-        for s in [
-            "\u{1c}5",
-            "1__0",
-            "_1",
-            "1_",
-            "1_.5",
-            "1._5",
-            ".e5",
-            ".",
-            "e5",
-            "1e",
-            "nan(1)",
-            "1,000",
-            "0x10",
-            "",
-            "\u{7f}5",
-            "1\u{200b}",
-            "--1",
-            "1e+",
-            "in",
-        ] {
+        for s in
+            ["\u{1c}5", "1__0", "_1", "1_", "1_.5", "1._5", ".e5", ".", "e5", "1e", "nan(1)", "1,000", "0x10", "", "\u{7f}5", "1\u{200b}", "--1", "1e+", "in"]
+        {
             assert_eq!(py_float(s), None, "{s:?}");
         }
     }
@@ -1083,24 +941,10 @@ mod tests {
     #[test]
     fn steps() {
         let r = "Intro line\nStep 1: look\nat the image\n**Step 2.** add\n\nAnswer: 5";
-        assert_eq!(
-            split_steps(r),
-            vec![
-                "Intro line",
-                "Step 1: look\nat the image",
-                "**Step 2.** add",
-                "Answer: 5"
-            ]
-        );
-        assert_eq!(
-            split_steps("a\n\n b \nAnswer: 3"),
-            vec!["a", "b", "Answer: 3"]
-        );
+        assert_eq!(split_steps(r), vec!["Intro line", "Step 1: look\nat the image", "**Step 2.** add", "Answer: 5"]);
+        assert_eq!(split_steps("a\n\n b \nAnswer: 3"), vec!["a", "b", "Answer: 3"]);
         assert!(split_steps("  \n").is_empty());
-        assert_eq!(
-            split_steps("step 10: x\nStep 11: y"),
-            vec!["step 10: x", "Step 11: y"]
-        );
+        assert_eq!(split_steps("step 10: x\nStep 11: y"), vec!["step 10: x", "Step 11: y"]);
         assert_eq!(split_steps("Steps: many\nok"), vec!["Steps: many", "ok"]);
     }
 
@@ -1119,11 +963,7 @@ mod tests {
     impl Json {
         fn get(&self, key: &str) -> &Json {
             match self {
-                Json::Obj(kv) => kv
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v)
-                    .unwrap_or(&Json::Null),
+                Json::Obj(kv) => kv.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or(&Json::Null),
                 _ => &Json::Null,
             }
         }
@@ -1256,10 +1096,7 @@ mod tests {
     }
 
     fn parse_json(line: &str) -> Json {
-        let mut p = Parser {
-            s: line.as_bytes(),
-            i: 0,
-        };
+        let mut p = Parser { s: line.as_bytes(), i: 0 };
         let v = p.value();
         assert_eq!(p.i, line.len(), "trailing data in {line:?}");
         v
@@ -1268,10 +1105,7 @@ mod tests {
     #[test]
     fn json_reader() {
         let v = parse_json(r#"{"a": [1, null, true], "b": "x\"\u00e9\ud83d\ude00\n", "c": -2}"#);
-        assert_eq!(
-            v.get("a"),
-            &Json::Arr(vec![Json::Num(1.0), Json::Null, Json::Bool(true)])
-        );
+        assert_eq!(v.get("a"), &Json::Arr(vec![Json::Num(1.0), Json::Null, Json::Bool(true)]));
         assert_eq!(v.get("b"), &Json::Str("x\"é😀\n".to_string()));
         assert_eq!(v.get("c"), &Json::Num(-2.0));
     }
@@ -1282,21 +1116,12 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         let mut n = 0;
         let mut bad = Vec::new();
-        for (lineno, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        for (lineno, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             n += 1;
             let case = parse_json(line);
             let response = case.get("response").opt_str().expect("response");
             let answer = case.get("answer").opt_str().expect("answer");
-            let answer_type: AnswerType = case
-                .get("answer_type")
-                .opt_str()
-                .expect("answer_type")
-                .parse()
-                .unwrap();
+            let answer_type: AnswerType = case.get("answer_type").opt_str().expect("answer_type").parse().unwrap();
             let precision = match case.get("precision") {
                 Json::Num(p) => Some(*p as i32),
                 Json::Null => None,
@@ -1309,12 +1134,7 @@ mod tests {
             };
             let qt = case.get("question_type").opt_str().unwrap();
             let is_mc = choices.as_ref().is_some_and(|c| !c.is_empty());
-            assert_eq!(
-                qt == "multi_choice",
-                is_mc,
-                "line {}: question_type {qt}",
-                lineno + 1
-            );
+            assert_eq!(qt == "multi_choice", is_mc, "line {}: question_type {qt}", lineno + 1);
             let want_extracted = case.get("extracted").opt_str();
             let want_normalized = case.get("normalized").opt_str();
             let want_correct = match case.get("correct") {
@@ -1328,25 +1148,16 @@ mod tests {
             let correct = answer_match(&pred, &answer, answer_type, precision, choices.as_deref());
             let ctx = format!("line {} response={response:?}", lineno + 1);
             if extracted != want_extracted {
-                bad.push(format!(
-                    "{ctx}: extracted {extracted:?} != python {want_extracted:?}"
-                ));
+                bad.push(format!("{ctx}: extracted {extracted:?} != python {want_extracted:?}"));
             }
             if normalized != want_normalized {
-                bad.push(format!(
-                    "{ctx}: normalized {normalized:?} != python {want_normalized:?}"
-                ));
+                bad.push(format!("{ctx}: normalized {normalized:?} != python {want_normalized:?}"));
             }
             if correct != want_correct {
                 bad.push(format!("{ctx}: correct {correct} != python {want_correct}"));
             }
         }
         assert!(n >= 300, "only {n} cases in {path}");
-        assert!(
-            bad.is_empty(),
-            "{} mismatches over {n} cases:\n{}",
-            bad.len(),
-            bad.join("\n")
-        );
+        assert!(bad.is_empty(), "{} mismatches over {n} cases:\n{}", bad.len(), bad.join("\n"));
     }
 }

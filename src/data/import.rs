@@ -4,8 +4,8 @@
 
 use super::answer::extract_answer;
 use super::prompts::{
-    infer_answer_type, letter_to_choice, resolve_below, safe_relative, split_choices, validate_image_within, Image,
-    PromptRow, PromptsBuilder, Quarantined, DEFAULT_MAX_IMAGE_PIXELS,
+    infer_answer_type, letter_to_choice, resolve_below, safe_relative, split_choices, validate_image_within, Image, PromptRow, PromptsBuilder, Quarantined,
+    DEFAULT_MAX_IMAGE_PIXELS,
 };
 use crate::store::Location;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
@@ -157,11 +157,7 @@ pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quara
             }
             let sctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
             sctx.register_object_store(&loc.url_root, loc.store.clone());
-            let urls = files
-                .iter()
-                .map(|m| ListingTableUrl::parse(loc.object_url(&m.location)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
+            let urls = files.iter().map(|m| ListingTableUrl::parse(loc.object_url(&m.location))).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(""))
                 .infer_schema(&sctx.state())
@@ -224,12 +220,9 @@ impl RowContext {
             let (row, record) = (e.row.clone(), e.record.clone());
             match self.check(e).await {
                 Ok(r) => b.push(&r),
-                Err(reason) => self.quarantine.lock().expect("quarantine").push(Quarantined {
-                    source: self.source.clone(),
-                    row,
-                    reason,
-                    record: truncate(record),
-                }),
+                Err(reason) => {
+                    self.quarantine.lock().expect("quarantine").push(Quarantined { source: self.source.clone(), row, reason, record: truncate(record) })
+                }
             }
         }
         b.finish()
@@ -309,7 +302,14 @@ fn value_text(v: Option<&Value>) -> Option<String> {
 
 /// MathVista's query: the per-type hint, the question (with its unit) and the choices, as
 /// its `build_query` makes them.
-pub fn mathvista_query(question: &str, unit: Option<&str>, choices: Option<&[String]>, question_type: &str, answer_type: &str, precision: Option<i32>) -> String {
+pub fn mathvista_query(
+    question: &str,
+    unit: Option<&str>,
+    choices: Option<&[String]>,
+    question_type: &str,
+    answer_type: &str,
+    precision: Option<i32>,
+) -> String {
     let hint = if question_type == "multi_choice" {
         "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.".to_string()
     } else {
@@ -355,7 +355,14 @@ fn mathvista_entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
             let precision = get("precision").and_then(|x| x.as_f64()).map(|x| x as i32);
             let question = value_text(get("question")).map(|q| match value_text(get("query")) {
                 Some(query) if !query.trim().is_empty() => query,
-                _ => mathvista_query(&q, value_text(get("unit")).as_deref(), choices.as_deref(), &question_type, answer_type.as_deref().unwrap_or("text"), precision),
+                _ => mathvista_query(
+                    &q,
+                    value_text(get("unit")).as_deref(),
+                    choices.as_deref(),
+                    &question_type,
+                    answer_type.as_deref().unwrap_or("text"),
+                    precision,
+                ),
             });
             Entry {
                 row: key,
@@ -543,10 +550,8 @@ fn verl_entries(batch: &RecordBatch, start: usize) -> Result<Vec<Entry>, String>
                 let s = msgs.as_struct();
                 let role = s.column_by_name("role")?;
                 let content = s.column_by_name("content")?;
-                let texts: Vec<String> = (0..s.len())
-                    .filter(|&j| cell_text(role, j).as_deref() == Some("user"))
-                    .filter_map(|j| cell_text(content, j))
-                    .collect();
+                let texts: Vec<String> =
+                    (0..s.len()).filter(|&j| cell_text(role, j).as_deref() == Some("user")).filter_map(|j| cell_text(content, j)).collect();
                 (!texts.is_empty()).then(|| texts.join("\n").replace("<image>", "").trim().to_string())
             });
             let answer = reward.and_then(|r| {

@@ -2,9 +2,7 @@
 //! `datasets` Image encoding), and the quarantine table for rows that cannot be imported.
 
 use crate::data::answer::extract_answer;
-use arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder,
-};
+use arrow::array::{ArrayRef, BinaryBuilder, Int32Builder, ListBuilder, RecordBatch, StringBuilder, StructBuilder};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use std::sync::Arc;
 
@@ -91,11 +89,7 @@ pub fn validate_image_within(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32)
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
-    let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| ImageError::Unreadable(e.to_string()))
-    };
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| ImageError::Unreadable(e.to_string()));
     let (width, height) = reader()?.into_dimensions().map_err(|e| ImageError::Undecodable(e.to_string()))?;
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
@@ -126,11 +120,7 @@ pub fn resolve_below(root: &std::path::Path, rel: &str, shown: &str) -> Result<s
         _ => ImagePathError::Io { path: shown.to_string(), error },
     })?;
     if !target.starts_with(root) {
-        return Err(ImagePathError::Escapes {
-            path: shown.to_string(),
-            target: target.display().to_string(),
-            root: root.display().to_string(),
-        });
+        return Err(ImagePathError::Escapes { path: shown.to_string(), target: target.display().to_string(), root: root.display().to_string() });
     }
     Ok(target)
 }
@@ -193,9 +183,8 @@ pub fn split_choices(question: &str) -> (String, Option<Vec<String>>) {
             continue;
         }
         let letter = (b'A' + choices.len() as u8) as char;
-        let stripped = [format!("({letter})"), format!("{letter}."), format!("{letter}:"), format!("{letter})")]
-            .iter()
-            .find_map(|p| t.strip_prefix(p.as_str()));
+        let stripped =
+            [format!("({letter})"), format!("{letter}."), format!("{letter}:"), format!("{letter})")].iter().find_map(|p| t.strip_prefix(p.as_str()));
         match stripped {
             Some(s) => choices.push(s.trim().to_string()),
             None => break,
@@ -251,10 +240,7 @@ impl PromptsBuilder {
             DataType::List(f) => f.clone(),
             _ => unreachable!("choices is a list"),
         };
-        let structs = StructBuilder::new(
-            image_fields(),
-            vec![Box::new(BinaryBuilder::new()), Box::new(StringBuilder::new())],
-        );
+        let structs = StructBuilder::new(image_fields(), vec![Box::new(BinaryBuilder::new()), Box::new(StringBuilder::new())]);
         Self {
             prompt_id: StringBuilder::new(),
             question: StringBuilder::new(),
@@ -322,14 +308,8 @@ impl PromptsBuilder {
 }
 
 pub fn quarantine_batch(rows: &[Quarantined]) -> RecordBatch {
-    let col = |f: &dyn Fn(&Quarantined) -> &str| -> ArrayRef {
-        Arc::new(arrow::array::StringArray::from_iter_values(rows.iter().map(f)))
-    };
-    RecordBatch::try_new(
-        quarantine_schema(),
-        vec![col(&|q| &q.source), col(&|q| &q.row), col(&|q| &q.reason), col(&|q| &q.record)],
-    )
-    .expect("quarantine batch")
+    let col = |f: &dyn Fn(&Quarantined) -> &str| -> ArrayRef { Arc::new(arrow::array::StringArray::from_iter_values(rows.iter().map(f))) };
+    RecordBatch::try_new(quarantine_schema(), vec![col(&|q| &q.source), col(&|q| &q.row), col(&|q| &q.reason), col(&|q| &q.record)]).expect("quarantine batch")
 }
 
 #[cfg(test)]
@@ -349,9 +329,7 @@ mod tests {
     /// A PNG whose IHDR claims `w`×`h` pixels (its CRC recomputed), made from a real 1×1 PNG.
     fn png_claiming(w: u32, h: u32) -> Vec<u8> {
         let mut png = Vec::new();
-        image::DynamicImage::ImageRgb8(image::RgbImage::new(1, 1))
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .unwrap();
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(1, 1)).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
         assert_eq!(&png[12..16], b"IHDR");
         png[16..20].copy_from_slice(&w.to_be_bytes());
         png[20..24].copy_from_slice(&h.to_be_bytes());

@@ -94,9 +94,7 @@ pub fn write(out: &Path, seed: u64, sizes: &SynthSizes) -> Result<Vec<(String, u
         let path = out.join(format!("{split}.parquet"));
         let tmp = out.join(format!(".{split}.parquet.tmp"));
         let file = std::fs::File::create(&tmp)?;
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .build();
+        let props = parquet::file::properties::WriterProperties::builder().set_compression(parquet::basic::Compression::ZSTD(Default::default())).build();
         let mut w = parquet::arrow::ArrowWriter::try_new(file, schema(), Some(props)).map_err(|e| crate::Error::Usage(e.to_string()))?;
         let mut start = 0;
         while start < n {

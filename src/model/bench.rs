@@ -117,7 +117,16 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
 /// training step (LoRA r 16 on the attention and MLP projections, or full) on `train_batch`
 /// sequences of `train_len` tokens, with or without gradient checkpointing.
 #[allow(clippy::too_many_arguments)]
-pub fn bench_hf(dir: &Path, batch: usize, new_tokens: usize, train_batch: usize, train_len: usize, lora: bool, checkpointing: bool, dev: &Device) -> Result<serde_json::Value> {
+pub fn bench_hf(
+    dir: &Path,
+    batch: usize,
+    new_tokens: usize,
+    train_batch: usize,
+    train_len: usize,
+    lora: bool,
+    checkpointing: bool,
+    dev: &Device,
+) -> Result<serde_json::Value> {
     use super::qwen2_5_vl::generate::generate as hf_generate;
     use super::qwen2_5_vl::lora::LoraConfig;
     use super::qwen_vl::{Checkpoint, Trainable};
@@ -170,10 +179,19 @@ pub fn bench_hf(dir: &Path, batch: usize, new_tokens: usize, train_batch: usize,
         .collect();
     let vars = ck.trainable();
     let mut opt = AdamW::new(AdamWConfig::default());
-    let mut state = TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: Schedule::Constant { lr: 1e-5 }, adamw: AdamWConfig::default(), rng: 0, last_loss: None };
+    let mut state = TrainerState {
+        step: 0,
+        examples_seen: 0,
+        tokens_seen: 0,
+        schedule: Schedule::Constant { lr: 1e-5 },
+        adamw: AdamWConfig::default(),
+        rng: 0,
+        last_loss: None,
+    };
     let micro = vec![examples.iter().collect::<Vec<_>>()];
     let step = |opt: &mut AdamW, state: &mut TrainerState| -> Result<f64> {
-        let l = crate::train::optimizer_step(&vars, opt, state, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, checkpointing, s, g))?;
+        let l =
+            crate::train::optimizer_step(&vars, opt, state, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, checkpointing, s, g))?;
         sync(vars[0].1.as_tensor())?;
         Ok(l)
     };

@@ -1,11 +1,11 @@
 //! Checkpoint folders in the run store: written as files of a stage (config.json,
 //! tokenizer.json, model.safetensors, optimizer.safetensors, trainer_state.json) and read back.
 
+use super::policy::ModelError;
 use crate::store::{FileEntry, Manifest, RunStore, StoreError};
 use object_store::ObjectStoreExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use super::policy::ModelError;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -18,7 +18,9 @@ pub async fn write(store: &RunStore, dir: &str, files: Vec<(&str, Vec<u8>)>) -> 
     for (name, bytes) in &files {
         if name.ends_with(".safetensors") {
             if let Some(msg) = non_finite(bytes).map_err(|e| StoreError::Other(format!("{name}: {e}")))? {
-                return Err(StoreError::Other(format!("checkpoint not committed: {name} has {msg} (training diverged: lower the learning rate or clip gradients)")));
+                return Err(StoreError::Other(format!(
+                    "checkpoint not committed: {name} has {msg} (training diverged: lower the learning rate or clip gradients)"
+                )));
             }
         }
     }
@@ -83,7 +85,9 @@ pub fn latest(manifests: &[Manifest]) -> Option<&Manifest> {
 /// Whether a checkpoint is a Hugging Face folder (an image processor or a LoRA adapter) rather
 /// than a policy of mstar's own.
 pub fn is_hf(m: &Manifest) -> bool {
-    m.files.iter().any(|f| f.path.ends_with("/preprocessor_config.json") || f.path.ends_with("/processor_config.json") || f.path.ends_with(super::qwen_vl::ADAPTER_CONFIG))
+    m.files.iter().any(|f| {
+        f.path.ends_with("/preprocessor_config.json") || f.path.ends_with("/processor_config.json") || f.path.ends_with(super::qwen_vl::ADAPTER_CONFIG)
+    })
 }
 
 /// A stored checkpoint's files in a local folder, for loaders that read folders; a temporary
@@ -127,7 +131,10 @@ pub async fn local_dir(store: &RunStore, m: &Manifest) -> Result<LocalDir, Store
     }
     static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let local = LocalDir { path: std::env::temp_dir().join("mstar-checkpoints").join(format!("{}-{n}-{}-{}", std::process::id(), m.stage, m.iteration)), temporary: true };
+    let local = LocalDir {
+        path: std::env::temp_dir().join("mstar-checkpoints").join(format!("{}-{n}-{}-{}", std::process::id(), m.stage, m.iteration)),
+        temporary: true,
+    };
     std::fs::create_dir_all(&*local).map_err(|e| StoreError::Other(format!("{}: {e}", local.display())))?;
     for f in &m.files {
         let name = f.path.rsplit('/').next().unwrap_or(&f.path);
@@ -147,7 +154,11 @@ pub async fn export(store: &RunStore, stage: &str, iteration: Option<u32>, out: 
     let all = store.manifests().await.map_err(|e| bad(e.to_string()))?;
     let mine: Vec<Manifest> = all.into_iter().filter(|m| m.stage == stage && iteration.is_none_or(|i| m.iteration == i)).collect();
     let m = latest(&mine).ok_or_else(|| {
-        bad(format!("stage `{stage}` has no committed checkpoint{} in {}", iteration.map(|i| format!(" at iteration {i}")).unwrap_or_default(), store.display()))
+        bad(format!(
+            "stage `{stage}` has no committed checkpoint{} in {}",
+            iteration.map(|i| format!(" at iteration {i}")).unwrap_or_default(),
+            store.display()
+        ))
     })?;
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         return Err(bad(format!("{} is not empty; export writes a new folder", out.display())));
@@ -156,9 +167,12 @@ pub async fn export(store: &RunStore, stage: &str, iteration: Option<u32>, out: 
         let dir = local_dir(store, m).await.map_err(|e| bad(e.to_string()))?;
         tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, ModelError> {
             let dev = candle_core::Device::Cpu;
-            let ck = super::qwen_vl::Checkpoint::open(&dir, super::qwen_vl::Trainable::Nothing, candle_core::DType::F32, &dev).map_err(|e| bad(e.to_string()))?;
+            let ck =
+                super::qwen_vl::Checkpoint::open(&dir, super::qwen_vl::Trainable::Nothing, candle_core::DType::F32, &dev).map_err(|e| bad(e.to_string()))?;
             let cfg = super::hf::read_json(&ck.dir.join("config.json")).map_err(|e| bad(e.to_string()))?;
-            let named = ["torch_dtype", "dtype"].iter().find_map(|k| cfg.get(*k).or_else(|| cfg.get("text_config").and_then(|t| t.get(*k))).and_then(|v| v.as_str()).map(str::to_string));
+            let named = ["torch_dtype", "dtype"]
+                .iter()
+                .find_map(|k| cfg.get(*k).or_else(|| cfg.get("text_config").and_then(|t| t.get(*k))).and_then(|v| v.as_str()).map(str::to_string));
             let dtype = match named.as_deref() {
                 Some("bfloat16") => candle_core::DType::BF16,
                 Some("float16") => candle_core::DType::F16,

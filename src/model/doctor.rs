@@ -56,7 +56,10 @@ pub fn doctor() -> Doctor {
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut add = |k: &str, v: String| lines.push((k.to_string(), v));
     add("mstar", env!("CARGO_PKG_VERSION").to_string());
-    add("build", format!("{} profile, cuda feature {}", if cfg!(debug_assertions) { "debug" } else { "release" }, if cfg!(feature = "cuda") { "on" } else { "off" }));
+    add(
+        "build",
+        format!("{} profile, cuda feature {}", if cfg!(debug_assertions) { "debug" } else { "release" }, if cfg!(feature = "cuda") { "on" } else { "off" }),
+    );
     let env_device = std::env::var("MSTAR_DEVICE").ok();
     let dev = super::device();
     let why = match (&env_device, cfg!(feature = "cuda"), dev.is_cuda()) {
@@ -67,7 +70,15 @@ pub fn doctor() -> Doctor {
     };
     add("device", format!("{} ({why})", if dev.is_cuda() { "cuda:0" } else { "cpu" }));
     add("dtype", "f32 (weights, activations, optimizer moments)".into());
-    add("cpu", format!("{}; {} threads for sampling rows and training sub-batches (RAYON_NUM_THREADS), candle's own ops on {}", cpu_features(), super::threads(), candle_core::utils::get_num_threads()));
+    add(
+        "cpu",
+        format!(
+            "{}; {} threads for sampling rows and training sub-batches (RAYON_NUM_THREADS), candle's own ops on {}",
+            cpu_features(),
+            super::threads(),
+            candle_core::utils::get_num_threads()
+        ),
+    );
     if dev.is_cuda() {
         add("sampling kernels", "candle CUDA kernels + cuBLAS, fused RMSNorm/softmax for inference".into());
         add("training kernels", "candle CUDA ops composed (differentiable RMSNorm, softmax, RoPE)".into());
@@ -124,10 +135,7 @@ fn smoke(dev: &Device) -> Result<String, String> {
     let vars = policy.named_vars();
     let mut missing = Vec::new();
     for (name, var) in &vars {
-        let ok = grads
-            .get(var.as_tensor())
-            .and_then(|g| g.abs().ok()?.sum_all().ok()?.to_scalar::<f32>().ok())
-            .is_some_and(|s| s.is_finite() && s > 0.0);
+        let ok = grads.get(var.as_tensor()).and_then(|g| g.abs().ok()?.sum_all().ok()?.to_scalar::<f32>().ok()).is_some_and(|s| s.is_finite() && s > 0.0);
         if !ok {
             missing.push(name.clone());
         }
@@ -135,7 +143,12 @@ fn smoke(dev: &Device) -> Result<String, String> {
     if !missing.is_empty() {
         return Err(format!("no finite non-zero gradient for {}", missing.join(", ")));
     }
-    Ok(format!("ok — SFT loss and gradients of a {}-parameter policy, loss {l:.3}, all {} weights got gradients, {:.0} ms", policy.num_params(), vars.len(), t0.elapsed().as_secs_f64() * 1e3))
+    Ok(format!(
+        "ok — SFT loss and gradients of a {}-parameter policy, loss {l:.3}, all {} weights got gradients, {:.0} ms",
+        policy.num_params(),
+        vars.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    ))
 }
 
 #[cfg(test)]

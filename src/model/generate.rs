@@ -5,8 +5,8 @@ use super::policy::{ModelError, Policy, Result};
 use super::tiny_vlm::decode_cpu::CpuDecoder;
 use super::tiny_vlm::Mask;
 use candle_core::Tensor;
-use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -126,11 +126,7 @@ impl Policy {
     /// The checkpoint files: (name, bytes).
     pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let config = serde_json::to_vec_pretty(&self.cfg).map_err(|e| ModelError::Invalid(e.to_string()))?;
-        Ok(vec![
-            (CONFIG_FILE, config),
-            (TOKENIZER_FILE, self.tokenizer.to_json()?.into_bytes()),
-            (WEIGHTS_FILE, safetensors_bytes(&self.named_tensors())?),
-        ])
+        Ok(vec![(CONFIG_FILE, config), (TOKENIZER_FILE, self.tokenizer.to_json()?.into_bytes()), (WEIGHTS_FILE, safetensors_bytes(&self.named_tensors())?)])
     }
 
     /// The weights by name, sorted.

@@ -101,7 +101,14 @@ impl QwenVl {
         self.hidden(rows, pixels, &grids.concat(), self.positions(rows, grids)?, None)
     }
 
-    fn hidden(&self, rows: &[Vec<u32>], pixels: Option<&Tensor>, grids: &[[usize; 3]], pos: Vec<Vec<[i64; 3]>>, cache: Option<&mut qwen2_5_vl::text::Cache>) -> Result<Tensor> {
+    fn hidden(
+        &self,
+        rows: &[Vec<u32>],
+        pixels: Option<&Tensor>,
+        grids: &[[usize; 3]],
+        pos: Vec<Vec<[i64; 3]>>,
+        cache: Option<&mut qwen2_5_vl::text::Cache>,
+    ) -> Result<Tensor> {
         let d = self.decoder_inputs(rows, pixels, grids, pos)?;
         self.text().forward_deepstack(&d.x, &d.cos, &d.sin, Mask::Causal, cache, &d.deep)
     }
@@ -221,7 +228,11 @@ fn end_of_turn_ids(dir: &Path, config_eos: &[u32], tokenizer: &tokenizers::Token
             None => "the chat template names no end-of-turn token either".to_string(),
         };
         if !missing.is_empty() {
-            eprintln!("warning: {}: eos_token_id {missing:?} not in the tokenizer's vocabulary ({} tokens); {with}", source.display(), tokenizer.get_vocab_size(true));
+            eprintln!(
+                "warning: {}: eos_token_id {missing:?} not in the tokenizer's vocabulary ({} tokens); {with}",
+                source.display(),
+                tokenizer.get_vocab_size(true)
+            );
         }
         ids.extend(eot.filter(|id| !ids.contains(id)));
     }
@@ -250,7 +261,10 @@ impl Checkpoint {
             return Err(hf::invalid(dir, "full fine-tuning continues from a model folder, but this is a LoRA adapter"));
         }
         let v = hf::read_json(&ac)?;
-        let base = v.get("base_model_name_or_path").and_then(|b| b.as_str()).ok_or_else(|| hf::invalid(&ac, "no `base_model_name_or_path`: the base folder is unknown"))?;
+        let base = v
+            .get("base_model_name_or_path")
+            .and_then(|b| b.as_str())
+            .ok_or_else(|| hf::invalid(&ac, "no `base_model_name_or_path`: the base folder is unknown"))?;
         let base = PathBuf::from(base);
         if !base.join("config.json").exists() {
             return Err(hf::invalid(&ac, format!("the base folder {} (base_model_name_or_path) has no config.json", base.display())));
@@ -276,7 +290,13 @@ impl Checkpoint {
     }
 
     /// `dir`'s model with `adapter` (settings, canonical-named tensors) joined to its weights.
-    pub fn load_parts(dir: &Path, adapter: Option<(lora::LoraConfig, HashMap<String, Tensor>)>, trainable: Trainable, dtype: DType, dev: &Device) -> hf::Result<Self> {
+    pub fn load_parts(
+        dir: &Path,
+        adapter: Option<(lora::LoraConfig, HashMap<String, Tensor>)>,
+        trainable: Trainable,
+        dtype: DType,
+        dev: &Device,
+    ) -> hf::Result<Self> {
         let base = base_weights(dir, dtype, dev)?;
         Self::from_weights(dir, base, adapter, dir, trainable, dtype, dev)
     }
@@ -298,7 +318,9 @@ impl Checkpoint {
             let f = d.join(SCORE_HEAD);
             if head.is_empty() && f.exists() {
                 head = candle_core::safetensors::load(&f, dev).map_err(|e| hf::invalid(&f, format!("unreadable safetensors: {e}")))?;
-                let ok = head.len() == 2 && head.get("score_head.weight").is_some_and(|w| w.rank() == 2 && w.dim(0).ok() == Some(1)) && head.contains_key("score_head.bias");
+                let ok = head.len() == 2
+                    && head.get("score_head.weight").is_some_and(|w| w.rank() == 2 && w.dim(0).ok() == Some(1))
+                    && head.contains_key("score_head.bias");
                 if !ok {
                     return Err(hf::invalid(&f, "expected score_head.weight (1 × hidden) and score_head.bias (1)"));
                 }
@@ -324,7 +346,10 @@ impl Checkpoint {
                 (QwenVl::Qwen3(m), v, f)
             }
             other => {
-                return Err(hf::invalid(&cfg_path, format!("architecture {other:?} is not supported (Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration are)")));
+                return Err(hf::invalid(
+                    &cfg_path,
+                    format!("architecture {other:?} is not supported (Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration are)"),
+                ));
             }
         };
         let tok_path = dir.join("tokenizer.json");
@@ -338,7 +363,12 @@ impl Checkpoint {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         let mut ck = Self { model, varmap, frozen, processor, tokenizer, chat, dir, lora, eos_ids };
         if !head.is_empty() {
-            ck.set_score_head(head["score_head.weight"].to_dtype(dtype).map_err(at)?, head["score_head.bias"].to_dtype(dtype).map_err(at)?, trainable != Trainable::Nothing).map_err(at)?;
+            ck.set_score_head(
+                head["score_head.weight"].to_dtype(dtype).map_err(at)?,
+                head["score_head.bias"].to_dtype(dtype).map_err(at)?,
+                trainable != Trainable::Nothing,
+            )
+            .map_err(at)?;
         }
         Ok(ck)
     }

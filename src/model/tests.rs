@@ -5,8 +5,8 @@
 use super::generate::{generate, rollout_seed, Request, SamplingParams};
 use super::policy::Policy;
 use super::test_util::{setup, setup_on, setup_with};
-use candle_core::Device;
 use crate::train::{batch_loss, train_step, AdamW, AdamWConfig, Schedule, TrainerState};
+use candle_core::Device;
 
 fn state() -> TrainerState {
     TrainerState {
@@ -95,10 +95,10 @@ fn training_lowers_the_loss_on(dev: &Device) {
     let mut st = state();
     st.schedule = Schedule::Constant { lr: 3e-3 };
     let mut opt = AdamW::new(st.adamw.clone());
-    let first = train_step(&policy, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+    let first = train_step(&policy, &mut opt, &mut st, std::slice::from_ref(&refs), Some(1.0)).unwrap();
     let mut last = first;
     for _ in 0..15 {
-        last = train_step(&policy, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+        last = train_step(&policy, &mut opt, &mut st, std::slice::from_ref(&refs), Some(1.0)).unwrap();
     }
     eprintln!("{dev:?}: loss {first} → {last}");
     assert!(last < first * 0.7, "loss {first} → {last}");
@@ -195,7 +195,13 @@ fn sampling_does_not_depend_on_the_batch_on(dev: &Device) {
         let one = run(1);
         for bs in [7, 64] {
             for (x, y) in one.iter().zip(&run(bs)) {
-                assert_eq!((&x.tokens, x.finish_reason, x.logprob.to_bits()), (&y.tokens, y.finish_reason, y.logprob.to_bits()), "batch {bs}: logprobs {} vs {}", x.logprob, y.logprob);
+                assert_eq!(
+                    (&x.tokens, x.finish_reason, x.logprob.to_bits()),
+                    (&y.tokens, y.finish_reason, y.logprob.to_bits()),
+                    "batch {bs}: logprobs {} vs {}",
+                    x.logprob,
+                    y.logprob
+                );
             }
         }
     }
@@ -305,7 +311,13 @@ fn the_model_learns_from_the_image() {
             let e = crate::data::synth::generate(3, "train", i, false);
             let mut response = policy.tokenizer.encode(&e.scene.caption()).unwrap();
             response.push(cfg.eos_token_id);
-            crate::train::Example { prompt: prompt.clone(), response, patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap().into(), features: None, labels: vec![] }
+            crate::train::Example {
+                prompt: prompt.clone(),
+                response,
+                patches: super::tiny_vlm::image_patches(&e.image_png, &cfg.vision_config).unwrap().into(),
+                features: None,
+                labels: vec![],
+            }
         })
         .collect();
     let refs: Vec<_> = exs.iter().collect();
@@ -314,7 +326,7 @@ fn the_model_learns_from_the_image() {
     let mut opt = AdamW::new(st.adamw.clone());
     let mut loss = f64::MAX;
     for _ in 0..300 {
-        loss = train_step(&policy, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+        loss = train_step(&policy, &mut opt, &mut st, std::slice::from_ref(&refs), Some(1.0)).unwrap();
     }
     eprintln!("caption loss after 300 steps: {loss}");
     assert!(loss < 0.05, "caption loss {loss}: the image is not being used");
@@ -412,10 +424,10 @@ fn prm_training_reaches_every_weight_and_fits_step_labels() {
     let mut st = state();
     st.schedule = Schedule::Constant { lr: 3e-3 };
     let mut opt = AdamW::new(st.adamw.clone());
-    let first = train_step(&prm, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+    let first = train_step(&prm, &mut opt, &mut st, std::slice::from_ref(&refs), Some(1.0)).unwrap();
     let mut last = first;
     for _ in 0..30 {
-        last = train_step(&prm, &mut opt, &mut st, &[refs.clone()], Some(1.0)).unwrap();
+        last = train_step(&prm, &mut opt, &mut st, std::slice::from_ref(&refs), Some(1.0)).unwrap();
     }
     // the floor is the labels' entropy (the 0.5 labels): ln 2 / 3 ≈ 0.23
     eprintln!("PRM BCE {first} → {last}");
@@ -490,7 +502,9 @@ fn digit_probe_on_the_vision_encoder() {
         head.forward(&cells).unwrap().reshape(((), 11)).unwrap()
     };
     let vars: Vec<_> = varmap.all_vars();
-    let mut opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: env("MSTAR_PROBE_LR_E4", 10) as f64 * 1e-4, weight_decay: 0.01, ..Default::default() }).unwrap();
+    let mut opt =
+        candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: env("MSTAR_PROBE_LR_E4", 10) as f64 * 1e-4, weight_decay: 0.01, ..Default::default() })
+            .unwrap();
     let steps = env("MSTAR_PROBE_STEPS", 1500);
     let started = std::time::Instant::now();
     for step in 0..steps {
@@ -523,7 +537,8 @@ fn digit_probe_on_the_vision_encoder() {
 fn frozen_weights_stay_and_the_rest_train() {
     let (policy, ex) = setup(4);
     let refs: Vec<_> = ex.iter().collect();
-    let before: Vec<(String, Vec<f32>)> = policy.named_vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let before: Vec<(String, Vec<f32>)> =
+        policy.named_vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())).collect();
     let mut opt = AdamW::new(AdamWConfig { freeze: vec!["vision.".into()], ..Default::default() });
     let mut st = state();
     train_step(&policy, &mut opt, &mut st, &[refs], Some(1.0)).unwrap();
@@ -575,15 +590,23 @@ fn a_micro_batch_split_across_threads_gives_the_whole_batchs_loss_and_gradients(
     let grads_of = |chunked: bool| {
         let mut st = state();
         let mut captured = None;
-        optimizer_step(&vars, &mut AdamW::new(AdamWConfig::default()), &mut st, &[refs.clone()], None, |e| e.loss_terms(false), |mb, share, g| {
-            let l = if chunked {
-                chunked_backward(mb, share, g, |e| e.loss_terms(false), |c, s| crate::train::autograd(&batch_loss(&policy, c)?.0, s))?
-            } else {
-                g.backward(&batch_loss(&policy, mb)?.0, share)?
-            };
-            captured = Some(g.sum.clone());
-            Ok(l)
-        })
+        optimizer_step(
+            &vars,
+            &mut AdamW::new(AdamWConfig::default()),
+            &mut st,
+            std::slice::from_ref(&refs),
+            None,
+            |e| e.loss_terms(false),
+            |mb, share, g| {
+                let l = if chunked {
+                    chunked_backward(mb, share, g, |e| e.loss_terms(false), |c, s| crate::train::autograd(&batch_loss(&policy, c)?.0, s))?
+                } else {
+                    g.backward(&batch_loss(&policy, mb)?.0, share)?
+                };
+                captured = Some(g.sum.clone());
+                Ok(l)
+            },
+        )
         .unwrap();
         captured.unwrap()
     };
@@ -658,10 +681,6 @@ fn the_hand_written_cpu_backward_equals_autograd() {
     hand_written_backward_equals_autograd(&prm, &ex);
 }
 
-
-
-
-
 #[test]
 fn the_cpu_vision_path_equals_the_encoder() {
     // the generate operator's vision features (vision_cpu) against candle's encoder, every
@@ -721,7 +740,12 @@ fn bench_sub_batch_grads() {
         total += t.elapsed().as_secs_f64();
     }
     let ms = |s: f64, n: usize| s * 1e3 / n as f64;
-    eprintln!("sub_batch_grads: {:.2} ms per sub-batch of 8 × {} tokens (best of 6 × {reps}; mean {:.2})", ms(best, reps), 26 + 18 - 1 + 9, ms(total, 6 * reps));
+    eprintln!(
+        "sub_batch_grads: {:.2} ms per sub-batch of 8 × {} tokens (best of 6 × {reps}; mean {:.2})",
+        ms(best, reps),
+        26 + 18 - 1 + 9,
+        ms(total, 6 * reps)
+    );
 }
 
 #[test]

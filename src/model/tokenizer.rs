@@ -37,10 +37,7 @@ impl TextTokenizer {
             .special_tokens(SPECIAL.iter().map(|s| AddedToken::from(s.to_string(), true)).collect())
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
-        let pre = Sequence::new(vec![
-            PreTokenizerWrapper::Digits(Digits::new(true)),
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-        ]);
+        let pre = Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))]);
         let mut tk = TokenizerBuilder::<BPE, _, _, _, _>::new()
             .with_model(BPE::default())
             .with_normalizer(None::<tokenizers::NormalizerWrapper>)

@@ -44,7 +44,10 @@ impl Client {
                     if status.is_success() {
                         return parse(&body).map_err(|error| Failure { error, attempts: attempt });
                     }
-                    let msg = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["error"]["message"].as_str().map(str::to_string)).unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+                    let msg = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
                     (status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408, format!("HTTP {status}: {msg}"))
                 }
                 Err(e) => (true, format!("request to {}: {e}", self.url)),

@@ -59,7 +59,9 @@ pub fn data_url(bytes: &[u8]) -> String {
 
 /// The bytes of a base64 `data:` URL (the only kind a server without network can read).
 pub fn decode_data_url(url: &str) -> Result<Vec<u8>, String> {
-    let rest = url.strip_prefix("data:").ok_or_else(|| format!("image URL `{}…` is not a data: URL (this server cannot fetch URLs)", url.chars().take(40).collect::<String>()))?;
+    let rest = url
+        .strip_prefix("data:")
+        .ok_or_else(|| format!("image URL `{}…` is not a data: URL (this server cannot fetch URLs)", url.chars().take(40).collect::<String>()))?;
     let (_, b64) = rest.split_once(";base64,").ok_or("data: URL without ;base64,")?;
     base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("bad base64 in data: URL: {e}"))
 }
@@ -86,7 +88,11 @@ pub fn template_messages(messages: &[Value]) -> Result<(Value, Vec<Vec<u8>>), St
                     match p.get("type").and_then(|t| t.as_str()) {
                         Some("text") => conv.push(json!({"type": "text", "text": p.get("text").and_then(|t| t.as_str()).unwrap_or_default()})),
                         Some("image_url") => {
-                            let url = p.get("image_url").and_then(|u| u.get("url").or(Some(u))).and_then(|u| u.as_str()).ok_or(format!("messages[{i}].content[{j}]: image_url without url"))?;
+                            let url = p
+                                .get("image_url")
+                                .and_then(|u| u.get("url").or(Some(u)))
+                                .and_then(|u| u.as_str())
+                                .ok_or(format!("messages[{i}].content[{j}]: image_url without url"))?;
                             images.push(decode_data_url(url).map_err(|e| format!("messages[{i}].content[{j}]: {e}"))?);
                             conv.push(json!({"type": "image"}));
                         }

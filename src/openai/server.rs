@@ -47,7 +47,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 16 << 20, max_prompt_tokens: None, max_images: 8, max_image_pixels: 50_000_000, max_n: 16, read_timeout: Duration::from_secs(30) }
+        Self {
+            max_body_bytes: 16 << 20,
+            max_prompt_tokens: None,
+            max_images: 8,
+            max_image_pixels: 50_000_000,
+            max_n: 16,
+            read_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -114,7 +121,12 @@ pub fn context_length(dir: &Path) -> Option<usize> {
 
 /// The image parts of OpenAI messages, counted without decoding them.
 fn count_images(messages: &[Value]) -> usize {
-    messages.iter().filter_map(|m| m.get("content").and_then(Value::as_array)).flatten().filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url")).count()
+    messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+        .count()
 }
 
 fn mib(bytes: usize) -> String {
@@ -131,7 +143,16 @@ impl Server {
     pub fn new(ck: Checkpoint, name: String, eos: Vec<u32>, device: candle_core::Device) -> Self {
         let context = context_length(&ck.dir);
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
-        Self { ck, name, eos, device, limits: Limits::default(), context, compute: Arc::new(tokio::sync::Mutex::new(())), preparing: Arc::new(tokio::sync::Semaphore::new(parallel)) }
+        Self {
+            ck,
+            name,
+            eos,
+            device,
+            limits: Limits::default(),
+            context,
+            compute: Arc::new(tokio::sync::Mutex::new(())),
+            preparing: Arc::new(tokio::sync::Semaphore::new(parallel)),
+        }
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -184,7 +205,11 @@ impl Server {
             // the size from the header, before anything is decoded
             let (w, h) = reader()?.into_dimensions().map_err(|e| bad(format!("image {i}: undecodable image: {e}")))?;
             if w as u64 * h as u64 > lim.max_image_pixels {
-                return Err(bad(format!("image {i}: {w}×{h} = {} pixels exceeds the limit of {} pixels an image (--max-image-pixels)", w as u64 * h as u64, lim.max_image_pixels)));
+                return Err(bad(format!(
+                    "image {i}: {w}×{h} = {} pixels exceeds the limit of {} pixels an image (--max-image-pixels)",
+                    w as u64 * h as u64,
+                    lim.max_image_pixels
+                )));
             }
             let mut reader = reader()?;
             // a decoder that finds other dimensions than the header's stops
@@ -304,7 +329,10 @@ impl Server {
             Ok(Ok(c)) => Ok(c.to_bytes()),
             Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(None)),
             Ok(Err(e)) => Err(error_and_close(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
-            Err(_) => Err(error_and_close(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within the read timeout of {secs} s (--read-timeout-secs)"))),
+            Err(_) => Err(error_and_close(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within the read timeout of {secs} s (--read-timeout-secs)"),
+            )),
         }
     }
 
@@ -345,7 +373,9 @@ impl Server {
     async fn handle(self: Arc<Self>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         Ok(match (method, path.as_str()) {
-            (Method::GET, "/v1/models") => reply(StatusCode::OK, json!({"object": "list", "data": [{"id": self.name, "object": "model", "owned_by": "mstar"}]})),
+            (Method::GET, "/v1/models") => {
+                reply(StatusCode::OK, json!({"object": "list", "data": [{"id": self.name, "object": "model", "owned_by": "mstar"}]}))
+            }
             (Method::POST, "/v1/chat/completions") => self.chat(req).await,
             (_, "/v1/models" | "/v1/chat/completions") => error(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not take {}", path, req.method())),
             _ => error(StatusCode::NOT_FOUND, format!("no route {path} (POST /v1/chat/completions, GET /v1/models)")),
@@ -370,7 +400,10 @@ impl Server {
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let svc = hyper::service::service_fn(move |req| me.clone().handle(req));
-                let conn = hyper::server::conn::http1::Builder::new().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(read_timeout).serve_connection(io, svc);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(read_timeout)
+                    .serve_connection(io, svc);
                 if let Err(e) = conn.await {
                     eprintln!("serve: connection error: {e}");
                 }

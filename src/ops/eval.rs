@@ -4,19 +4,19 @@
 
 use super::generate::{find_checkpoint, resolve_policy};
 use super::generate_hf::{all_images, encode_prompt, hf_source, load_for_inference};
-use crate::model::checkpoint;
-use crate::model::qwen2_5_vl::generate::{generate_many as hf_generate_many, Prompt};
-use crate::model::qwen_vl::Checkpoint;
-use crate::train::qwen::{encode_steps, score_steps, QwenExample};
-use super::prm_score::{score_batch, scorable};
+use super::prm_score::{scorable, score_batch};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::{extract_answer, AnswerType};
 use crate::data::synth::{QuestionMeta, Scene};
+use crate::model::checkpoint;
 use crate::model::generate::{generate, rollout_seed, Request, SamplingParams};
+use crate::model::qwen2_5_vl::generate::{generate_many as hf_generate_many, Prompt};
+use crate::model::qwen_vl::Checkpoint;
 use crate::model::tiny_vlm::image_patches;
 use crate::prm::Gold;
 use crate::spec::EvalSpec;
+use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -32,12 +32,15 @@ pub struct EvalOp {
 }
 
 /// The policy being evaluated: mstar's own, or a Hugging Face checkpoint and its end tokens.
+/// (One per stage: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 enum Decoder {
     Tiny(crate::model::policy::Policy),
     Hf(Box<Checkpoint>, Vec<u32>),
 }
 
 /// The process reward model scoring the decodes.
+#[allow(clippy::large_enum_variant)]
 enum Scorer {
     Tiny(crate::model::policy::Policy),
     /// A Qwen-VL PRM and the token it pads batches with.

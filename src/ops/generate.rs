@@ -40,7 +40,11 @@ impl GenerateOp {
             let name = raw.strip_suffix("@prev").unwrap_or(raw);
             if ctx.input_schemas.iter().any(|(n, _)| n == name) {
                 let q = format!("SELECT CAST(temperature AS DOUBLE) AS t, iteration FROM \"{name}\" WHERE chosen ORDER BY iteration DESC LIMIT 1");
-                let rows = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("temperature_from `{name}` needs `temperature` and `chosen` columns: {e}")))?.collect().await?;
+                let rows = crate::sql::query(&ctx.session, &q)
+                    .await
+                    .map_err(|e| self.fail(format!("temperature_from `{name}` needs `temperature` and `chosen` columns: {e}")))?
+                    .collect()
+                    .await?;
                 if let Some(b) = rows.iter().find(|b| b.num_rows() > 0) {
                     use arrow::array::AsArray;
                     params.temperature = b.column(0).as_primitive::<arrow::datatypes::Float64Type>().value(0);
@@ -85,10 +89,13 @@ pub async fn resolve_policy(ctx: &OpContext<'_>, names: &[String]) -> Result<Pol
         return Err(OpError::Invalid(format!("none of the policy stages {names:?} has a committed checkpoint")));
     };
     if checkpoint::is_hf(m) {
-        return Err(OpError::Invalid(format!("the checkpoint of `{name}` is a Hugging Face model; this operator runs mstar's own policies only (generate runs both)")));
+        return Err(OpError::Invalid(format!(
+            "the checkpoint of `{name}` is a Hugging Face model; this operator runs mstar's own policies only (generate runs both)"
+        )));
     }
     let files = checkpoint::read(ctx.store, m).await?;
-    let mut p = Policy::from_files(&files, &crate::model::device()).map_err(|e| OpError::Invalid(format!("checkpoint of `{name}` (iteration {}): {e}", m.iteration)))?;
+    let mut p = Policy::from_files(&files, &crate::model::device())
+        .map_err(|e| OpError::Invalid(format!("checkpoint of `{name}` (iteration {}): {e}", m.iteration)))?;
     // sampling needs no gradients
     p.model.use_inference_kernels(true).map_err(|e| OpError::Invalid(format!("policy `{name}`: {e}")))?;
     Ok(p)
@@ -137,7 +144,11 @@ impl Operator for GenerateOp {
                 "SELECT CAST(prompt_id AS VARCHAR) AS prompt_id, CAST(question AS VARCHAR) AS question, images FROM \"{}\"{filter} ORDER BY prompt_id",
                 self.spec.prompts
             );
-            let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("prompts `{}` need prompt_id, question, images: {e}", self.spec.prompts)))?.collect().await?;
+            let batches = crate::sql::query(&ctx.session, &q)
+                .await
+                .map_err(|e| self.fail(format!("prompts `{}` need prompt_id, question, images: {e}", self.spec.prompts)))?
+                .collect()
+                .await?;
             let mut prompts: Vec<(String, Vec<u32>, Vec<f32>)> = Vec::new();
             for b in &batches {
                 let (ids, qs, imgs) = (super::strings(b.column(0))?, super::strings(b.column(1))?, b.column(2));
@@ -174,7 +185,11 @@ impl Operator for GenerateOp {
                 async move {
                     let reqs: Vec<Request> = chunk
                         .iter()
-                        .map(|&(p, s)| Request { prompt: prompts[p].1.clone(), patches: prompts[p].2.clone(), seed: rollout_seed(seed, iteration, &prompts[p].0, s) })
+                        .map(|&(p, s)| Request {
+                            prompt: prompts[p].1.clone(),
+                            patches: prompts[p].2.clone(),
+                            seed: rollout_seed(seed, iteration, &prompts[p].0, s),
+                        })
                         .collect();
                     let policy2 = policy.clone();
                     let params2 = params.clone();

@@ -4,6 +4,7 @@
 
 use super::generate::{rollouts_schema, GenerateOp};
 use super::{OpContext, OpOutput, Result};
+use crate::model::checkpoint;
 use crate::model::generate::rollout_seed;
 use crate::model::qwen2_5_vl::generate::{generate_many, Prompt};
 use crate::model::qwen_vl::{Checkpoint, Trainable};
@@ -13,7 +14,6 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::path::Path;
-use crate::model::checkpoint;
 use std::sync::Arc;
 
 /// Names, sizes and modification times of the folder's files: a changed checkpoint recomputes.
@@ -43,7 +43,6 @@ pub(crate) fn all_images(col: &arrow::array::ArrayRef, i: usize) -> Vec<Vec<u8>>
     let b = b.as_binary::<i32>();
     (0..b.len()).filter(|&j| !b.is_null(j)).map(|j| b.value(j).to_vec()).collect()
 }
-
 
 /// The Hugging Face checkpoint folder a stage samples from: the newest checkpoint of the first
 /// of `policy` that has one when it is a HF folder, else `model` while none has one; None when
@@ -83,7 +82,11 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result
         "SELECT CAST(prompt_id AS VARCHAR) AS prompt_id, CAST(question AS VARCHAR) AS question, images FROM \"{}\"{filter} ORDER BY prompt_id",
         op.spec.prompts
     );
-    let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| op.fail(format!("prompts `{}` need prompt_id, question, images: {e}", op.spec.prompts)))?.collect().await?;
+    let batches = crate::sql::query(&ctx.session, &q)
+        .await
+        .map_err(|e| op.fail(format!("prompts `{}` need prompt_id, question, images: {e}", op.spec.prompts)))?
+        .collect()
+        .await?;
     let mut prompts: Vec<(String, Prompt)> = Vec::new();
     for b in &batches {
         let (ids, qs, imgs) = (super::strings(b.column(0))?, super::strings(b.column(1))?, b.column(2));
@@ -120,7 +123,8 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, dir: &Path) -> Result
             })
             .await
             .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
-            let gens = gens.map_err(|e| datafusion::error::DataFusionError::Execution(format!("generate: prompts {} to {}: {e}", group[0].0, group[group.len() - 1].0)))?;
+            let gens = gens
+                .map_err(|e| datafusion::error::DataFusionError::Execution(format!("generate: prompts {} to {}: {e}", group[0].0, group[group.len() - 1].0)))?;
             let n = done.fetch_add(group.len(), std::sync::atomic::Ordering::Relaxed) + group.len();
             if n * 10 / total.max(1) != (n - group.len()) * 10 / total.max(1) || n == total {
                 eprintln!("  generate: {n}/{total} prompts × {k} samples, {:.1}s", started.elapsed().as_secs_f64());
@@ -160,7 +164,11 @@ pub fn encode_prompt(ck: &Checkpoint, question: &str, images: &[Vec<u8>], dev: &
         None
     } else {
         let cols = values_cols(ck);
-        Some(Tensor::from_vec(values, (grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>(), cols), dev).and_then(|t| t.to_dtype(dtype)).map_err(|e| e.to_string())?)
+        Some(
+            Tensor::from_vec(values, (grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>(), cols), dev)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(|e| e.to_string())?,
+        )
     };
     Ok(Prompt { ids, pixels, grids })
 }

@@ -25,7 +25,11 @@ pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, o: &OpenAiBackend) ->
         "SELECT CAST(prompt_id AS VARCHAR) AS prompt_id, CAST(question AS VARCHAR) AS question, images FROM \"{}\"{filter} ORDER BY prompt_id",
         op.spec.prompts
     );
-    let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| op.fail(format!("prompts `{}` need prompt_id, question, images: {e}", op.spec.prompts)))?.collect().await?;
+    let batches = crate::sql::query(&ctx.session, &q)
+        .await
+        .map_err(|e| op.fail(format!("prompts `{}` need prompt_id, question, images: {e}", op.spec.prompts)))?
+        .collect()
+        .await?;
     let (seed, iteration, k) = (ctx.pipeline.seed, ctx.iteration, op.spec.samples);
     let mut jobs: Vec<(String, u32, u64, Arc<serde_json::Value>)> = Vec::new();
     for b in &batches {

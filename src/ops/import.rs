@@ -44,10 +44,7 @@ struct Files {
 
 impl ImportOp {
     pub fn new(pipeline: &Pipeline, spec: &ImportSpec) -> Result<Self> {
-        let ds = pipeline
-            .datasets
-            .get(&spec.dataset)
-            .ok_or_else(|| OpError::Invalid(format!("unknown dataset `{}`", spec.dataset)))?;
+        let ds = pipeline.datasets.get(&spec.dataset).ok_or_else(|| OpError::Invalid(format!("unknown dataset `{}`", spec.dataset)))?;
         let url = pipeline.resolve_path(&ds.path);
         let prompts = ds.format.and_then(|f| f.prompts_format()).map(|format| crate::data::import::ImportOptions {
             format,
@@ -61,15 +58,7 @@ impl ImportOp {
         if let Some(n) = ds.max_image_pixels {
             limits.max_image_pixels = n;
         }
-        Ok(Self {
-            dataset: spec.dataset.clone(),
-            url,
-            format: ds.format,
-            prompts,
-            limits,
-            limits_set: ds.max_image_pixels.is_some(),
-            synth: ds.synth.clone(),
-        })
+        Ok(Self { dataset: spec.dataset.clone(), url, format: ds.format, prompts, limits, limits_set: ds.max_image_pixels.is_some(), synth: ds.synth.clone() })
     }
 
     fn fail(&self, msg: impl std::fmt::Display) -> OpError {
@@ -85,11 +74,8 @@ impl ImportOp {
         } else {
             loc.store.head(&loc.prefix).await.is_ok()
         };
-        let files: Vec<ObjectMeta> = if single {
-            vec![loc.store.head(&loc.prefix).await.map_err(|e| self.fail(e))?]
-        } else {
-            loc.list("").await.map_err(|e| self.fail(e))?
-        };
+        let files: Vec<ObjectMeta> =
+            if single { vec![loc.store.head(&loc.prefix).await.map_err(|e| self.fail(e))?] } else { loc.list("").await.map_err(|e| self.fail(e))? };
         let format = match self.format {
             Some(f) => f,
             None => files
@@ -97,14 +83,8 @@ impl ImportOp {
                 .find_map(|f| DatasetFormat::from_extension(f.location.as_ref()))
                 .ok_or_else(|| self.fail("cannot tell the format from the file names; set `format: parquet|json|jsonl`"))?,
         };
-        let files: Vec<ObjectMeta> = if single {
-            files
-        } else {
-            files
-                .into_iter()
-                .filter(|f| DatasetFormat::from_extension(f.location.as_ref()) == Some(format))
-                .collect()
-        };
+        let files: Vec<ObjectMeta> =
+            if single { files } else { files.into_iter().filter(|f| DatasetFormat::from_extension(f.location.as_ref()) == Some(format)).collect() };
         if files.is_empty() {
             return Err(self.fail(format!("no {} files found", format.extension())));
         }
@@ -123,17 +103,9 @@ impl ImportOp {
             DatasetFormat::Parquet => Arc::new(ParquetFormat::default()),
             _ => Arc::new(JsonFormat::default()),
         };
-        let urls = f
-            .files
-            .iter()
-            .map(|m| ListingTableUrl::parse(f.loc.object_url(&m.location)))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let urls = f.files.iter().map(|m| ListingTableUrl::parse(f.loc.object_url(&m.location))).collect::<std::result::Result<Vec<_>, _>>()?;
         let options = ListingOptions::new(format).with_file_extension("");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .infer_schema(&ctx.state())
-            .await
-            .map_err(|e| self.fail(e))?;
+        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).infer_schema(&ctx.state()).await.map_err(|e| self.fail(e))?;
         Ok(ListingTable::try_new(config)?)
     }
 

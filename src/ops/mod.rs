@@ -16,11 +16,11 @@ pub mod verify;
 
 use crate::spec::{OpSpec, Pipeline, StageSpec};
 use crate::store::{FileEntry, Manifest, RunStore, StoreError};
+use arrow::array::RecordBatch;
 use arrow_schema::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
-use arrow::array::RecordBatch;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -61,9 +61,12 @@ pub struct OpContext<'a> {
     pub attempt: String,
 }
 
+/// One side table's schema and batches.
+type SideTable = (SchemaRef, Vec<RecordBatch>);
+
 /// Side tables collected in memory while an operator runs.
 #[derive(Clone, Default)]
-pub struct SideTables(Arc<Mutex<BTreeMap<String, (SchemaRef, Vec<RecordBatch>)>>>);
+pub struct SideTables(Arc<Mutex<BTreeMap<String, SideTable>>>);
 
 impl SideTables {
     pub fn push(&self, name: &str, batch: RecordBatch) {
@@ -86,8 +89,7 @@ impl OpContext<'_> {
     /// iteration stage, None for a setup stage (all its rows are iteration 0).
     pub fn this_iteration(&self, stage: &str, alias: &str) -> Option<String> {
         let prefix = if alias.is_empty() { String::new() } else { format!("{alias}.") };
-        (self.pipeline.stage(stage).map(|s| s.scope) == Some(crate::spec::Scope::Iteration))
-            .then(|| format!("{prefix}iteration = {}", self.iteration))
+        (self.pipeline.stage(stage).map(|s| s.scope) == Some(crate::spec::Scope::Iteration)).then(|| format!("{prefix}iteration = {}", self.iteration))
     }
 
     /// Folder of the store (relative path) where a files-producing operator writes.

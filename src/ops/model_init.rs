@@ -42,14 +42,12 @@ impl Operator for ModelInitOp {
                 .find(|(n, _)| *n == self.spec.corpus)
                 .map(|(_, s)| s.clone())
                 .ok_or_else(|| OpError::Invalid(format!("model_init: corpus `{}` has no rows", self.spec.corpus)))?;
-            let cols: Vec<&str> = ["question", "gold_cot", "response", "answer"]
-                .into_iter()
-                .filter(|c| schema.field_with_name(c).is_ok())
-                .collect();
+            let cols: Vec<&str> = ["question", "gold_cot", "response", "answer"].into_iter().filter(|c| schema.field_with_name(c).is_ok()).collect();
             if !cols.contains(&"question") {
                 return Err(OpError::Invalid(format!("model_init: corpus `{}` has no `question` column", self.spec.corpus)));
             }
-            let q = format!("SELECT {} FROM \"{}\"", cols.iter().map(|c| format!("CAST({c} AS VARCHAR) AS {c}")).collect::<Vec<_>>().join(", "), self.spec.corpus);
+            let q =
+                format!("SELECT {} FROM \"{}\"", cols.iter().map(|c| format!("CAST({c} AS VARCHAR) AS {c}")).collect::<Vec<_>>().join(", "), self.spec.corpus);
             let batches = crate::sql::query(&ctx.session, &q).await?.collect().await?;
             let mut texts: Vec<String> = Vec::new();
             for b in &batches {

@@ -3,13 +3,13 @@
 
 use super::generate::resolve_policy;
 use super::generate_hf::{all_images, encode_prompt, hf_source, load_for_inference};
-use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
-use crate::model::qwen_vl::Checkpoint;
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::AnswerType;
 use crate::model::generate::{generate, Request, SamplingParams};
 use crate::model::policy::Policy;
+use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
+use crate::model::qwen_vl::Checkpoint;
 use crate::model::tiny_vlm::image_patches;
 use crate::prm::{mc_labels, Completer, CompletionJob, Gold, LabelTask};
 use crate::spec::PrmLabelSpec;

@@ -2,14 +2,14 @@
 //! that each reasoning step is sound, read at the step's last token; batched, CPU or GPU.
 
 use super::generate::{find_checkpoint, resolve_policy};
-use crate::model::checkpoint;
-use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use super::train::first_image;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::split_steps;
+use crate::model::checkpoint;
 use crate::model::policy::Policy;
 use crate::model::tiny_vlm::image_patches;
 use crate::spec::PrmScoreSpec;
+use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use crate::train::{batch_tensors, Example};
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef;
@@ -48,7 +48,14 @@ pub struct Scorable {
 }
 
 /// A response as a [`Scorable`] for `prm` (None when it has no steps).
-pub fn scorable(prm: &Policy, prompt: &[u32], patches: &[f32], prompt_id: &str, sample_idx: i32, response: &str) -> crate::model::policy::Result<Option<Scorable>> {
+pub fn scorable(
+    prm: &Policy,
+    prompt: &[u32],
+    patches: &[f32],
+    prompt_id: &str,
+    sample_idx: i32,
+    response: &str,
+) -> crate::model::policy::Result<Option<Scorable>> {
     let steps = split_steps(response);
     if steps.is_empty() {
         return Ok(None);
@@ -97,6 +104,8 @@ impl PrmScoreOp {
             return Err(self.fail(format!("the checkpoint of `{name}` is a policy, not a process reward model (train it with objective: prm)")));
         }
         let pad = eos[0];
+        // (prompt_id, sample_idx, steps, example, step ends)
+        #[allow(clippy::type_complexity)]
         let mut items: Vec<(String, i32, Vec<String>, QwenExample, Vec<usize>)> = Vec::new();
         for b in &self.rows(ctx).await? {
             let s = |i: usize| super::strings(b.column(i));
@@ -183,7 +192,9 @@ impl Operator for PrmScoreOp {
                     }
                     let (prompt, patches) = &images[&id];
                     let response = if resp.is_valid(i) { resp.value(i) } else { "" };
-                    if let Some(item) = scorable(&prm, prompt, patches, &id, samples.value(i), response).map_err(|e| self.fail(format!("prompt {id} sample {}: {e}", samples.value(i))))? {
+                    if let Some(item) = scorable(&prm, prompt, patches, &id, samples.value(i), response)
+                        .map_err(|e| self.fail(format!("prompt {id} sample {}: {e}", samples.value(i))))?
+                    {
                         items.push(item);
                     }
                 }
@@ -200,7 +211,8 @@ impl Operator for PrmScoreOp {
             .await
             .map_err(|e| self.fail(e))?
             .map_err(|e| self.fail(e))?;
-            let rows: Vec<(&Scorable, usize, f64)> = items.iter().zip(&scores).flat_map(|(it, sc)| sc.iter().enumerate().map(move |(k, &v)| (it, k, v))).collect();
+            let rows: Vec<(&Scorable, usize, f64)> =
+                items.iter().zip(&scores).flat_map(|(it, sc)| sc.iter().enumerate().map(move |(k, &v)| (it, k, v))).collect();
             eprintln!("  prm_score: {} responses, {} steps ({:.1}s)", items.len(), rows.len(), started.elapsed().as_secs_f64());
             let batch = RecordBatch::try_new(
                 step_scores_schema(),

@@ -19,10 +19,7 @@ pub struct SqlOp {
 
 impl SqlOp {
     pub fn new(pipeline: &Pipeline, stage: &StageSpec) -> Result<Self> {
-        let template = stage
-            .sql_template
-            .clone()
-            .ok_or_else(|| OpError::Invalid(format!("stage {} has no SQL", stage.id)))?;
+        let template = stage.sql_template.clone().ok_or_else(|| OpError::Invalid(format!("stage {} has no SQL", stage.id)))?;
         let p = pipeline.clone();
         let s = stage.clone();
         Ok(Self { stage: stage.id.clone(), template, params: Box::new(move |it| p.params_for(Some(&s), it)) })
@@ -30,8 +27,7 @@ impl SqlOp {
 
     /// The query text at an iteration.
     pub fn query_at(&self, iteration: u32) -> Result<String> {
-        substitute(&self.template, &(self.params)(iteration))
-            .map_err(|e| OpError::Invalid(format!("stage {}: {e}", self.stage)))
+        substitute(&self.template, &(self.params)(iteration)).map_err(|e| OpError::Invalid(format!("stage {}: {e}", self.stage)))
     }
 }
 

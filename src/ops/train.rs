@@ -81,8 +81,9 @@ impl Operator for TrainOp {
             let from_own = own_prev.is_some();
             let from = match own_prev {
                 Some(m) => m,
-                None => checkpoint::latest(manifests(&self.spec.base))
-                    .ok_or_else(|| self.fail(format!("base `{}` has no committed checkpoint", self.spec.base)))?,
+                None => {
+                    checkpoint::latest(manifests(&self.spec.base)).ok_or_else(|| self.fail(format!("base `{}` has no committed checkpoint", self.spec.base)))?
+                }
             };
             let files = checkpoint::read(ctx.store, from).await?;
             let device = crate::model::device();
@@ -128,13 +129,18 @@ impl Operator for TrainOp {
                 return self.pretrain_regions(ctx, policy, state, &filter).await;
             }
             let (q, needs) = super::training_rows_query(&self.spec.data, &filter, prm);
-            let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{}` needs columns {needs}: {e}", self.spec.data)))?.collect().await?;
+            let batches = crate::sql::query(&ctx.session, &q)
+                .await
+                .map_err(|e| self.fail(format!("data `{}` needs columns {needs}: {e}", self.spec.data)))?
+                .collect()
+                .await?;
             let mut examples = Vec::new();
             // each distinct image is decoded once and its patches shared by its examples
             let mut by_image: HashMap<Vec<u8>, Arc<[f32]>> = HashMap::new();
             for b in &batches {
                 let (qs, imgs, rs) = (super::strings(b.column(0))?, b.column(1), super::strings(b.column(2))?);
-                let ls = if prm { Some(arrow::compute::cast(b.column(3), &DataType::List(Arc::new(Field::new("item", DataType::Float64, true))))?) } else { None };
+                let ls =
+                    if prm { Some(arrow::compute::cast(b.column(3), &DataType::List(Arc::new(Field::new("item", DataType::Float64, true))))?) } else { None };
                 for i in 0..b.num_rows() {
                     let (Some(q), Some(r)) = (qs.is_valid(i).then(|| qs.value(i)), rs.is_valid(i).then(|| rs.value(i))) else { continue };
                     let img = first_image(imgs, i).ok_or_else(|| self.fail(format!("row {i} has no image")))?;
@@ -148,11 +154,18 @@ impl Operator for TrainOp {
                         }
                     };
                     let Some(ls) = &ls else {
-                        examples.push(Example { prompt, response: policy.encode_response(r).map_err(|e| self.fail(e))?, patches, features: None, labels: vec![] });
+                        examples.push(Example {
+                            prompt,
+                            response: policy.encode_response(r).map_err(|e| self.fail(e))?,
+                            patches,
+                            features: None,
+                            labels: vec![],
+                        });
                         continue;
                     };
                     let steps = crate::data::answer::split_steps(r);
-                    let row_labels: Vec<Option<f64>> = if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float64Type>().iter().collect() };
+                    let row_labels: Vec<Option<f64>> =
+                        if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float64Type>().iter().collect() };
                     if row_labels.len() != steps.len() || row_labels.iter().any(|l| !l.is_some_and(|l| (0.0..=1.0).contains(&l))) {
                         return Err(self.fail(format!(
                             "data `{}`: a row has {} labels for {} steps, or a label outside [0, 1] (labels {row_labels:?}, response {r:?})",
@@ -244,7 +257,9 @@ impl TrainOp {
             if held_out.is_empty() {
                 return Ok(());
             }
-            let per = trainer.evaluate(&policy, &held_out).map_err(|e| self.fail(format!("eval_data `{}`: {e}", self.spec.eval_data.as_deref().unwrap_or_default())))?;
+            let per = trainer
+                .evaluate(&policy, &held_out)
+                .map_err(|e| self.fail(format!("eval_data `{}`: {e}", self.spec.eval_data.as_deref().unwrap_or_default())))?;
             let (n, c) = per.iter().fold((0, 0), |(n, c), e| (n + e.1, c + e.2));
             eprintln!("  train (regions): held-out accuracy {:.2}% of {n} regions at step {step}", 100.0 * c as f64 / n.max(1) as f64);
             eval_rows.extend(per.into_iter().map(|(l, n, c)| (step as i64, l, n, c)));
@@ -292,7 +307,11 @@ impl TrainOp {
     /// Rows of `images` + `region_labels` of `table` (a deterministic order), as patches.
     async fn region_examples(&self, ctx: &OpContext<'_>, policy: &Policy, table: &str, filter: &str) -> Result<Vec<crate::train::regions::RegionExample>> {
         let q = format!("SELECT images, region_labels FROM \"{table}\"{filter} ORDER BY region_labels, images[1]['bytes']");
-        let batches = crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("`{table}` needs columns images and region_labels: {e}")))?.collect().await?;
+        let batches = crate::sql::query(&ctx.session, &q)
+            .await
+            .map_err(|e| self.fail(format!("`{table}` needs columns images and region_labels: {e}")))?
+            .collect()
+            .await?;
         let mut examples = Vec::new();
         for b in &batches {
             let labels = arrow::compute::cast(b.column(1), &DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))))?;
@@ -301,8 +320,12 @@ impl TrainOp {
                 if labels.is_null(i) {
                     return Err(self.fail(format!("`{table}` row {i} has no region_labels")));
                 }
-                let l: Vec<u32> = labels.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::UInt32Type>().iter().map(|x| x.unwrap_or(u32::MAX)).collect();
-                examples.push(crate::train::regions::RegionExample { patches: image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?, labels: l });
+                let l: Vec<u32> =
+                    labels.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::UInt32Type>().iter().map(|x| x.unwrap_or(u32::MAX)).collect();
+                examples.push(crate::train::regions::RegionExample {
+                    patches: image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?,
+                    labels: l,
+                });
             }
         }
         Ok(examples)

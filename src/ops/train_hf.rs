@@ -12,8 +12,8 @@ use crate::train::qwen::{accumulate, encode, encode_steps, QwenExample};
 use crate::train::{optimizer_step, AdamW, TrainerState};
 use arrow::array::{Array, AsArray};
 use arrow_schema::{DataType, Field};
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Result<OpOutput> {
     let spec = &op.spec;
@@ -74,7 +74,8 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
                 None => encode(&ck, qs.value(i), &images, rs.value(i)).map_err(|e| at(&e))?,
                 Some(ls) => {
                     let steps = crate::data::answer::split_steps(rs.value(i));
-                    let row: Vec<Option<f32>> = if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float32Type>().iter().collect() };
+                    let row: Vec<Option<f32>> =
+                        if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float32Type>().iter().collect() };
                     if row.len() != steps.len() || row.iter().any(|l| !l.is_some_and(|l| (0.0..=1.0).contains(&l))) {
                         return Err(at(&format!("{} labels for {} steps, or a label outside [0, 1] (labels {row:?})", row.len(), steps.len())));
                     }
@@ -138,12 +139,24 @@ fn resume(op: &TrainOp, ctx: &OpContext<'_>, prev: Option<&Path>, ck: &Checkpoin
                 .map_err(|e| op.fail(format!("{}: {e}", sf.display())))?;
             let of = sf.with_file_name(OPTIMIZER_FILE);
             let dev = ck.model.text().embed.embeddings().device().clone();
-            let moments = if of.exists() { candle_core::safetensors::load(&of, &dev).map_err(|e| op.fail(format!("{}: {e}", of.display())))? } else { Default::default() };
+            let moments = if of.exists() {
+                candle_core::safetensors::load(&of, &dev).map_err(|e| op.fail(format!("{}: {e}", of.display())))?
+            } else {
+                Default::default()
+            };
             let opt = AdamW::from_state(spec.adamw.clone(), moments).map_err(|e| op.fail(e))?;
             Ok((TrainerState { schedule: spec.schedule.clone(), adamw: spec.adamw.clone(), ..st }, opt))
         }
         _ => Ok((
-            TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: spec.schedule.clone(), adamw: spec.adamw.clone(), rng: ctx.pipeline.seed ^ 0x5eed, last_loss: None },
+            TrainerState {
+                step: 0,
+                examples_seen: 0,
+                tokens_seen: 0,
+                schedule: spec.schedule.clone(),
+                adamw: spec.adamw.clone(),
+                rng: ctx.pipeline.seed ^ 0x5eed,
+                last_loss: None,
+            },
             AdamW::new(spec.adamw.clone()),
         )),
     }

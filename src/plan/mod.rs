@@ -85,10 +85,7 @@ pub async fn build(p: &Pipeline, ops: &[Box<dyn Operator>]) -> Result<Plan, OpEr
                 (Scope::Iteration, false) => (1..=it).filter(|&i| src.runs_at(i)).collect(),
                 (Scope::Iteration, true) => (1..it).filter(|&i| src.runs_at(i)).collect(),
             };
-            let fingerprints = iterations
-                .iter()
-                .map(|i| fps.get(&(r.stage.clone(), *i)).cloned().unwrap_or_default())
-                .collect();
+            let fingerprints = iterations.iter().map(|i| fps.get(&(r.stage.clone(), *i)).cloned().unwrap_or_default()).collect();
             inputs.push(PlannedInput { stage: r.stage.clone(), iterations, fingerprints });
         }
         let extra = op.fingerprint_extra(it).await?;

@@ -139,7 +139,11 @@ mod tests {
                         .iter()
                         .map(|&s| {
                             let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-                            if u < self.p[j.step_idx as usize] { "Answer: 12".to_string() } else { "Answer: 13".to_string() }
+                            if u < self.p[j.step_idx as usize] {
+                                "Answer: 12".to_string()
+                            } else {
+                                "Answer: 13".to_string()
+                            }
                         })
                         .collect()
                 })
@@ -161,7 +165,7 @@ mod tests {
         let stub = Stub { p: vec![0.9, 0.5, 0.1] };
         let t = task("Step 1: a\nStep 2: b\nStep 3: c\nAnswer: 13");
         for n in [16u32, 4000] {
-            let labels = mc_labels(&stub, &[t.clone()], n, 7, 1).unwrap();
+            let labels = mc_labels(&stub, std::slice::from_ref(&t), n, 7, 1).unwrap();
             assert_eq!(labels.len(), 4);
             for (l, p) in labels.iter().zip(&stub.p) {
                 assert_eq!(l.n, n);
@@ -177,8 +181,8 @@ mod tests {
             assert_eq!(labels[1].step_text, "Step 2: b");
         }
         // same seed, same labels; another run seed, other completions
-        let a = mc_labels(&stub, &[t.clone()], 64, 7, 1).unwrap();
-        assert_eq!(a, mc_labels(&stub, &[t.clone()], 64, 7, 1).unwrap());
+        let a = mc_labels(&stub, std::slice::from_ref(&t), 64, 7, 1).unwrap();
+        assert_eq!(a, mc_labels(&stub, std::slice::from_ref(&t), 64, 7, 1).unwrap());
         assert_ne!(a, mc_labels(&stub, &[t], 64, 8, 1).unwrap());
     }
 

@@ -155,7 +155,11 @@ pub async fn report(stores: &[String], out: &Path) -> Result<Report, Error> {
             .iter()
             .map(|p| plot::Series {
                 label: p.clone(),
-                points: figures.iter().filter(|f| &f.pipeline == p && f.split == *split && f.name == *name).map(|f| (f.iteration as f64, f.mean, f.spread)).collect(),
+                points: figures
+                    .iter()
+                    .filter(|f| &f.pipeline == p && f.split == *split && f.name == *name)
+                    .map(|f| (f.iteration as f64, f.mean, f.spread))
+                    .collect(),
             })
             .filter(|s| !s.points.is_empty())
             .collect();

@@ -81,7 +81,13 @@ impl Chart {
         );
         for t in ticks(y0, y1, 5) {
             let (_, y) = at(x0, t);
-            o += &format!("<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#e5e5e5\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", W - RIGHT, LEFT - 6.0, y + 4.0, fmt_tick(t));
+            o += &format!(
+                "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#e5e5e5\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+                W - RIGHT,
+                LEFT - 6.0,
+                y + 4.0,
+                fmt_tick(t)
+            );
         }
         for t in ticks(x0, x1, 8).into_iter().filter(|t| (t - t.round()).abs() < 1e-9) {
             let (x, _) = at(t, y0);
@@ -139,7 +145,12 @@ impl Chart {
             let label = fmt_tick(t);
             text(&mut img, x - 4.0 * label.len() as f64, H - BOTTOM + 8.0, &label, black);
         }
-        for (a, b) in [((LEFT, TOP), (W - RIGHT, TOP)), ((W - RIGHT, TOP), (W - RIGHT, H - BOTTOM)), ((LEFT, H - BOTTOM), (W - RIGHT, H - BOTTOM)), ((LEFT, TOP), (LEFT, H - BOTTOM))] {
+        for (a, b) in [
+            ((LEFT, TOP), (W - RIGHT, TOP)),
+            ((W - RIGHT, TOP), (W - RIGHT, H - BOTTOM)),
+            ((LEFT, H - BOTTOM), (W - RIGHT, H - BOTTOM)),
+            ((LEFT, TOP), (LEFT, H - BOTTOM)),
+        ] {
             line(&mut img, a, b, black, 1);
         }
         text(&mut img, (LEFT + W - RIGHT) / 2.0 - 4.0 * self.title.chars().count() as f64, 14.0, &self.title, black);
@@ -166,9 +177,7 @@ impl Chart {
             text(&mut img, W - RIGHT + 38.0, ly - 4.0, &s.label, black);
         }
         let mut out = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut out)
-            .write_image_rgb(&img)
-            .expect("encoding a PNG in memory cannot fail");
+        image::codecs::png::PngEncoder::new(&mut out).write_image_rgb(&img).expect("encoding a PNG in memory cannot fail");
         out
     }
 }

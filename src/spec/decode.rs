@@ -2,7 +2,7 @@
 //! recorded (with its YAML path and position) and dropped, and decoding is retried.
 
 use super::yaml::{Seg, YNode, YValue};
-use super::{SpecError, Origin};
+use super::{Origin, SpecError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -27,9 +27,7 @@ impl<'a> Decoder<'a> {
     /// Index of the stage with this id in the spec's `stages` list.
     pub fn stage_index(&self, id: &str) -> Option<usize> {
         match &self.root.get("stages")?.value {
-            YValue::Seq(items) => items.iter().position(|n| {
-                matches!(n.get("id"), Some(YNode { value: YValue::Str(s), .. }) if s == id)
-            }),
+            YValue::Seq(items) => items.iter().position(|n| matches!(n.get("id"), Some(YNode { value: YValue::Str(s), .. }) if s == id)),
             _ => None,
         }
     }
@@ -79,22 +77,11 @@ impl<'a> Decoder<'a> {
 
     /// Like [`decode`] for an operator's own keys: unknown-key errors also list the keys
     /// common to every stage.
-    pub fn decode_op<T: DeserializeOwned>(
-        &mut self,
-        at: &[Seg],
-        op: &str,
-        value: Value,
-        common: &[&str],
-    ) -> Option<T> {
+    pub fn decode_op<T: DeserializeOwned>(&mut self, at: &[Seg], op: &str, value: Value, common: &[&str]) -> Option<T> {
         self.decode_inner(at, value, Some((op, common)))
     }
 
-    fn decode_inner<T: DeserializeOwned>(
-        &mut self,
-        at: &[Seg],
-        mut value: Value,
-        op: Option<(&str, &[&str])>,
-    ) -> Option<T> {
+    fn decode_inner<T: DeserializeOwned>(&mut self, at: &[Seg], mut value: Value, op: Option<(&str, &[&str])>) -> Option<T> {
         let mut removed: Vec<Vec<Seg>> = Vec::new();
         for _ in 0..256 {
             let err = match serde_path_to_error::deserialize::<_, T>(&value) {
@@ -121,13 +108,9 @@ impl<'a> Decoder<'a> {
                     None => format!("unknown key `{field}`"),
                 };
                 match (expected, op) {
-                    (Some(e), Some((_, common))) => {
-                        m.push_str(&format!(" (expected {e}, or a stage key: {})", common.join(", ")))
-                    }
+                    (Some(e), Some((_, common))) => m.push_str(&format!(" (expected {e}, or a stage key: {})", common.join(", "))),
                     (Some(e), None) => m.push_str(&format!(" (expected {e})")),
-                    (None, Some((_, common))) => {
-                        m.push_str(&format!(" (it takes no keys besides: {})", common.join(", ")))
-                    }
+                    (None, Some((_, common))) => m.push_str(&format!(" (it takes no keys besides: {})", common.join(", "))),
                     _ => {}
                 }
                 self.error(&join(at, &rel), m);
@@ -143,9 +126,7 @@ impl<'a> Decoder<'a> {
                 self.error(&join(at, &rel), m);
             }
             // Drop the innermost mapping key on the error path and try again.
-            let Some(cut) = rel.iter().rposition(|s| matches!(s, Seg::Key(_))) else {
-                return None;
-            };
+            let cut = rel.iter().rposition(|s| matches!(s, Seg::Key(_)))?;
             let cut_path = rel[..=cut].to_vec();
             if !remove_key(&mut value, &cut_path) {
                 return None;

@@ -1,8 +1,8 @@
 //! The YAML pipeline spec: typed structs, `--set` overrides, and a validation pass that
 //! reports every error at once with its YAML path and line/column.
 
-pub mod yaml;
 mod decode;
+pub mod yaml;
 
 use crate::sql::params::{substitute, ParamSet};
 use decode::Decoder;
@@ -685,11 +685,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline, SpecErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| SpecErrors {
         file: file.clone(),
-        errors: vec![SpecError {
-            path: String::new(),
-            origin: Origin::Unknown,
-            message: format!("cannot read pipeline file: {e}"),
-        }],
+        errors: vec![SpecError { path: String::new(), origin: Origin::Unknown, message: format!("cannot read pipeline file: {e}") }],
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
@@ -697,12 +693,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline, SpecErrors> {
 }
 
 /// Like [`load`], from text.
-pub fn load_str(
-    text: &str,
-    file: &str,
-    base_dir: &Path,
-    overrides: &[String],
-) -> Result<Pipeline, SpecErrors> {
+pub fn load_str(text: &str, file: &str, base_dir: &Path, overrides: &[String]) -> Result<Pipeline, SpecErrors> {
     let fail = |path: &str, origin: Origin, message: String| SpecErrors {
         file: file.to_string(),
         errors: vec![SpecError { path: path.to_string(), origin, message }],
@@ -716,8 +707,7 @@ pub fn load_str(
         let Some((key, value)) = ov.split_once('=') else {
             return Err(fail(ov, Origin::Override(ov.clone()), "expected KEY=VALUE".into()));
         };
-        let node = yaml::parse_override_value(value, ov)
-            .map_err(|m| fail(key, Origin::Override(ov.clone()), m))?;
+        let node = yaml::parse_override_value(value, ov).map_err(|m| fail(key, Origin::Override(ov.clone()), m))?;
         root.set_path(key.trim(), node).map_err(|m| fail(key, Origin::Override(ov.clone()), m))?;
     }
     let mut v = Validator { dec: Decoder::new(&root), base_dir: base_dir.to_path_buf() };
@@ -826,62 +816,26 @@ impl Validator<'_> {
                 self.dec.error(&at, "a stage is a mapping with id, op, …");
                 continue;
             };
-            let common_json: serde_json::Map<String, Value> = obj
-                .iter()
-                .filter(|(k, _)| COMMON_KEYS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let op_json: serde_json::Map<String, Value> = obj
-                .iter()
-                .filter(|(k, _)| !COMMON_KEYS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let common_json: serde_json::Map<String, Value> =
+                obj.iter().filter(|(k, _)| COMMON_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let op_json: serde_json::Map<String, Value> =
+                obj.iter().filter(|(k, _)| !COMMON_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
             let Some(common) = self.dec.decode::<StageCommon>(&at, Value::Object(common_json)) else {
                 continue;
             };
             let op_at: Vec<Seg> = at.clone();
             let op = match common.op.as_str() {
-                "import" => self
-                    .dec
-                    .decode_op::<ImportSpec>(&op_at, "import", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::Import),
-                "sql" => self
-                    .dec
-                    .decode_op::<SqlSpec>(&op_at, "sql", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::Sql),
-                "verify" => self
-                    .dec
-                    .decode_op::<VerifySpec>(&op_at, "verify", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::Verify),
-                "model_init" => self
-                    .dec
-                    .decode_op::<ModelInitSpec>(&op_at, "model_init", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::ModelInit),
-                "train" => self
-                    .dec
-                    .decode_op::<TrainSpec>(&op_at, "train", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::Train),
-                "generate" => self
-                    .dec
-                    .decode_op::<GenerateSpec>(&op_at, "generate", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::Generate),
-                "eval" => self
-                    .dec
-                    .decode_op::<EvalSpec>(&op_at, "eval", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::Eval),
-                "prm_label" => self
-                    .dec
-                    .decode_op::<PrmLabelSpec>(&op_at, "prm_label", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::PrmLabel),
-                "prm_score" => self
-                    .dec
-                    .decode_op::<PrmScoreSpec>(&op_at, "prm_score", Value::Object(op_json.clone()), COMMON_KEYS)
-                    .map(OpSpec::PrmScore),
+                "import" => self.dec.decode_op::<ImportSpec>(&op_at, "import", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Import),
+                "sql" => self.dec.decode_op::<SqlSpec>(&op_at, "sql", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Sql),
+                "verify" => self.dec.decode_op::<VerifySpec>(&op_at, "verify", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Verify),
+                "model_init" => self.dec.decode_op::<ModelInitSpec>(&op_at, "model_init", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::ModelInit),
+                "train" => self.dec.decode_op::<TrainSpec>(&op_at, "train", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Train),
+                "generate" => self.dec.decode_op::<GenerateSpec>(&op_at, "generate", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Generate),
+                "eval" => self.dec.decode_op::<EvalSpec>(&op_at, "eval", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Eval),
+                "prm_label" => self.dec.decode_op::<PrmLabelSpec>(&op_at, "prm_label", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::PrmLabel),
+                "prm_score" => self.dec.decode_op::<PrmScoreSpec>(&op_at, "prm_score", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::PrmScore),
                 other => {
-                    self.dec.error(
-                        &[key("stages"), Seg::Index(i), key("op")],
-                        format!("unknown op `{other}` (known ops: {})", OP_NAMES.join(", ")),
-                    );
+                    self.dec.error(&[key("stages"), Seg::Index(i), key("op")], format!("unknown op `{other}` (known ops: {})", OP_NAMES.join(", ")));
                     None
                 }
             };
@@ -893,10 +847,7 @@ impl Validator<'_> {
         for (i, c, _, _) in &stages {
             if let Some(first) = first_seen.get(c.id.as_str()) {
                 let first_origin = self.dec.origin(&[key("stages"), Seg::Index(*first), key("id")]);
-                self.dec.error(
-                    &[key("stages"), Seg::Index(*i), key("id")],
-                    format!("duplicate stage id `{}` (first defined at {first_origin})", c.id),
-                );
+                self.dec.error(&[key("stages"), Seg::Index(*i), key("id")], format!("duplicate stage id `{}` (first defined at {first_origin})", c.id));
             } else {
                 first_seen.insert(&c.id, *i);
             }
@@ -907,10 +858,7 @@ impl Validator<'_> {
                 );
             }
         }
-        let scopes: HashMap<String, Scope> = stages
-            .iter()
-            .map(|(_, c, op, _)| (c.id.clone(), c.scope.unwrap_or_else(|| default_scope(op.as_ref()))))
-            .collect();
+        let scopes: HashMap<String, Scope> = stages.iter().map(|(_, c, op, _)| (c.id.clone(), c.scope.unwrap_or_else(|| default_scope(op.as_ref())))).collect();
 
         for (name, ds) in &top.datasets {
             let at = [key("datasets"), key(name)];
@@ -926,7 +874,10 @@ impl Validator<'_> {
             if let Some(n) = ds.max_image_pixels {
                 let at = [key("datasets"), key(name), key("max_image_pixels")];
                 if ds.format.and_then(|f| f.prompts_format()).is_none() {
-                    self.dec.error(&at, format!("dataset `{name}`: `max_image_pixels` applies to the image formats only (format: mathvista, mathv360k, hf or verl)"));
+                    self.dec.error(
+                        &at,
+                        format!("dataset `{name}`: `max_image_pixels` applies to the image formats only (format: mathvista, mathv360k, hf or verl)"),
+                    );
                 } else if n == 0 {
                     self.dec.error(&at, format!("dataset `{name}`: `max_image_pixels` must be at least 1"));
                 }
@@ -941,7 +892,9 @@ impl Validator<'_> {
             let scope = scopes[&common.id];
             match common.every {
                 Some(0) => self.dec.error(&at("every"), "every must be at least 1"),
-                Some(n) if n > 1 && scope == Scope::Setup => self.dec.error(&at("every"), format!("`every: {n}` applies to iteration stages; `{}` is a setup stage", common.id)),
+                Some(n) if n > 1 && scope == Scope::Setup => {
+                    self.dec.error(&at("every"), format!("`every: {n}` applies to iteration stages; `{}` is a setup stage", common.id))
+                }
                 _ => {}
             }
             let mut inputs: Vec<InputRef> = Vec::new();
@@ -963,10 +916,7 @@ impl Validator<'_> {
                     OpSpec::Import(imp) => {
                         if !top.datasets.contains_key(&imp.dataset) {
                             let known: Vec<&str> = top.datasets.keys().map(String::as_str).collect();
-                            self.dec.error(
-                                &at("dataset"),
-                                format!("unknown dataset `{}` (datasets: {})", imp.dataset, list_or_none(&known)),
-                            );
+                            self.dec.error(&at("dataset"), format!("unknown dataset `{}` (datasets: {})", imp.dataset, list_or_none(&known)));
                         }
                     }
                     OpSpec::ModelInit(m) => {
@@ -997,8 +947,12 @@ impl Validator<'_> {
                         }
                         match (t.base.is_empty(), &t.model) {
                             (true, None) => self.dec.error(&at("base"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder)"),
-                            (false, Some(_)) => self.dec.error(&at("model"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder), not both"),
-                            (true, Some(_)) if t.objective == "regions" => self.dec.error(&at("objective"), "a `model` folder trains with objective `sft` or `prm`"),
+                            (false, Some(_)) => {
+                                self.dec.error(&at("model"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder), not both")
+                            }
+                            (true, Some(_)) if t.objective == "regions" => {
+                                self.dec.error(&at("objective"), "a `model` folder trains with objective `sft` or `prm`")
+                            }
                             _ => {}
                         }
                         if t.model.is_none() && (t.lora.is_some() || t.gradient_checkpointing) {
@@ -1012,8 +966,11 @@ impl Validator<'_> {
                         if t.eval_data.is_some() && t.objective != "regions" {
                             self.dec.error(&at("eval_data"), "eval_data applies to objective `regions` only");
                         }
-                        let named: Vec<(&str, &String)> =
-                            [("data", &t.data), ("base", &t.base)].into_iter().chain(t.eval_data.as_ref().map(|e| ("eval_data", e))).filter(|(_, n)| !n.is_empty()).collect();
+                        let named: Vec<(&str, &String)> = [("data", &t.data), ("base", &t.base)]
+                            .into_iter()
+                            .chain(t.eval_data.as_ref().map(|e| ("eval_data", e)))
+                            .filter(|(_, n)| !n.is_empty())
+                            .collect();
                         for (field, name) in named {
                             if let Some(r) = self.check_input(&at(field), &common.id, scope, name, false, &scopes) {
                                 if !inputs.contains(&r) {
@@ -1027,6 +984,7 @@ impl Validator<'_> {
                     }
                     OpSpec::Generate(_) | OpSpec::Eval(_) | OpSpec::PrmLabel(_) | OpSpec::PrmScore(_) => {
                         // tables read, then the list of checkpoint stages (most preferred first)
+                        #[allow(clippy::type_complexity)]
                         let (tables, (ck_field, ck)): (Vec<(&str, &String)>, (&str, &Vec<String>)) = match op {
                             OpSpec::Generate(g) => (vec![("prompts", &g.prompts)], ("policy", &g.policy)),
                             OpSpec::Eval(g) => (vec![("prompts", &g.prompts)], ("policy", &g.policy)),
@@ -1048,7 +1006,8 @@ impl Validator<'_> {
                             OpSpec::Generate(GenerateSpec { openai: Some(o), .. }) if o.concurrency == 0 => {
                                 self.dec.error(&at("openai"), "concurrency must be at least 1");
                             }
-                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. }) | OpSpec::Eval(EvalSpec { model: Some(_), .. })
+                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. })
+                            | OpSpec::Eval(EvalSpec { model: Some(_), .. })
                             | OpSpec::PrmLabel(PrmLabelSpec { model: Some(_), .. }) => {}
                             _ if ck.is_empty() => self.dec.error(&at(ck_field), "name at least one checkpoint stage"),
                             _ => {}
@@ -1176,15 +1135,7 @@ impl Validator<'_> {
         })
     }
 
-    fn check_input(
-        &mut self,
-        path: &[Seg],
-        me: &str,
-        scope: Scope,
-        name: &str,
-        prev: bool,
-        scopes: &HashMap<String, Scope>,
-    ) -> Option<InputRef> {
+    fn check_input(&mut self, path: &[Seg], me: &str, scope: Scope, name: &str, prev: bool, scopes: &HashMap<String, Scope>) -> Option<InputRef> {
         let Some(their) = scopes.get(name) else {
             let mut known: Vec<&str> = scopes.keys().map(String::as_str).collect();
             known.sort();
@@ -1239,14 +1190,7 @@ impl Validator<'_> {
     }
 
     /// Substitutes parameters and parses the query; returns the stage tables it reads.
-    fn check_sql(
-        &mut self,
-        at: &[Seg],
-        text: &str,
-        params: &BTreeMap<String, Scalar>,
-        scope: Scope,
-        id: &str,
-    ) -> Option<Vec<String>> {
+    fn check_sql(&mut self, at: &[Seg], text: &str, params: &BTreeMap<String, Scalar>, scope: Scope, id: &str) -> Option<Vec<String>> {
         let mut ps = ParamSet::new();
         let it = if scope == Scope::Setup { "0" } else { "1" };
         for k in ["iteration", "prev_iteration", "iterations", "seed"] {
@@ -1277,14 +1221,7 @@ impl Validator<'_> {
         // 0 = unvisited, 1 = on stack, 2 = done
         let mut state = vec![0u8; stages.len()];
         let mut reported: Vec<Vec<String>> = Vec::new();
-        fn dfs(
-            u: usize,
-            stages: &[StageSpec],
-            index: &HashMap<&str, usize>,
-            state: &mut Vec<u8>,
-            stack: &mut Vec<usize>,
-            cycles: &mut Vec<Vec<usize>>,
-        ) {
+        fn dfs(u: usize, stages: &[StageSpec], index: &HashMap<&str, usize>, state: &mut Vec<u8>, stack: &mut Vec<usize>, cycles: &mut Vec<Vec<usize>>) {
             state[u] = 1;
             stack.push(u);
             for inp in stages[u].inputs.iter().filter(|r| !r.prev) {
@@ -1323,13 +1260,7 @@ impl Validator<'_> {
                 Some(i) => vec![key("stages"), Seg::Index(i), key("inputs")],
                 None => vec![key("stages")],
             };
-            self.dec.error(
-                &path,
-                format!(
-                    "dependency cycle: {} (to read an earlier iteration of a stage, write `NAME@prev` in inputs)",
-                    names.join(" → ")
-                ),
-            );
+            self.dec.error(&path, format!("dependency cycle: {} (to read an earlier iteration of a stage, write `NAME@prev` in inputs)", names.join(" → ")));
         }
     }
 }
@@ -1341,10 +1272,7 @@ fn default_scope(op: Option<&OpSpec>) -> Scope {
     }
 }
 
-fn merged_params(
-    global: &BTreeMap<String, Scalar>,
-    local: &BTreeMap<String, Scalar>,
-) -> BTreeMap<String, Scalar> {
+fn merged_params(global: &BTreeMap<String, Scalar>, local: &BTreeMap<String, Scalar>) -> BTreeMap<String, Scalar> {
     let mut m = global.clone();
     m.extend(local.iter().map(|(k, v)| (k.clone(), v.clone())));
     m
@@ -1420,7 +1348,9 @@ mod tests {
     #[test]
     fn regions_eval_data_is_an_input_and_only_for_regions() {
         let head = "name: t\nstages:\n  - {id: init, op: model_init, corpus: c}\n  - {id: c, op: sql, scope: setup, query: select 1 as x}\n  - {id: h, op: sql, scope: setup, query: select 1 as x}\n";
-        let train = |objective: &str| format!("{head}  - {{id: v, op: train, objective: {objective}, data: c, eval_data: h, base: init, schedule: {{kind: constant, lr: 0.001}}}}\n");
+        let train = |objective: &str| {
+            format!("{head}  - {{id: v, op: train, objective: {objective}, data: c, eval_data: h, base: init, schedule: {{kind: constant, lr: 0.001}}}}\n")
+        };
         let p = load_str(&train("regions"), "t.yaml", Path::new("."), &[]).unwrap();
         let v = p.stages.iter().find(|s| s.id == "v").unwrap();
         assert!(v.inputs.contains(&InputRef { stage: "h".into(), prev: false }), "{:?}", v.inputs);

@@ -59,10 +59,7 @@ pub fn parse(text: &str) -> Result<YNode, (String, Origin)> {
     match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
         Ok(root) => Ok(from_spanned(root, None)),
         Err(e) => {
-            let origin = e
-                .location()
-                .map(|l| Origin::File { line: l.line(), column: l.column() })
-                .unwrap_or(Origin::Unknown);
+            let origin = e.location().map(|l| Origin::File { line: l.line(), column: l.column() }).unwrap_or(Origin::Unknown);
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
             Err((first, origin))
@@ -128,9 +125,7 @@ impl YNode {
             YValue::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
             YValue::Str(s) => Value::String(s.clone()),
             YValue::Seq(items) => Value::Array(items.iter().map(YNode::to_json).collect()),
-            YValue::Map(items) => {
-                Value::Object(items.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
-            }
+            YValue::Map(items) => Value::Object(items.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
         }
     }
 
@@ -170,9 +165,7 @@ impl YNode {
                         .position(|n| matches!(n.get("id"), Some(YNode { value: YValue::Str(s), .. }) if s == part))
                         .or_else(|| part.parse::<usize>().ok().filter(|i| *i < items.len()));
                     let Some(pos) = pos else {
-                        return Err(format!(
-                            "--set {dotted}: `{here}` has no item with id `{part}`"
-                        ));
+                        return Err(format!("--set {dotted}: `{here}` has no item with id `{part}`"));
                     };
                     if last {
                         items[pos] = value;
@@ -180,11 +173,7 @@ impl YNode {
                     }
                     node = &mut items[pos];
                 }
-                _ => {
-                    return Err(format!(
-                        "--set {dotted}: `{here}` is a scalar, it has no field `{part}`"
-                    ))
-                }
+                _ => return Err(format!("--set {dotted}: `{here}` is a scalar, it has no field `{part}`")),
             }
         }
         unreachable!("loop returns on the last segment")
@@ -192,11 +181,7 @@ impl YNode {
 }
 
 fn from_spanned(s: Spanned<Raw>, _parent: Option<&Origin>) -> YNode {
-    let origin = if s.referenced.line() == 0 {
-        Origin::Unknown
-    } else {
-        Origin::File { line: s.referenced.line(), column: s.referenced.column() }
-    };
+    let origin = if s.referenced.line() == 0 { Origin::Unknown } else { Origin::File { line: s.referenced.line(), column: s.referenced.column() } };
     let value = match s.value {
         Raw::Null => YValue::Null,
         Raw::Bool(b) => YValue::Bool(b),
@@ -204,9 +189,7 @@ fn from_spanned(s: Spanned<Raw>, _parent: Option<&Origin>) -> YNode {
         Raw::Float(f) => YValue::Float(f),
         Raw::Str(s) => YValue::Str(s),
         Raw::Seq(items) => YValue::Seq(items.into_iter().map(|n| from_spanned(n, Some(&origin))).collect()),
-        Raw::Map(items) => YValue::Map(
-            items.into_iter().map(|(k, v)| (k, from_spanned(v, Some(&origin)))).collect(),
-        ),
+        Raw::Map(items) => YValue::Map(items.into_iter().map(|(k, v)| (k, from_spanned(v, Some(&origin)))).collect()),
     };
     YNode { value, origin }
 }

@@ -16,11 +16,7 @@ pub enum OutputFormat {
 }
 
 /// Writes a result stream; returns the number of rows written.
-pub async fn write_stream(
-    mut stream: SendableRecordBatchStream,
-    format: OutputFormat,
-    out: Box<dyn Write + Send>,
-) -> Result<u64, crate::Error> {
+pub async fn write_stream(mut stream: SendableRecordBatchStream, format: OutputFormat, out: Box<dyn Write + Send>) -> Result<u64, crate::Error> {
     let schema = stream.schema();
     let mut rows = 0u64;
     match format {
@@ -57,8 +53,7 @@ pub async fn write_stream(
             w.into_inner().write_all(b"\n")?;
         }
         OutputFormat::Parquet => {
-            let mut w = parquet::arrow::ArrowWriter::try_new(out, schema.clone(), None)
-                .map_err(|e| crate::Error::Usage(e.to_string()))?;
+            let mut w = parquet::arrow::ArrowWriter::try_new(out, schema.clone(), None).map_err(|e| crate::Error::Usage(e.to_string()))?;
             while let Some(b) = stream.next().await {
                 let b = b?;
                 rows += b.num_rows() as u64;

@@ -3,9 +3,9 @@
 
 pub mod format;
 pub mod params;
-pub mod udf;
 #[cfg(test)]
 mod prm_sql_tests;
+pub mod udf;
 
 use crate::store::manifest::OutputKind;
 use crate::store::readonly::ReadOnlyStore;
@@ -15,7 +15,7 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{DataFrame, SessionConfig, SessionContext, SQLOptions};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::resolve::resolve_table_references;
 use std::collections::BTreeMap;
@@ -32,15 +32,8 @@ pub fn new_session() -> SessionContext {
 
 /// `new_session` with a memory pool of `memory_mb` (default: `MSTAR_MEMORY_LIMIT_MB`, else 2048).
 pub fn new_session_with(memory_mb: Option<usize>) -> SessionContext {
-    let limit = memory_mb
-        .or_else(|| std::env::var("MSTAR_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse::<usize>().ok()))
-        .unwrap_or(2048)
-        * 1024
-        * 1024;
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
-        .build_arc()
-        .expect("runtime env");
+    let limit = memory_mb.or_else(|| std::env::var("MSTAR_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse::<usize>().ok())).unwrap_or(2048) * 1024 * 1024;
+    let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limit))).build_arc().expect("runtime env");
     let config = SessionConfig::new().with_information_schema(true);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     udf::register(&ctx);
@@ -88,28 +81,17 @@ pub fn strip_df(e: &DataFusionError) -> String {
 
 /// Makes the store's objects reachable from the session (read-only when asked).
 pub fn attach_store(ctx: &SessionContext, store: &RunStore, read_only: bool) {
-    let os: Arc<dyn object_store::ObjectStore> = if read_only {
-        Arc::new(ReadOnlyStore(store.loc.store.clone()))
-    } else {
-        store.loc.store.clone()
-    };
+    let os: Arc<dyn object_store::ObjectStore> = if read_only { Arc::new(ReadOnlyStore(store.loc.store.clone())) } else { store.loc.store.clone() };
     ctx.register_object_store(&store.loc.url_root, os);
 }
 
 /// Registers one stage as a table over the files of the given committed manifests.
-pub async fn register_stage(
-    ctx: &SessionContext,
-    store: &RunStore,
-    name: &str,
-    manifests: &[&Manifest],
-) -> Result<()> {
+pub async fn register_stage(ctx: &SessionContext, store: &RunStore, name: &str, manifests: &[&Manifest]) -> Result<()> {
     let tables: Vec<&&Manifest> = manifests.iter().filter(|m| m.kind == OutputKind::Table).collect();
     let Some(latest) = tables.iter().max_by_key(|m| m.iteration) else {
         return Ok(());
     };
-    let schema = latest.schema.clone().ok_or_else(|| {
-        DataFusionError::Plan(format!("manifest of {name} at iteration {} has no schema", latest.iteration))
-    })?;
+    let schema = latest.schema.clone().ok_or_else(|| DataFusionError::Plan(format!("manifest of {name} at iteration {} has no schema", latest.iteration)))?;
     let mut urls = Vec::new();
     for m in &tables {
         for f in &m.files {
@@ -117,9 +99,7 @@ pub async fn register_stage(
         }
     }
     let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(Arc::new(schema));
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(Arc::new(schema));
     let table = ListingTable::try_new(config)?;
     ctx.deregister_table(name)?;
     ctx.register_table(name, Arc::new(table))?;
@@ -156,9 +136,7 @@ pub async fn register_run(ctx: &SessionContext, store: &RunStore) -> std::result
             }
         }
         let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(Arc::new(tables[0].schema.clone()));
+        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(Arc::new(tables[0].schema.clone()));
         ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
         names.push(name.to_string());
     }

@@ -53,11 +53,7 @@ pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
     }
     if !missing.is_empty() {
         let known: Vec<&str> = params.0.keys().map(String::as_str).collect();
-        return Err(format!(
-            "unknown SQL parameter {} (known: {})",
-            missing.join(", "),
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-        ));
+        return Err(format!("unknown SQL parameter {} (known: {})", missing.join(", "), if known.is_empty() { "none".to_string() } else { known.join(", ") }));
     }
     out.push_str(rest);
     Ok(out)

@@ -100,8 +100,13 @@ async fn top_k_keeps_the_best_correct_rollouts_and_breaks_ties_by_sample() {
     assert_eq!(r0.len(), 4);
     assert!(r0.iter().all(|r| !r.starts_with("a 3") && !r.starts_with("b 0")), "{r0:?}");
     assert_eq!(r0, run(&ctx, "select_random_k", &[("iteration", "1"), ("k", "2"), ("seed", "0")], "prompt_id, rank").await);
-    let picks: std::collections::BTreeSet<Vec<String>> =
-        futures::future::join_all((0..8).map(|s| { let ctx = ctx.clone(); async move { run(&ctx, "select_random_k", &[("iteration", "1"), ("k", "2"), ("seed", &s.to_string())], "prompt_id, sample_idx").await } })).await.into_iter().collect();
+    let picks: std::collections::BTreeSet<Vec<String>> = futures::future::join_all((0..8).map(|s| {
+        let ctx = ctx.clone();
+        async move { run(&ctx, "select_random_k", &[("iteration", "1"), ("k", "2"), ("seed", &s.to_string())], "prompt_id, sample_idx").await }
+    }))
+    .await
+    .into_iter()
+    .collect();
     assert!(picks.len() > 1, "random-2 ignores the seed");
 }
 

@@ -39,7 +39,7 @@ fn coerce(name: &str, got: &[DataType], want: &[char]) -> Result<Vec<DataType>> 
         .map(|(t, w)| {
             Ok(match (t, w) {
                 (DataType::Null, _) => DataType::Null,
-                (t, 's') if matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..)) => DataType::Utf8,
+                (DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..), 's') => DataType::Utf8,
                 (t, 'i') if t.is_integer() || t.is_floating() => DataType::Int32,
                 (DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..) | DataType::ListView(_), 'l') => utf8_list(),
                 (t, w) => {
@@ -252,7 +252,9 @@ impl ScalarUDFImpl for SynthStepsOk {
             let j = crate::data::synth::judge(sc, mt, r);
             out.push(match &step {
                 None => Some(j.steps_ok),
-                Some(idx) if idx.is_valid(i) && j.steps.len() == answer::split_steps(r).len() => usize::try_from(idx.value(i)).ok().and_then(|k| j.steps.get(k)).map(|v| v.ok),
+                Some(idx) if idx.is_valid(i) && j.steps.len() == answer::split_steps(r).len() => {
+                    usize::try_from(idx.value(i)).ok().and_then(|k| j.steps.get(k)).map(|v| v.ok)
+                }
                 Some(_) => None,
             });
         }
@@ -352,8 +354,8 @@ impl ScalarUDFImpl for SynthCellLabels {
                 b.append_null();
                 continue;
             }
-            let s: crate::data::synth::Scene = serde_json::from_str(scene.value(i))
-                .map_err(|e| DataFusionError::Execution(format!("{}: bad scene JSON in row {i}: {e}", self.name())))?;
+            let s: crate::data::synth::Scene =
+                serde_json::from_str(scene.value(i)).map_err(|e| DataFusionError::Execution(format!("{}: bad scene JSON in row {i}: {e}", self.name())))?;
             b.values().append_slice(&if self.full { s.cell_classes() } else { s.cell_labels() });
             b.append(true);
         }
@@ -403,8 +405,8 @@ impl ScalarUDFImpl for SynthDrills {
                 b.append_null();
                 continue;
             }
-            let s: crate::data::synth::Scene = serde_json::from_str(scene.value(i))
-                .map_err(|e| DataFusionError::Execution(format!("synth_drills: bad scene JSON in row {i}: {e}")))?;
+            let s: crate::data::synth::Scene =
+                serde_json::from_str(scene.value(i)).map_err(|e| DataFusionError::Execution(format!("synth_drills: bad scene JSON in row {i}: {e}")))?;
             for d in crate::data::synth::drills(&s) {
                 let st = b.values();
                 st.field_builder::<StringBuilder>(0).expect("kind builder").append_value(d.kind);

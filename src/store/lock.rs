@@ -17,12 +17,7 @@ pub struct LockInfo {
 
 impl LockInfo {
     pub fn here() -> Self {
-        Self {
-            pid: std::process::id(),
-            host: hostname(),
-            started_at: chrono::Utc::now().to_rfc3339(),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-        }
+        Self { pid: std::process::id(), host: hostname(), started_at: chrono::Utc::now().to_rfc3339(), command: std::env::args().collect::<Vec<_>>().join(" ") }
     }
 
     /// True when the holder is a process of this host that no longer exists.
@@ -60,14 +55,20 @@ impl RunLock {
                             return Err(StoreError::Locked(format!(
                                 "run store {} is locked by another run: pid {} on host {} since {} (`{}`).\n\
                                  If that run is no longer alive, break the stale lock with: mstar unlock {}",
-                                store.display(), h.pid, h.host, h.started_at, h.command, store.display()
+                                store.display(),
+                                h.pid,
+                                h.host,
+                                h.started_at,
+                                h.command,
+                                store.display()
                             )))
                         }
                         None => {
                             return Err(StoreError::Locked(format!(
                                 "run store {} is locked by another run (unreadable lock object {LOCK_FILE}).\n\
                                  If no run is active, break the stale lock with: mstar unlock {}",
-                                store.display(), store.display()
+                                store.display(),
+                                store.display()
                             )))
                         }
                     }
@@ -108,7 +109,10 @@ pub async fn break_lock(store: &RunStore, force: bool) -> Result<Option<LockInfo
         return Err(StoreError::Locked(format!(
             "run store {} is locked by pid {} on this host, which is alive (`{}`, since {}): unlocking would let a second run \
              write beside it. Stop that run first, or pass --force",
-            store.display(), h.pid, h.command, h.started_at
+            store.display(),
+            h.pid,
+            h.command,
+            h.started_at
         )));
     }
     store.delete(&store.loc.path(LOCK_FILE)).await?;

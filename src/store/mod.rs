@@ -77,7 +77,13 @@ pub fn describe_object_store_error(e: &object_store::Error) -> String {
         Some("NoSuchBucket") => format!("no such bucket: {what} (NoSuchBucket) — create the bucket or fix the store URL"),
         Some(c) => format!("the object store answered {what} with {c}"),
         None if full.contains("Connection refused") || full.contains("error sending request") || full.contains("timed out") => {
-            let reason = if full.contains("Connection refused") { "connection refused" } else if full.contains("timed out") { "timed out" } else { "no answer" };
+            let reason = if full.contains("Connection refused") {
+                "connection refused"
+            } else if full.contains("timed out") {
+                "timed out"
+            } else {
+                "no answer"
+            };
             let tries = retries.map(|n| format!(" after {n} retries")).unwrap_or_default();
             format!("cannot reach the object store: {what} failed{tries} ({reason}); check AWS_ENDPOINT_URL and that the server is up")
         }
@@ -130,7 +136,11 @@ impl Location {
             // patient retries: an endpoint that is down for a few seconds (a restart) is waited
             // out (up to ≈ 1 min of backoff per request), not turned into a failed stage
             let retry = object_store::RetryConfig {
-                backoff: object_store::BackoffConfig { init_backoff: std::time::Duration::from_millis(250), max_backoff: std::time::Duration::from_secs(10), base: 3.0 },
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(250),
+                    max_backoff: std::time::Duration::from_secs(10),
+                    base: 3.0,
+                },
                 max_retries: 12,
                 retry_timeout: std::time::Duration::from_secs(180),
             };
@@ -162,11 +172,7 @@ impl Location {
         if local.as_os_str().is_empty() {
             return Err(bad("empty path"));
         }
-        let abs = if local.is_absolute() {
-            local
-        } else {
-            std::env::current_dir().map_err(|e| bad(&e.to_string()))?.join(local)
-        };
+        let abs = if local.is_absolute() { local } else { std::env::current_dir().map_err(|e| bad(&e.to_string()))?.join(local) };
         let abs = normalize(&abs);
         if !abs.exists() {
             if !create {
@@ -175,12 +181,7 @@ impl Location {
             std::fs::create_dir_all(&abs).map_err(|e| bad(&e.to_string()))?;
         }
         let prefix = Path::from_absolute_path(&abs).map_err(|e| bad(&e.to_string()))?;
-        Ok(Self {
-            store: Arc::new(LocalFileSystem::new()),
-            prefix,
-            url_root: Url::parse("file://").expect("static url"),
-            display: abs.display().to_string(),
-        })
+        Ok(Self { store: Arc::new(LocalFileSystem::new()), prefix, url_root: Url::parse("file://").expect("static url"), display: abs.display().to_string() })
     }
 
     /// The object path of `rel` (a /-separated path below the prefix).
@@ -288,10 +289,7 @@ impl RunStore {
 
     pub async fn read_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
         let Some(b) = self.read_bytes(rel).await? else { return Ok(None) };
-        serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt {
-            path: format!("{}/{rel}", self.display()),
-            message: e.to_string(),
-        })
+        serde_json::from_slice(&b).map(Some).map_err(|e| StoreError::Corrupt { path: format!("{}/{rel}", self.display()), message: e.to_string() })
     }
 
     /// Writes a whole object (atomically replacing any previous one).
@@ -365,12 +363,7 @@ impl RunStore {
 
     /// Data files below a stage's folder that no committed manifest lists: leftovers of an
     /// attempt that crashed (or of one that is running now).
-    pub async fn uncommitted_files(
-        &self,
-        stage: &str,
-        iteration: u32,
-        committed: Option<&Manifest>,
-    ) -> Result<Vec<object_store::ObjectMeta>> {
+    pub async fn uncommitted_files(&self, stage: &str, iteration: u32, committed: Option<&Manifest>) -> Result<Vec<object_store::ObjectMeta>> {
         let dir = format!("{}/", Self::table_dir(stage, iteration));
         let ckpt = format!("{}/", Self::files_dir(stage, iteration));
         let mut out = Vec::new();

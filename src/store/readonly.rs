@@ -6,8 +6,8 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RenameOptions, Result,
 };
 use std::ops::Range;
 use std::sync::Arc;
@@ -22,10 +22,7 @@ impl std::fmt::Display for ReadOnlyStore {
 }
 
 fn denied(path: &Path) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "read-only run store",
-        source: format!("refusing to modify `{path}`: the run store is opened read-only").into(),
-    }
+    object_store::Error::Generic { store: "read-only run store", source: format!("refusing to modify `{path}`: the run store is opened read-only").into() }
 }
 
 #[async_trait]
@@ -33,11 +30,7 @@ impl ObjectStore for ReadOnlyStore {
     async fn put_opts(&self, location: &Path, _: PutPayload, _: PutOptions) -> Result<PutResult> {
         Err(denied(location))
     }
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        _: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(&self, location: &Path, _: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
         Err(denied(location))
     }
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -46,10 +39,7 @@ impl ObjectStore for ReadOnlyStore {
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.0.get_ranges(location, ranges).await
     }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
         locations
             .map(|p| match p {
                 Ok(p) => Err(denied(&p)),
@@ -61,11 +51,7 @@ impl ObjectStore for ReadOnlyStore {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         self.0.list(prefix)
     }
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
+    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
         self.0.list_with_offset(prefix, offset)
     }
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {

@@ -5,8 +5,8 @@ use super::{FileEntry, Result, RunStore, StoreError};
 use arrow::array::RecordBatch;
 use arrow_schema::SchemaRef;
 use futures::{Stream, StreamExt};
-use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
+use object_store::ObjectStoreExt;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -35,14 +35,7 @@ struct OpenFile {
 
 /// Writes `stream` as `dir/part-<attempt>-<n>.parquet` files. At least one file is written,
 /// so an empty table still records its schema.
-pub async fn write_table<S, E>(
-    store: &RunStore,
-    dir: &str,
-    attempt: &str,
-    schema: SchemaRef,
-    mut stream: S,
-    opts: &WriteOptions,
-) -> Result<Written>
+pub async fn write_table<S, E>(store: &RunStore, dir: &str, attempt: &str, schema: SchemaRef, mut stream: S, opts: &WriteOptions) -> Result<Written>
 where
     S: Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
     E: std::fmt::Display,
@@ -66,11 +59,7 @@ where
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| StoreError::Other(e.to_string()))?;
         if batch.schema().fields() != schema.fields() {
-            return Err(StoreError::Other(format!(
-                "a batch's schema {:?} differs from the table's schema {:?}",
-                batch.schema(),
-                schema
-            )));
+            return Err(StoreError::Other(format!("a batch's schema {:?} differs from the table's schema {:?}", batch.schema(), schema)));
         }
         let mut offset = 0usize;
         while offset < batch.num_rows() {

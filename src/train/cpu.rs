@@ -5,8 +5,8 @@
 use super::{Example, Partial};
 use crate::model::policy::{ModelError, Policy, Result};
 use crate::model::tiny_vlm::decode_cpu::CpuDecoder;
-use crate::model::tiny_vlm::vision_cpu::CpuVision;
 use crate::model::tiny_vlm::train_cpu::{loss_and_grads, Objective};
+use crate::model::tiny_vlm::vision_cpu::CpuVision;
 use candle_core::{Shape, Tensor};
 
 /// The mean loss of `chunk` and the gradients of that loss × `scale`, by variable name (the
@@ -21,7 +21,10 @@ pub fn sub_batch_grads(policy: &Policy, dec: &CpuDecoder, vision: Option<&CpuVis
     let t = chunk.iter().map(|e| e.prompt.len() + e.response.len()).max().unwrap_or(0);
     let texp = t - 1 + ni;
     if texp > dec.max_positions() {
-        return Err(ModelError::Invalid(format!("a sequence of {texp} positions (image tokens included) exceeds max_position_embeddings {}", dec.max_positions())));
+        return Err(ModelError::Invalid(format!(
+            "a sequence of {texp} positions (image tokens included) exceeds max_position_embeddings {}",
+            dec.max_positions()
+        )));
     }
     let mut patches = Vec::with_capacity(b * np * pd);
     for e in chunk {

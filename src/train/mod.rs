@@ -15,9 +15,17 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
-    Constant { lr: f64 },
+    Constant {
+        lr: f64,
+    },
     /// Linear warm-up to `lr`, then cosine decay to `min_lr` at `total_steps` (flat after).
-    WarmupCosine { lr: f64, warmup_steps: u64, total_steps: u64, #[serde(default)] min_lr: f64 },
+    WarmupCosine {
+        lr: f64,
+        warmup_steps: u64,
+        total_steps: u64,
+        #[serde(default)]
+        min_lr: f64,
+    },
 }
 
 impl Schedule {
@@ -240,15 +248,18 @@ pub fn frozen_features(policy: &Policy, examples: &mut [Example]) -> Result<()> 
     let mut index = std::collections::HashMap::new();
     let which: Vec<usize> = examples
         .iter()
-        .map(|e| *index.entry(std::sync::Arc::as_ptr(&e.patches) as *const f32 as usize).or_insert_with(|| {
-            images.push(e.patches.clone());
-            images.len() - 1
-        }))
+        .map(|e| {
+            *index.entry(std::sync::Arc::as_ptr(&e.patches) as *const f32 as usize).or_insert_with(|| {
+                images.push(e.patches.clone());
+                images.len() - 1
+            })
+        })
         .collect();
     let threads = crate::model::threads().clamp(1, images.len().max(1));
     let per = images.len().div_ceil(threads).max(1);
     let feats: Vec<std::sync::Arc<[f32]>> = std::thread::scope(|s| {
-        let handles: Vec<_> = images.chunks(per).map(|part| s.spawn(|| part.iter().map(|p| std::sync::Arc::from(vision.forward(p, 1))).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> =
+            images.chunks(per).map(|part| s.spawn(|| part.iter().map(|p| std::sync::Arc::from(vision.forward(p, 1))).collect::<Vec<_>>())).collect();
         handles.into_iter().flat_map(|h| h.join().expect("a vision thread panicked")).collect()
     });
     for (e, i) in examples.iter_mut().zip(which) {

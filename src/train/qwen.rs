@@ -40,7 +40,13 @@ impl QwenExample {
 /// prompt, then each step's tokens, steps joined by the tokens of a newline; a step's score is
 /// read at its last token. `labels` (one per step, or none when scoring) become the targets.
 /// Returns the example and the step ends (indices in `ids`).
-pub fn encode_steps<S: AsRef<str>>(ck: &Checkpoint, question: &str, images: &[Vec<u8>], steps: &[S], labels: Option<&[f32]>) -> hf::Result<(QwenExample, Vec<usize>)> {
+pub fn encode_steps<S: AsRef<str>>(
+    ck: &Checkpoint,
+    question: &str,
+    images: &[Vec<u8>],
+    steps: &[S],
+    labels: Option<&[f32]>,
+) -> hf::Result<(QwenExample, Vec<usize>)> {
     let PromptParts { mut ids, pixels, grids, .. } = ck.prompt_parts(question, images)?;
     let prompt_len = ids.len();
     let newline = ck.encode("\n")?;
@@ -277,7 +283,15 @@ mod tests {
     }
 
     fn state() -> TrainerState {
-        TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: Schedule::Constant { lr: 1e-2 }, adamw: AdamWConfig::default(), rng: 0, last_loss: None }
+        TrainerState {
+            step: 0,
+            examples_seen: 0,
+            tokens_seen: 0,
+            schedule: Schedule::Constant { lr: 1e-2 },
+            adamw: AdamWConfig::default(),
+            rng: 0,
+            last_loss: None,
+        }
     }
 
     /// Gradients of one step's loss over `micro` (summed, token-weighted), by variable name.
@@ -373,7 +387,9 @@ mod tests {
         let micro = vec![ex.iter().collect::<Vec<_>>()];
         let mut losses = vec![];
         for _ in 0..6 {
-            losses.push(optimizer_step(&vars, &mut opt, &mut st, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, false, s, g)).unwrap());
+            losses.push(
+                optimizer_step(&vars, &mut opt, &mut st, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, false, s, g)).unwrap(),
+            );
         }
         assert!(losses[5] < losses[0] - 0.1, "loss {losses:?}");
         // after a step B ≠ 0, so every adapter tensor has a gradient
@@ -427,9 +443,17 @@ mod tests {
             let all = ck.all_tensors();
             let (w, b) = (&all["score_head.weight"], all["score_head.bias"].to_vec1::<f32>().unwrap()[0]);
             for (j, &p) in ends.iter().enumerate() {
-                let z = h.get(0).unwrap().get(p).unwrap().unsqueeze(0).unwrap().matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] + b;
+                let z =
+                    h.get(0).unwrap().get(p).unwrap().unsqueeze(0).unwrap().matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                        [0]
+                        + b;
                 let want = 1.0 / (1.0 + (-(z as f64)).exp());
-                assert!((scored[0][j] - want).abs() < 1e-5 && (alone[0][j] - want).abs() < 1e-5, "{name} step {j}: {} / {} vs {want}", scored[0][j], alone[0][j]);
+                assert!(
+                    (scored[0][j] - want).abs() < 1e-5 && (alone[0][j] - want).abs() < 1e-5,
+                    "{name} step {j}: {} / {} vs {want}",
+                    scored[0][j],
+                    alone[0][j]
+                );
             }
             assert_eq!(scored[1].len(), 1);
             // training on the labels
@@ -446,7 +470,8 @@ mod tests {
             assert!((l0 - l0r).abs() < 1e-6 && max_rel(&g, &gr) < 1e-5, "{name}: checkpointed PRM gradients differ");
             let mut last = l0;
             for _ in 0..8 {
-                last = optimizer_step(&vars, &mut opt, &mut st, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, false, s, g)).unwrap();
+                last =
+                    optimizer_step(&vars, &mut opt, &mut st, &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, false, s, g)).unwrap();
             }
             assert!(last < l0 * 0.7, "{name}: BCE {l0} → {last}");
             // saved and reloaded (a model folder with score_head.safetensors), the same scores
@@ -482,7 +507,15 @@ mod bf16 {
         let params = crate::model::generate::SamplingParams { temperature: 1.0, max_new_tokens: 4, ..Default::default() };
         let g = generate_many(&ck.model, &[(&p1, &[1, 2]), (&p2, &[3])], &params, &[])?;
         assert_eq!(g.iter().flatten().map(|x| x.tokens.len()).sum::<usize>(), 12);
-        let state = || TrainerState { step: 0, examples_seen: 0, tokens_seen: 0, schedule: Schedule::Constant { lr: 1e-3 }, adamw: AdamWConfig::default(), rng: 0, last_loss: None };
+        let state = || TrainerState {
+            step: 0,
+            examples_seen: 0,
+            tokens_seen: 0,
+            schedule: Schedule::Constant { lr: 1e-3 },
+            adamw: AdamWConfig::default(),
+            rng: 0,
+            last_loss: None,
+        };
         let lora = LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "v_proj".into()] };
         for (mut ck, recompute) in [
             (Checkpoint::load_with_new_adapter(&dir, lora, 0, dt, &dev).map_err(|e| bad(&e))?, false),
@@ -498,7 +531,9 @@ mod bf16 {
             let (pe, ends) = encode_steps(&ck, "How many?", std::slice::from_ref(&img), &["Look.", "Three."], Some(&[1.0, 0.0])).map_err(|e| bad(&e))?;
             let vars = ck.trainable();
             let micro = vec![vec![&pe]];
-            optimizer_step(&vars, &mut AdamW::new(AdamWConfig::default()), &mut state(), &micro, Some(1.0), QwenExample::targets, |mb, s, g| accumulate(&ck, mb, 0, recompute, s, g))?;
+            optimizer_step(&vars, &mut AdamW::new(AdamWConfig::default()), &mut state(), &micro, Some(1.0), QwenExample::targets, |mb, s, g| {
+                accumulate(&ck, mb, 0, recompute, s, g)
+            })?;
             let scores = score_steps(&ck, &[&pe], &[&ends], 0)?;
             assert!(scores[0].iter().all(|s| (0.0..=1.0).contains(s)));
         }

@@ -295,15 +295,7 @@ fn filter_with(rng: &mut Rng, scene: &Scene, min: usize) -> Option<Filter> {
 }
 
 fn meta(qtype: &str, hard: bool, a: Option<Filter>, b: Option<Filter>, answer: i64) -> QuestionMeta {
-    QuestionMeta {
-        qtype: qtype.to_string(),
-        hard,
-        filter_a: a,
-        filter_b: b,
-        choices: None,
-        answer: answer.to_string(),
-        answer_letter: None,
-    }
+    QuestionMeta { qtype: qtype.to_string(), hard, filter_a: a, filter_b: b, choices: None, answer: answer.to_string(), answer_letter: None }
 }
 
 // ---------- question builders ----------
@@ -346,11 +338,7 @@ fn build_sum(rng: &mut Rng, scene: &Scene, hard: bool, mc: bool) -> Option<Draft
         m.answer_letter = Some(LETTERS[gold].to_string());
         m.choices = Some(choices);
     }
-    Some(Draft {
-        meta: m,
-        question: format!("What is the sum of the numbers on the {} shapes?", f.text()),
-        steps: vec![listing_step(scene, &f), add_step(&d)],
-    })
+    Some(Draft { meta: m, question: format!("What is the sum of the numbers on the {} shapes?", f.text()), steps: vec![listing_step(scene, &f), add_step(&d)] })
 }
 
 /// Four numeric options (truth + 3 distractors) and the index of the truth.
@@ -392,11 +380,7 @@ fn build_difference(rng: &mut Rng, scene: &Scene, hard: bool) -> Option<Draft> {
         }
         return Some(Draft {
             meta: meta("difference", hard, Some(fa), Some(fb), mx - mn),
-            question: format!(
-                "What is the largest number on a {} shape minus the smallest number on a {} shape?",
-                fa.text(),
-                fb.text()
-            ),
+            question: format!("What is the largest number on a {} shape minus the smallest number on a {} shape?", fa.text(), fb.text()),
             steps: vec![
                 listing_step(scene, &fa),
                 format!("The largest is {mx}."),
@@ -410,11 +394,8 @@ fn build_difference(rng: &mut Rng, scene: &Scene, hard: bool) -> Option<Draft> {
 }
 
 fn build_product(rng: &mut Rng, scene: &Scene, hard: bool) -> Option<Draft> {
-    let unique: Vec<&Object> = scene
-        .objects
-        .iter()
-        .filter(|o| scene.objects.iter().filter(|p| p.colour == o.colour && p.shape == o.shape).count() == 1)
-        .collect();
+    let unique: Vec<&Object> =
+        scene.objects.iter().filter(|o| scene.objects.iter().filter(|p| p.colour == o.colour && p.shape == o.shape).count() == 1).collect();
     if unique.is_empty() {
         return None;
     }
@@ -429,18 +410,8 @@ fn build_product(rng: &mut Rng, scene: &Scene, hard: bool) -> Option<Draft> {
         let k = scene.matching(&f).len();
         return Some(Draft {
             meta: meta("product", hard, Some(tf), Some(f), n * k as i64),
-            question: format!(
-                "What is the number on the {} {} times the number of {} shapes?",
-                t.colour.name(),
-                t.shape.name(),
-                f.text()
-            ),
-            steps: vec![
-                format!("The {} {} shows {n}.", t.colour.name(), t.shape.name()),
-                listing_step(scene, &f),
-                count_step(&f, k),
-                mul_step(n, k as i64),
-            ],
+            question: format!("What is the number on the {} {} times the number of {} shapes?", t.colour.name(), t.shape.name(), f.text()),
+            steps: vec![format!("The {} {} shows {n}.", t.colour.name(), t.shape.name()), listing_step(scene, &f), count_step(&f, k), mul_step(n, k as i64)],
         });
     }
     None
@@ -456,8 +427,7 @@ fn build_compare(rng: &mut Rng, scene: &Scene, hard: bool) -> Option<Draft> {
     let mut order = Colour::ALL;
     rng.shuffle(&mut order);
     let gold = order.iter().position(|&c| c == best)?;
-    let mut steps: Vec<String> =
-        order.iter().map(|c| format!("The {} numbers add up to {}.", c.name(), sums[c.index()])).collect();
+    let mut steps: Vec<String> = order.iter().map(|c| format!("The {} numbers add up to {}.", c.name(), sums[c.index()])).collect();
     steps.push(format!("The most is {}.", best.name()));
     Some(Draft {
         meta: QuestionMeta {
@@ -489,18 +459,8 @@ fn build_sum_minus_count(rng: &mut Rng, scene: &Scene, hard: bool) -> Option<Dra
         }
         return Some(Draft {
             meta: meta("sum_minus_count", hard, Some(fa), Some(fb), s - k as i64),
-            question: format!(
-                "What is the sum of the numbers on the {} shapes minus the number of {} shapes?",
-                fa.text(),
-                fb.text()
-            ),
-            steps: vec![
-                listing_step(scene, &fa),
-                add_step(&d),
-                listing_step(scene, &fb),
-                count_step(&fb, k),
-                sub_step(s, k as i64),
-            ],
+            question: format!("What is the sum of the numbers on the {} shapes minus the number of {} shapes?", fa.text(), fb.text()),
+            steps: vec![listing_step(scene, &fa), add_step(&d), listing_step(scene, &fb), count_step(&fb, k), sub_step(s, k as i64)],
         });
     }
     None
@@ -517,18 +477,8 @@ fn build_max_times_count(rng: &mut Rng, scene: &Scene, hard: bool) -> Option<Dra
         let k = scene.matching(&fb).len();
         return Some(Draft {
             meta: meta("max_times_count", hard, Some(fa), Some(fb), mx * k as i64),
-            question: format!(
-                "What is the largest number on a {} shape times the number of {} shapes?",
-                fa.text(),
-                fb.text()
-            ),
-            steps: vec![
-                listing_step(scene, &fa),
-                format!("The largest is {mx}."),
-                listing_step(scene, &fb),
-                count_step(&fb, k),
-                mul_step(mx, k as i64),
-            ],
+            question: format!("What is the largest number on a {} shape times the number of {} shapes?", fa.text(), fb.text()),
+            steps: vec![listing_step(scene, &fa), format!("The largest is {mx}."), listing_step(scene, &fb), count_step(&fb, k), mul_step(mx, k as i64)],
         });
     }
     None
@@ -686,7 +636,8 @@ mod tests {
                 assert!(q.ends_with('?'), "{q}");
                 let mut lines = x.response.lines();
                 let r = lines.next().and_then(|l| l.strip_prefix("Step 1: ")).unwrap_or_else(|| panic!("not `Step 1: …`: {}", x.response));
-                let answer: Option<i64> = lines.next().map(|l| l.strip_prefix("Answer: ").and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("bad answer line: {l}")));
+                let answer: Option<i64> =
+                    lines.next().map(|l| l.strip_prefix("Answer: ").and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("bad answer line: {l}")));
                 assert!(lines.next().is_none(), "{}", x.response);
                 assert_eq!(answer.is_none(), ["listing", "most"].contains(&x.kind), "{}", x.response);
                 // the numbers the question gives (arithmetic drills), in order
@@ -694,7 +645,11 @@ mod tests {
                 let claim = oracle::parse_claim(r.strip_suffix('.').unwrap_or(r).trim()).or_else(|| oracle::parse_claim(r));
                 let claim = claim.unwrap_or_else(|| panic!("not a step of the grammar: {r}"));
                 let result = match &claim {
-                    oracle::Claim::Read(_, _, n) | oracle::Claim::Count(_, n) | oracle::Claim::ColourSum(_, n) | oracle::Claim::Largest(n) | oracle::Claim::Smallest(n) => Some(*n),
+                    oracle::Claim::Read(_, _, n)
+                    | oracle::Claim::Count(_, n)
+                    | oracle::Claim::ColourSum(_, n)
+                    | oracle::Claim::Largest(n)
+                    | oracle::Claim::Smallest(n) => Some(*n),
                     oracle::Claim::Add(_, n) | oracle::Claim::Sub(_, _, n) | oracle::Claim::Mul(_, _, n) => Some(*n),
                     _ => None,
                 };
@@ -711,7 +666,8 @@ mod tests {
                     oracle::Claim::Mul(a, b, c) => vec![a, b] == given && a * b == c,
                     oracle::Claim::Most(c) => {
                         let sums = ex.scene.colour_sums();
-                        given == Colour::ALL.iter().map(|c| sums[c.index()]).collect::<Vec<_>>() && sums.iter().all(|&s| s < sums[c.index()] || s == sums[c.index()])
+                        given == Colour::ALL.iter().map(|c| sums[c.index()]).collect::<Vec<_>>()
+                            && sums.iter().all(|&s| s < sums[c.index()] || s == sums[c.index()])
                             && sums.iter().filter(|&&s| s == sums[c.index()]).count() == 1
                     }
                 };

@@ -229,9 +229,7 @@ fn judge_claim(scene: &Scene, st: &mut State, claim: &Claim) -> Result<(), Strin
             let truth = if largest { d.iter().max() } else { d.iter().min() };
             match truth {
                 None => return Err("the last listing is empty".to_string()),
-                Some(t) if t != n => {
-                    return Err(format!("wrong {} of the last listing", if largest { "largest" } else { "smallest" }))
-                }
+                Some(t) if t != n => return Err(format!("wrong {} of the last listing", if largest { "largest" } else { "smallest" })),
                 Some(_) => {}
             }
             st.numbers.insert(*n);
@@ -381,15 +379,7 @@ mod tests {
     }
 
     fn meta(qtype: &str, answer: &str) -> QuestionMeta {
-        QuestionMeta {
-            qtype: qtype.into(),
-            hard: false,
-            filter_a: None,
-            filter_b: None,
-            choices: None,
-            answer: answer.into(),
-            answer_letter: None,
-        }
+        QuestionMeta { qtype: qtype.into(), hard: false, filter_a: None, filter_b: None, choices: None, answer: answer.into(), answer_letter: None }
     }
 
     fn reasons(j: &Judgement) -> Vec<Option<String>> {
@@ -474,8 +464,7 @@ mod tests {
     #[test]
     fn difference_and_largest_smallest() {
         let m = meta("difference", "5");
-        let gold =
-            "Step 1: The red shapes show 3, 7, 1.\nStep 2: The largest is 7.\nStep 3: The square shapes show 2, 7.\n\
+        let gold = "Step 1: The red shapes show 3, 7, 1.\nStep 2: The largest is 7.\nStep 3: The square shapes show 2, 7.\n\
                     Step 4: The smallest is 2.\nStep 5: 7 - 2 = 5.\nAnswer: 5";
         assert!(judge(&scene(), &m, gold).steps_ok);
         let bad = gold.replace("The smallest is 2", "The smallest is 1");
@@ -517,8 +506,7 @@ mod tests {
             assert!(!j.answer_correct && !j.steps_ok, "{bad}");
         }
         // skipping a colour makes the conclusion unsupported
-        let j =
-            judge(&scene(), &m, &format!("{}Answer: B", steps.replace("Step 4: The green numbers add up to 0.\n", "")));
+        let j = judge(&scene(), &m, &format!("{}Answer: B", steps.replace("Step 4: The green numbers add up to 0.\n", "")));
         assert!(!j.steps_ok && j.answer_correct);
         // wrong conclusion
         let j = judge(&scene(), &m, &format!("{}Answer: A", steps.replace("most is red", "most is blue")));
@@ -540,14 +528,8 @@ mod tests {
             parse_claim("There are 0 blue triangle shapes."),
             Some(Claim::Count(Filter { colour: Some(Colour::Blue), shape: Some(Shape::Triangle) }, 0))
         );
-        assert_eq!(
-            parse_claim("There are no green shapes."),
-            Some(Claim::Listing(Filter { colour: Some(Colour::Green), shape: None }, vec![]))
-        );
-        assert_eq!(
-            parse_claim("The circle shapes show 5."),
-            Some(Claim::Listing(Filter { colour: None, shape: Some(Shape::Circle) }, vec![5]))
-        );
+        assert_eq!(parse_claim("There are no green shapes."), Some(Claim::Listing(Filter { colour: Some(Colour::Green), shape: None }, vec![])));
+        assert_eq!(parse_claim("The circle shapes show 5."), Some(Claim::Listing(Filter { colour: None, shape: Some(Shape::Circle) }, vec![5])));
         assert_eq!(parse_claim("3 + 4 = 7."), Some(Claim::Add(vec![3, 4], 7)));
         assert_eq!(parse_claim("3 = 3."), None);
         assert_eq!(parse_claim("3 + x = 7."), None);

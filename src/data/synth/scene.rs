@@ -310,8 +310,7 @@ impl Scene {
             let fill = Rgb(o.colour.rgb());
             for py in o.y..o.y + o.h {
                 for px in o.x..o.x + o.w {
-                    if o.contains(px, py) && px >= 0 && py >= 0 && (px as u32) < self.width && (py as u32) < self.height
-                    {
+                    if o.contains(px, py) && px >= 0 && py >= 0 && (px as u32) < self.width && (py as u32) < self.height {
                         img.put_pixel(px as u32, py as u32, fill);
                     }
                 }

@@ -90,7 +90,8 @@ impl ChatTemplate {
         let text = self.render(&msgs, false).ok()?;
         let after = &text[text.find(MARK)? + MARK.len()..];
         let enc = tokenizer.encode(after, false).ok()?;
-        let special: std::collections::HashSet<u32> = tokenizer.get_added_vocabulary().get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        let special: std::collections::HashSet<u32> =
+            tokenizer.get_added_vocabulary().get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
         enc.get_ids().iter().copied().find(|id| special.contains(id))
     }
 }

@@ -104,7 +104,10 @@ impl ImageProcessor {
         let pre = dir.join("preprocessor_config.json");
         let proc = dir.join("processor_config.json");
         // transformers_version of config.json: which generation of class names the folder speaks
-        let v5 = read_json(&dir.join("config.json")).ok().and_then(|c| c.get("transformers_version")?.as_str().map(|v| v.split('.').next().unwrap_or("0").parse::<u32>().unwrap_or(0) >= 5)).unwrap_or(false);
+        let v5 = read_json(&dir.join("config.json"))
+            .ok()
+            .and_then(|c| c.get("transformers_version")?.as_str().map(|v| v.split('.').next().unwrap_or("0").parse::<u32>().unwrap_or(0) >= 5))
+            .unwrap_or(false);
         if pre.exists() {
             Self::from_value(&read_json(&pre)?, &pre, v5)
         } else if proc.exists() {
@@ -136,7 +139,10 @@ impl ImageProcessor {
                 }
             }
             Some(other) => {
-                return Err(invalid(path, format!("`image_processor_type` {other} is not supported (Qwen2VLImageProcessor, Qwen2VLImageProcessorFast, Qwen2VLImageProcessorPil are)")));
+                return Err(invalid(
+                    path,
+                    format!("`image_processor_type` {other} is not supported (Qwen2VLImageProcessor, Qwen2VLImageProcessorFast, Qwen2VLImageProcessorPil are)"),
+                ));
             }
         };
         let mut p = ImageProcessor { backend, ..ImageProcessor::default() };
@@ -180,9 +186,10 @@ impl ImageProcessor {
             }
         }
         if let Some(x) = v.get("resample") {
-            p.resample = x.as_i64().and_then(Filter::from_pil).ok_or_else(|| {
-                invalid(path, format!("`resample` {x} is not supported (2 = bilinear and 3 = bicubic are)"))
-            })?;
+            p.resample = x
+                .as_i64()
+                .and_then(Filter::from_pil)
+                .ok_or_else(|| invalid(path, format!("`resample` {x} is not supported (2 = bilinear and 3 = bicubic are)")))?;
         }
         if p.patch_size == 0 || p.merge_size == 0 || p.temporal_patch_size == 0 || p.min_pixels > p.max_pixels {
             return Err(invalid(path, "patch_size, merge_size and temporal_patch_size must be > 0 and min_pixels ≤ max_pixels"));
@@ -203,11 +210,7 @@ impl ImageProcessor {
     /// Interleaved RGB8 pixels (w × h) → patches.
     pub fn preprocess_rgb8(&self, rgb: &[u8], w: usize, h: usize) -> Result<Pixels> {
         let factor = self.patch_size * self.merge_size;
-        let (rh, rw) = if self.do_resize {
-            smart_resize(h, w, factor, self.min_pixels, self.max_pixels).map_err(HfError::Image)?
-        } else {
-            (h, w)
-        };
+        let (rh, rw) = if self.do_resize { smart_resize(h, w, factor, self.min_pixels, self.max_pixels).map_err(HfError::Image)? } else { (h, w) };
         if rh % factor != 0 || rw % factor != 0 {
             return Err(HfError::Image(format!("a {w}×{h} image is not a multiple of {factor} pixels and do_resize is off")));
         }

@@ -85,12 +85,7 @@ struct Coeffs {
 
 /// Normalized float weights over [0, in_size), Pillow's `precompute_coeffs` (ATen's
 /// `_compute_indices_min_size_weights_aa` is the same loop): bounds, ksize, weights.
-fn float_coeffs(
-    in_size: usize,
-    out_size: usize,
-    filter: Filter,
-    kernel: fn(Filter, f64) -> f64,
-) -> (Vec<(usize, usize)>, usize, Vec<f64>) {
+fn float_coeffs(in_size: usize, out_size: usize, filter: Filter, kernel: fn(Filter, f64) -> f64) -> (Vec<(usize, usize)>, usize, Vec<f64>) {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
@@ -248,10 +243,8 @@ mod tests {
     #[test]
     fn torch_resize_matches_torchvision_on_photos() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/model/photos");
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("torch_resized.json")).unwrap()).unwrap();
-        let want =
-            candle_core::safetensors::load(dir.join("torch_resized.safetensors"), &candle_core::Device::Cpu).unwrap();
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("torch_resized.json")).unwrap()).unwrap();
+        let want = candle_core::safetensors::load(dir.join("torch_resized.safetensors"), &candle_core::Device::Cpu).unwrap();
         let cases = meta["cases"].as_array().unwrap();
         assert!(cases.len() >= 20, "{} cases", cases.len());
         let mut bad = Vec::new();

@@ -167,7 +167,9 @@ impl Keys<'_> {
     }
 
     pub fn uint(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key).map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| invalid(self.path, format!("{} must be a non-negative integer, got {x}", self.name(key))))).transpose()
+        self.get(key)
+            .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| invalid(self.path, format!("{} must be a non-negative integer, got {x}", self.name(key)))))
+            .transpose()
     }
 
     pub fn float(&self, key: &str) -> Result<Option<f64>> {
@@ -185,8 +187,21 @@ impl Keys<'_> {
 
 /// Keys of the language model that transformers reads from `text_config` when there is one.
 const TEXT_KEYS: &[&str] = &[
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-    "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters", "hidden_act", "use_sliding_window", "max_window_layers", "attention_bias",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "hidden_act",
+    "use_sliding_window",
+    "max_window_layers",
+    "attention_bias",
 ];
 
 /// The language model's shape and the Qwen2 / Qwen3 differences.
@@ -226,7 +241,10 @@ impl DecoderSpec {
                 for k in TEXT_KEYS {
                     if let (Some(a), Some(b)) = (top.get(k), obj.get(k).filter(|x| !x.is_null())) {
                         if a != b {
-                            return Err(invalid(path, format!("`{k}` is {a} at the top level but {b} in `text_config` (transformers reads text_config): contradictory")));
+                            return Err(invalid(
+                                path,
+                                format!("`{k}` is {a} at the top level but {b} in `text_config` (transformers reads text_config): contradictory"),
+                            ));
                         }
                     }
                 }
@@ -234,7 +252,10 @@ impl DecoderSpec {
             }
             None if generation == Generation::Qwen3 => {
                 if let Some(k) = TEXT_KEYS.iter().find(|k| top.get(k).is_some()) {
-                    return Err(invalid(path, format!("`{k}` is at the top level, but Qwen3-VL reads its language model from `text_config`, which this file lacks")));
+                    return Err(invalid(
+                        path,
+                        format!("`{k}` is at the top level, but Qwen3-VL reads its language model from `text_config`, which this file lacks"),
+                    ));
                 }
                 Keys { obj: &Value::Null, at: "text_config", path }
             }
@@ -250,17 +271,26 @@ impl DecoderSpec {
             _ => t.uint("num_key_value_heads")?.or(d.num_key_value_heads).unwrap_or(heads),
         };
         if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
-            return Err(invalid(path, format!("{} = {heads} must be a positive multiple of {} = {kv}", t.name("num_attention_heads"), t.name("num_key_value_heads"))));
+            return Err(invalid(
+                path,
+                format!("{} = {heads} must be a positive multiple of {} = {kv}", t.name("num_attention_heads"), t.name("num_key_value_heads")),
+            ));
         }
         let head_dim = match generation {
             Generation::Qwen25 => {
                 // Qwen2.5-VL's attention always uses hidden_size / heads
                 if !hidden.is_multiple_of(heads) {
-                    return Err(invalid(path, format!("{} = {hidden} must be divisible by {} = {heads}", t.name("hidden_size"), t.name("num_attention_heads"))));
+                    return Err(invalid(
+                        path,
+                        format!("{} = {hidden} must be divisible by {} = {heads}", t.name("hidden_size"), t.name("num_attention_heads")),
+                    ));
                 }
                 let hd = hidden / heads;
                 if let Some(given) = t.uint("head_dim")?.filter(|&g| g != hd) {
-                    return Err(invalid(path, format!("{} = {given} contradicts hidden_size / num_attention_heads = {hd}, which Qwen2.5-VL's attention uses", t.name("head_dim"))));
+                    return Err(invalid(
+                        path,
+                        format!("{} = {given} contradicts hidden_size / num_attention_heads = {hd}, which Qwen2.5-VL's attention uses", t.name("head_dim")),
+                    ));
                 }
                 hd
             }
@@ -274,7 +304,10 @@ impl DecoderSpec {
         }
         let layers = uint("num_hidden_layers", d.num_hidden_layers)?;
         if generation == Generation::Qwen25 && t.bool("use_sliding_window")?.unwrap_or(false) && uint("max_window_layers", 80)? < layers {
-            return Err(invalid(path, format!("{} with max_window_layers < num_hidden_layers (sliding-window layers) is not supported", t.name("use_sliding_window"))));
+            return Err(invalid(
+                path,
+                format!("{} with max_window_layers < num_hidden_layers (sliding-window layers) is not supported", t.name("use_sliding_window")),
+            ));
         }
         let (theta, mrope_axes) = rope(&t, generation, &d, head_dim)?;
         let text = TextConfig {
@@ -332,7 +365,10 @@ impl DecoderSpec {
             Some(embed) => {
                 let head = &tensors[HEAD];
                 let same = embed.shape() == head.shape()
-                    && (embed - head).and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()).map_err(|e| invalid(path, e.to_string()))? == 0.0;
+                    && (embed - head)
+                        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>())
+                        .map_err(|e| invalid(path, e.to_string()))?
+                        == 0.0;
                 if same {
                     tensors.remove(HEAD);
                 } else {
@@ -359,7 +395,10 @@ fn rope(t: &Keys, generation: Generation, d: &TextDefaults, head_dim: usize) -> 
         (Some(s), Some(p)) => {
             for (k, a) in s.as_object().expect("object") {
                 if let Some(b) = p.get(k).filter(|b| *b != a) {
-                    return Err(invalid(path, format!("{} and {} disagree on `{k}` ({a} vs {b}): contradictory", t.name("rope_scaling"), t.name("rope_parameters"))));
+                    return Err(invalid(
+                        path,
+                        format!("{} and {} disagree on `{k}` ({a} vs {b}): contradictory", t.name("rope_scaling"), t.name("rope_parameters")),
+                    ));
                 }
             }
             (s, "rope_scaling")
@@ -372,7 +411,10 @@ fn rope(t: &Keys, generation: Generation, d: &TextDefaults, head_dim: usize) -> 
     let r = Keys { obj: rope, at: &at, path };
     let theta = match (r.float("rope_theta")?, t.float("rope_theta")?) {
         (Some(a), Some(b)) if a != b => {
-            return Err(invalid(path, format!("{} = {a} and {} = {b}: contradictory (transformers uses the first)", r.name("rope_theta"), t.name("rope_theta"))));
+            return Err(invalid(
+                path,
+                format!("{} = {a} and {} = {b}: contradictory (transformers uses the first)", r.name("rope_theta"), t.name("rope_theta")),
+            ));
         }
         (a, b) => a.or(b).unwrap_or(d.rope_theta),
     };
@@ -399,7 +441,10 @@ fn rope(t: &Keys, generation: Generation, d: &TextDefaults, head_dim: usize) -> 
             }
             // the rotary half split into the sections, section i on axis i mod 3
             if section.iter().sum::<usize>() != half {
-                return Err(invalid(path, format!("{} {section:?} must sum to head_dim/2 = {half} (transformers splits each head's rotary half by it)", r.name("mrope_section"))));
+                return Err(invalid(
+                    path,
+                    format!("{} {section:?} must sum to head_dim/2 = {half} (transformers splits each head's rotary half by it)", r.name("mrope_section")),
+                ));
             }
             section.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i % 3, n)).collect()
         }
@@ -411,7 +456,17 @@ fn rope(t: &Keys, generation: Generation, d: &TextDefaults, head_dim: usize) -> 
                 return Err(invalid(path, format!("{} {section:?} needs 3 entries (temporal, height, width)", r.name("mrope_section"))));
             }
             // apply_interleaved_mrope: height at 1, 4, … below 3·s[1]; width at 2, 5, … below 3·s[2]; the rest temporal
-            (0..half).map(|j| if j % 3 == 1 && j < 3 * section[1] { 1 } else if j % 3 == 2 && j < 3 * section[2] { 2 } else { 0 }).collect()
+            (0..half)
+                .map(|j| {
+                    if j % 3 == 1 && j < 3 * section[1] {
+                        1
+                    } else if j % 3 == 2 && j < 3 * section[2] {
+                        2
+                    } else {
+                        0
+                    }
+                })
+                .collect()
         }
     };
     // the same axes for both halves of a head (cos/sin are the half's tables concatenated twice)

@@ -148,15 +148,31 @@ fn bad_values_name_the_key_and_the_file() {
     let base = serde_json::json!({"vocab_size": 4, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
         "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 0]}});
     let cases: Vec<(Value, Generation, &str)> = vec![
-        (serde_json::json!({"text_config": {"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}}), Generation::Qwen25, "text_config.rope_parameters.rope_type"),
-        (serde_json::json!({"rope_scaling": {"type": "linear", "factor": 2.0}, "vocab_size": 4, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}), Generation::Qwen25, "`rope_scaling.rope_type`"),
-        (serde_json::json!({"text_config": {"rope_parameters": {"mrope_section": [1, "a", 1]}}}), Generation::Qwen25, "text_config.rope_parameters.mrope_section"),
+        (
+            serde_json::json!({"text_config": {"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}}),
+            Generation::Qwen25,
+            "text_config.rope_parameters.rope_type",
+        ),
+        (
+            serde_json::json!({"rope_scaling": {"type": "linear", "factor": 2.0}, "vocab_size": 4, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}),
+            Generation::Qwen25,
+            "`rope_scaling.rope_type`",
+        ),
+        (
+            serde_json::json!({"text_config": {"rope_parameters": {"mrope_section": [1, "a", 1]}}}),
+            Generation::Qwen25,
+            "text_config.rope_parameters.mrope_section",
+        ),
         (serde_json::json!({"text_config": {"hidden_act": "relu"}}), Generation::Qwen3, "text_config.hidden_act"),
         (serde_json::json!({"text_config": {"hidden_size": "big"}}), Generation::Qwen25, "text_config.hidden_size"),
         (serde_json::json!({"hidden_size": 16, "text_config": {}}), Generation::Qwen25, "hidden_size"),
         (serde_json::json!({"hidden_size": 8}), Generation::Qwen3, "text_config"),
         (serde_json::json!({"text_config": {"head_dim": 6}}), Generation::Qwen25, "text_config.head_dim"),
-        (serde_json::json!({"text_config": {"rope_scaling": {"mrope_section": [1, 1]}, "rope_parameters": {"mrope_section": [2, 0]}}}), Generation::Qwen25, "mrope_section"),
+        (
+            serde_json::json!({"text_config": {"rope_scaling": {"mrope_section": [1, 1]}, "rope_parameters": {"mrope_section": [2, 0]}}}),
+            Generation::Qwen25,
+            "mrope_section",
+        ),
         (serde_json::json!({"tie_word_embeddings": "yes", "text_config": {}}), Generation::Qwen25, "tie_word_embeddings"),
     ];
     for (v, generation, key) in cases {

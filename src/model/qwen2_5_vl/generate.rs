@@ -2,8 +2,8 @@
 //! then each sample decodes from a copy of that cache with its own seeded RNG.
 
 use super::text::Cache;
-use crate::model::qwen_vl::QwenVl;
 use crate::model::generate::{sample, Generation, SamplingParams, SplitMix};
+use crate::model::qwen_vl::QwenVl;
 use crate::model::tiny_vlm::Mask;
 use candle_core::{Result, Tensor};
 
@@ -59,7 +59,8 @@ pub fn generate_many(model: &QwenVl, prompts: &[(&Prompt, &[u64])], params: &Sam
             logits.push(firsts[i].clone());
         }
     }
-    let mut out: Vec<Vec<Generation>> = prompts.iter().map(|(_, s)| s.iter().map(|_| Generation { tokens: Vec::new(), logprob: 0.0, finish_reason: "length" }).collect()).collect();
+    let mut out: Vec<Vec<Generation>> =
+        prompts.iter().map(|(_, s)| s.iter().map(|_| Generation { tokens: Vec::new(), logprob: 0.0, finish_reason: "length" }).collect()).collect();
     let reps: Vec<usize> = prompts.iter().map(|(_, s)| s.len()).collect();
     let mut cache = if reps.iter().sum::<usize>() == 1 { caches.swap_remove(0) } else { Cache::stack(&caches.iter().collect::<Vec<_>>(), &reps)? };
     drop(caches);
@@ -97,10 +98,13 @@ pub fn generate_many(model: &QwenVl, prompts: &[(&Prompt, &[u64])], params: &Sam
         let mask = if active.iter().all(|&row| pads[row] == 0) {
             None
         } else {
-            let m: Vec<f32> = active.iter().flat_map(|&row| {
-                let pad = pads[row];
-                (0..tk).map(move |j| if j < pad { f32::NEG_INFINITY } else { 0.0 })
-            }).collect();
+            let m: Vec<f32> = active
+                .iter()
+                .flat_map(|&row| {
+                    let pad = pads[row];
+                    (0..tk).map(move |j| if j < pad { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
             Some(Tensor::from_vec(m, (b, 1, 1, tk), &dev)?.to_dtype(dtype)?)
         };
         let h = text.forward(&x, &cos, &sin, mask.as_ref().map_or(Mask::None, Mask::Additive), Some(&mut cache))?;
@@ -176,10 +180,14 @@ mod tests {
             let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/model")).join(name);
             let ck = Checkpoint::load(&dir, DType::F32, &Device::Cpu).unwrap();
             let img = |f: &str| std::fs::read(dir.join(f)).unwrap();
-            let prompts: Vec<Prompt> = [(vec![], "Say something about the weather today, please."), (vec![img("b.png")], "How many?"), (vec![img("a.png"), img("c.png")], "Compare the two pictures.")]
-                .iter()
-                .map(|(images, q)| crate::ops::generate_hf::encode_prompt(&ck, q, images, &Device::Cpu).unwrap())
-                .collect();
+            let prompts: Vec<Prompt> = [
+                (vec![], "Say something about the weather today, please."),
+                (vec![img("b.png")], "How many?"),
+                (vec![img("a.png"), img("c.png")], "Compare the two pictures."),
+            ]
+            .iter()
+            .map(|(images, q)| crate::ops::generate_hf::encode_prompt(&ck, q, images, &Device::Cpu).unwrap())
+            .collect();
             let lens: std::collections::BTreeSet<usize> = prompts.iter().map(|p| p.ids.len()).collect();
             assert_eq!(lens.len(), 3, "{name}: prompt lengths {lens:?}");
             let seeds: [&[u64]; 3] = [&[1, 2], &[3], &[4, 5, 6]];

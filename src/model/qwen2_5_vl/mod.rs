@@ -15,8 +15,8 @@ pub use config::Config;
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
-use lora::LoraConfig;
 use candle_nn::{VarBuilder, VarMap};
+use lora::LoraConfig;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use text::TextModel;
@@ -64,7 +64,14 @@ impl Qwen25Vl {
 
     /// Builds the model over `tensors` (canonical names), those `trainable` names as variables.
     /// Every weight the config needs must be there with its shape; weights nobody reads are an error too.
-    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, lora: Option<&LoraConfig>, trainable: &dyn Fn(&str) -> bool, dtype: DType, dev: &Device) -> Result<(Self, VarMap, HashMap<String, Tensor>)> {
+    pub fn from_tensors(
+        cfg: &Config,
+        tensors: HashMap<String, Tensor>,
+        lora: Option<&LoraConfig>,
+        trainable: &dyn Fn(&str) -> bool,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Self, VarMap, HashMap<String, Tensor>)> {
         build_checked(tensors, trainable, dtype, dev, |vb| Self::new(cfg, vb, lora))
     }
 
@@ -76,16 +83,20 @@ impl Qwen25Vl {
     pub fn embed(&self, ids: &Tensor, feats: Option<&Tensor>) -> Result<Tensor> {
         embed_with_images(&self.text, ids, feats, self.cfg.image_token_id)
     }
-
 }
-
 
 /// Builds a model with `build` over `tensors`: first reading only (every weight the model asks
 /// for must be there with its shape, and every tensor must be asked for), then for real, with
 /// the weights `trainable` names as variables (the returned VarMap) and the others as constants
 /// (returned by name): constants record no backward graph, so inference keeps no activations
 /// and LoRA training computes no gradients for the frozen weights.
-pub fn build_checked<M>(tensors: HashMap<String, Tensor>, trainable: &dyn Fn(&str) -> bool, dtype: DType, dev: &Device, build: impl Fn(VarBuilder) -> Result<M>) -> Result<(M, VarMap, HashMap<String, Tensor>)> {
+pub fn build_checked<M>(
+    tensors: HashMap<String, Tensor>,
+    trainable: &dyn Fn(&str) -> bool,
+    dtype: DType,
+    dev: &Device,
+    build: impl Fn(VarBuilder) -> Result<M>,
+) -> Result<(M, VarMap, HashMap<String, Tensor>)> {
     let names: HashSet<String> = tensors.keys().cloned().collect();
     let used = Arc::new(Mutex::new(HashSet::new()));
     let backend = Weights { tensors, used: used.clone() };

@@ -230,7 +230,11 @@ impl Cache {
     pub fn select(&self, rows: &[u32]) -> Result<Self> {
         let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else { return Ok(self.clone()) };
         let idx = Tensor::from_vec(rows.to_vec(), rows.len(), &dev)?;
-        let layers = self.layers.iter().map(|l| l.as_ref().map(|(k, v)| Ok::<_, candle_core::Error>((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))).transpose()).collect::<Result<_>>()?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| Ok::<_, candle_core::Error>((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))).transpose())
+            .collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 

@@ -2,7 +2,7 @@
 //! M-RoPE, explicit head_dim) and the vision tower with learned positions and DeepStack.
 
 use crate::model::hf::{invalid, read_json, Result};
-use crate::model::qwen2_5_vl::config::{token_ids, two, three, vision_config, DecoderSpec, Generation};
+use crate::model::qwen2_5_vl::config::{three, token_ids, two, vision_config, DecoderSpec, Generation};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -31,7 +31,14 @@ impl Qwen3Vl {
         Ok(Self { cfg: cfg.clone(), vision: VisionTower::new(&cfg.vision, vb.pp("visual"), lora)?, text: TextModel::new(&cfg.decoder, vb, lora)? })
     }
 
-    pub fn from_tensors(cfg: &Config, tensors: HashMap<String, Tensor>, lora: Option<&LoraConfig>, trainable: &dyn Fn(&str) -> bool, dtype: DType, dev: &Device) -> Result<(Self, VarMap, HashMap<String, Tensor>)> {
+    pub fn from_tensors(
+        cfg: &Config,
+        tensors: HashMap<String, Tensor>,
+        lora: Option<&LoraConfig>,
+        trainable: &dyn Fn(&str) -> bool,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Self, VarMap, HashMap<String, Tensor>)> {
         build_checked(tensors, trainable, dtype, dev, |vb| Self::new(cfg, vb, lora))
     }
 

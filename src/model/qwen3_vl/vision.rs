@@ -137,13 +137,16 @@ impl VisionTower {
             pos_embed: vb.get((c.num_position_embeddings, d), "pos_embed.weight")?,
             blocks: (0..c.depth).map(|i| Block::new(c, vb.pp(format!("blocks.{i}")), lora)).collect::<Result<_>>()?,
             merger: Merger::new(c, false, vb.pp("merger"), lora)?,
-            deepstack: (0..c.deepstack_visual_indexes.len()).map(|i| Merger::new(c, true, vb.pp(format!("deepstack_merger_list.{i}")), lora)).collect::<Result<_>>()?,
+            deepstack: (0..c.deepstack_visual_indexes.len())
+                .map(|i| Merger::new(c, true, vb.pp(format!("deepstack_merger_list.{i}")), lora))
+                .collect::<Result<_>>()?,
             cfg: c.clone(),
         })
     }
 
     /// Per patch in the processor's order: (h, w) and the 4 bilinear (index, weight) pairs of
     /// transformers' `fast_pos_embed_interpolate`.
+    #[allow(clippy::type_complexity)]
     fn positions(&self, grids: &[[usize; 3]]) -> (Vec<(usize, usize)>, [Vec<u32>; 4], [Vec<f32>; 4]) {
         let ms = self.cfg.spatial_merge_size;
         let side = (self.cfg.num_position_embeddings as f64).sqrt() as usize;

@@ -83,11 +83,25 @@ pub(crate) fn matmul_t(y: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, 
     // SAFETY: the asserts bound every index gemm touches (row-major strides below).
     unsafe {
         gemm(
-            m, n, k,
-            y.as_mut_ptr(), 1, n as isize, accumulate,
-            x.as_ptr(), 1, k as isize,
-            w.as_ptr(), k as isize, 1,
-            1.0, 1.0, false, false, false, Parallelism::None,
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
         )
     }
 }

@@ -542,7 +542,17 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn blocks<const R: usize, const V: usize>(y: &mut [f32], ldy: usize, x: &[f32], ldx: usize, w: super::Operand, m: usize, k: usize, n: usize, accumulate: bool) {
+    unsafe fn blocks<const R: usize, const V: usize>(
+        y: &mut [f32],
+        ldy: usize,
+        x: &[f32],
+        ldx: usize,
+        w: super::Operand,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
         let (yp, xp, ldw) = (y.as_mut_ptr(), x.as_ptr(), w.ldw);
         let mask = |c: usize| -> __mmask16 {
             if c >= n {
@@ -789,4 +799,3 @@ mod tests {
         }
     }
 }
-

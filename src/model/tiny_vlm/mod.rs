@@ -3,8 +3,8 @@
 
 pub mod config;
 pub mod decode_cpu;
-pub mod kernels;
 pub mod fused;
+pub mod kernels;
 pub mod model;
 pub mod train_cpu;
 pub mod vision_cpu;

@@ -2,11 +2,11 @@
 //! rms_norm / softmax_last_dim / rope kernels, which have no backward).
 
 use super::config::{Config, VisionConfig};
+use super::decode_cpu::{CpuDecoder, LayerWeights};
+use super::fused::{CausalSoftmax, RmsNormOp, RopeOp};
+use super::vision_cpu::{Affine, Block, CpuVision};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
-use super::decode_cpu::{CpuDecoder, LayerWeights};
-use super::vision_cpu::{Affine, Block, CpuVision};
-use super::fused::{CausalSoftmax, RmsNormOp, RopeOp};
 use std::sync::Arc;
 
 /// RMSNorm as plain tensor ops, so gradients reach its input and weight.
@@ -314,13 +314,7 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        (cos, sin): (&Tensor, &Tensor),
-        mask: Mask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, (cos, sin): (&Tensor, &Tensor), mask: Mask, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let hd = c / self.heads;
         let h = self.input_norm.forward(x)?;
@@ -394,14 +388,9 @@ impl TinyVlm {
         let h = cfg.hidden_size;
         let vh = cfg.vision_config.hidden_size;
         let embed = candle_nn::embedding(cfg.vocab_size, h, vb.pp("model.embed_tokens"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Lin(Linear::new(embed.embeddings().clone(), None))
-        } else {
-            linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))?
-        };
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, vb.pp(format!("model.layers.{i}"))))
-            .collect::<Result<_>>()?;
+        let lm_head =
+            if cfg.tie_word_embeddings { Lin(Linear::new(embed.embeddings().clone(), None)) } else { linear_no_bias(h, cfg.vocab_size, vb.pp("lm_head"))? };
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(cfg, vb.pp(format!("model.layers.{i}")))).collect::<Result<_>>()?;
         Ok(Self {
             cfg: cfg.clone(),
             vision: VisionEncoder::new(cfg, vb.pp("vision"))?,

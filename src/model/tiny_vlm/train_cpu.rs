@@ -31,11 +31,25 @@ fn mm(m: usize, n: usize, k: usize, c: &mut [f32], crs: usize, acc: bool, a: Mat
     // SAFETY: the asserts bound every index gemm reads or writes under these strides.
     unsafe {
         gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, crs as isize, acc,
-            a.0.as_ptr(), a.2 as isize, a.1 as isize,
-            b.0.as_ptr(), b.2 as isize, b.1 as isize,
-            1.0, 1.0, false, false, false, Parallelism::None,
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            crs as isize,
+            acc,
+            a.0.as_ptr(),
+            a.2 as isize,
+            a.1 as isize,
+            b.0.as_ptr(),
+            b.2 as isize,
+            b.1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
         )
     }
 }
@@ -213,7 +227,17 @@ fn passes(ws: &mut Workspace, dec: &CpuDecoder, x: Vec<f32>, b: usize, t: usize,
                         row[..=i].iter_mut().for_each(|v| *v *= inv);
                         row[i + 1..].fill(0.0);
                     }
-                    kernels::matmul(&mut attn[sq * t * h + qb * h + head * hd..], h, block, t, Operand::rows(&qkv[base + 2 * h..], 3 * h), n_q, seen, hd, false);
+                    kernels::matmul(
+                        &mut attn[sq * t * h + qb * h + head * hd..],
+                        h,
+                        block,
+                        t,
+                        Operand::rows(&qkv[base + 2 * h..], 3 * h),
+                        n_q,
+                        seen,
+                        hd,
+                        false,
+                    );
                 }
             }
         }
@@ -316,7 +340,8 @@ fn passes(ws: &mut Workspace, dec: &CpuDecoder, x: Vec<f32>, b: usize, t: usize,
         // MLP: out = mid + act · downᵀ
         mm(h, inter, rows, &mut g.down, inter, false, tr(&dx, h), rm(sact, inter));
         mm(rows, inter, h, dact, inter, false, rm(&dx, h), rm(&w.down, inter));
-        for (((dr, gr), sr), da) in dgu.chunks_exact_mut(2 * inter).zip(sgu.chunks_exact(2 * inter)).zip(ssig.chunks_exact(inter)).zip(dact.chunks_exact(inter)) {
+        for (((dr, gr), sr), da) in dgu.chunks_exact_mut(2 * inter).zip(sgu.chunks_exact(2 * inter)).zip(ssig.chunks_exact(inter)).zip(dact.chunks_exact(inter))
+        {
             let (dg, du) = dr.split_at_mut(inter);
             let (gv, u) = gr.split_at(inter);
             kernels::swiglu_backward(dg, du, gv, u, sr, da);
@@ -324,7 +349,7 @@ fn passes(ws: &mut Workspace, dec: &CpuDecoder, x: Vec<f32>, b: usize, t: usize,
         mm(2 * inter, h, rows, &mut g.gate_up, h, false, tr(dgu, 2 * inter), rm(sh2, h));
         mm(rows, h, 2 * inter, dh, h, false, rm(dgu, 2 * inter), rm(&w.gate_up, h));
         rms_backward(&mut dx, &mut g.post_norm, dh, smid, sinv2, &w.post_norm); // dx is now d mid
-        // attention: mid = x + attn · oᵀ
+                                                                                // attention: mid = x + attn · oᵀ
         mm(h, h, rows, &mut g.o, h, false, tr(&dx, h), rm(sattn, h));
         mm(rows, h, h, dattn, h, false, rm(&dx, h), rm(&w.o, h));
         for sq in 0..b {
@@ -354,8 +379,28 @@ fn passes(ws: &mut Workspace, dec: &CpuDecoder, x: Vec<f32>, b: usize, t: usize,
                 for jb in (0..t).step_by(QUERY_BLOCK) {
                     // key rows j see the queries i ≥ j: dv = Pᵀ · dO, dk = dSᵀ · q
                     let n_k = QUERY_BLOCK.min(t - jb);
-                    kernels::matmul(&mut dqkv[base + 2 * h + jb * 3 * h..], 3 * h, &pt[jb * t + jb..], t, Operand::rows(&d_o[jb * h..], h), n_k, t - jb, hd, false);
-                    kernels::matmul(&mut dqkv[base + h + jb * 3 * h..], 3 * h, &dst[jb * t + jb..], t, Operand::rows(&sqkv[base + jb * 3 * h..], 3 * h), n_k, t - jb, hd, false);
+                    kernels::matmul(
+                        &mut dqkv[base + 2 * h + jb * 3 * h..],
+                        3 * h,
+                        &pt[jb * t + jb..],
+                        t,
+                        Operand::rows(&d_o[jb * h..], h),
+                        n_k,
+                        t - jb,
+                        hd,
+                        false,
+                    );
+                    kernels::matmul(
+                        &mut dqkv[base + h + jb * 3 * h..],
+                        3 * h,
+                        &dst[jb * t + jb..],
+                        t,
+                        Operand::rows(&sqkv[base + jb * 3 * h..], 3 * h),
+                        n_k,
+                        t - jb,
+                        hd,
+                        false,
+                    );
                 }
             }
         }
@@ -388,6 +433,3 @@ mod tests {
         assert_eq!(c, vec![14., 10., 32., 22.]);
     }
 }
-
-
-
