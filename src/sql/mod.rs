@@ -2,6 +2,7 @@
 //! `iteration` column), queries are read-only, and SQL text gets `${…}` parameters.
 
 pub mod format;
+pub mod iteration_table;
 pub mod params;
 #[cfg(test)]
 mod prm_sql_tests;
@@ -9,15 +10,16 @@ pub mod udf;
 
 use crate::store::manifest::OutputKind;
 use crate::store::readonly::ReadOnlyStore;
-use crate::store::{Manifest, RunStore};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use crate::store::{FileEntry, Manifest, RunStore};
+use arrow_schema::SchemaRef;
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::resolve::resolve_table_references;
+use iteration_table::IterationTable;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -85,25 +87,29 @@ pub fn attach_store(ctx: &SessionContext, store: &RunStore, read_only: bool) {
     ctx.register_object_store(&store.loc.url_root, os);
 }
 
-/// Registers one stage as a table over the files of the given committed manifests.
+/// Registers one stage as a table over the files of the given committed manifests, partitioned
+/// by iteration: a query's conditions on `iteration` decide which files are opened.
 pub async fn register_stage(ctx: &SessionContext, store: &RunStore, name: &str, manifests: &[&Manifest]) -> Result<()> {
     let tables: Vec<&&Manifest> = manifests.iter().filter(|m| m.kind == OutputKind::Table).collect();
     let Some(latest) = tables.iter().max_by_key(|m| m.iteration) else {
         return Ok(());
     };
     let schema = latest.schema.clone().ok_or_else(|| DataFusionError::Plan(format!("manifest of {name} at iteration {} has no schema", latest.iteration)))?;
-    let mut urls = Vec::new();
-    for m in &tables {
-        for f in &m.files {
-            urls.push(ListingTableUrl::parse(store.loc.object_url(&store.loc.path(&f.path)))?);
+    let parts = tables.iter().map(|m| (m.iteration, m.files.as_slice()));
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, Arc::new(iteration_table(store, Arc::new(schema), parts)?))?;
+    Ok(())
+}
+
+/// An [`IterationTable`] over files grouped by iteration.
+fn iteration_table<'a>(store: &RunStore, schema: SchemaRef, parts: impl Iterator<Item = (u32, &'a [FileEntry])>) -> Result<IterationTable> {
+    let mut by_iteration: BTreeMap<i64, Vec<ListingTableUrl>> = BTreeMap::new();
+    for (it, files) in parts {
+        for f in files {
+            by_iteration.entry(it as i64).or_default().push(ListingTableUrl::parse(store.loc.object_url(&store.loc.path(&f.path)))?);
         }
     }
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(Arc::new(schema));
-    let table = ListingTable::try_new(config)?;
-    ctx.deregister_table(name)?;
-    ctx.register_table(name, Arc::new(table))?;
-    Ok(())
+    Ok(IterationTable::new(schema, by_iteration))
 }
 
 /// Registers every committed stage of the run, for ad-hoc queries. Returns the table names.
@@ -119,25 +125,19 @@ pub async fn register_run(ctx: &SessionContext, store: &RunStore) -> std::result
     }
     let mut names: Vec<String> = by_stage.keys().map(|s| s.to_string()).collect();
     // side tables (e.g. `quarantine`) of every stage, under their own name
-    let mut side: BTreeMap<&str, Vec<&crate::store::manifest::SideTable>> = BTreeMap::new();
+    let mut side: BTreeMap<&str, Vec<(u32, &crate::store::manifest::SideTable)>> = BTreeMap::new();
     for m in &manifests {
         for s in &m.side {
-            side.entry(s.name.as_str()).or_default().push(s);
+            side.entry(s.name.as_str()).or_default().push((m.iteration, s));
         }
     }
     for (name, tables) in side {
         if by_stage.contains_key(name) {
             continue;
         }
-        let mut urls = Vec::new();
-        for t in &tables {
-            for f in &t.files {
-                urls.push(ListingTableUrl::parse(store.loc.object_url(&store.loc.path(&f.path)))?);
-            }
-        }
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(Arc::new(tables[0].schema.clone()));
-        ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+        let schema = Arc::new(tables[0].1.schema.clone());
+        let table = iteration_table(store, schema, tables.iter().map(|(it, t)| (*it, t.files.as_slice())))?;
+        ctx.register_table(name, Arc::new(table))?;
         names.push(name.to_string());
     }
     Ok(names)
