@@ -278,7 +278,7 @@ async fn execute(
             let in_schema = stream.schema();
             if let Some(d) = &declared {
                 if !same_columns(d, &in_schema) {
-                    return Err(Error::Usage(format!("operator {} promised columns {} but produced {}", op.name(), columns(d), columns(&in_schema))));
+                    return Err(Error::Usage(format!("operator {} promised columns {} but produced {}", inst.op, columns(d), columns(&in_schema))));
                 }
             }
             let out_schema = with_iteration(&in_schema);
@@ -321,7 +321,7 @@ async fn execute(
         format: MANIFEST_FORMAT,
         stage: inst.stage.clone(),
         iteration: inst.iteration,
-        op: op.name().to_string(),
+        op: inst.op.clone(),
         fingerprint: inst.fingerprint.clone(),
         attempt,
         kind,

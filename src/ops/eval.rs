@@ -15,7 +15,7 @@ use crate::model::qwen2_5_vl::generate::{generate_many as hf_generate_many, Prom
 use crate::model::qwen_vl::Checkpoint;
 use crate::model::tiny_vlm::image_patches;
 use crate::prm::Gold;
-use crate::spec::EvalSpec;
+use crate::spec::{Pipeline, StageCheck, StageSpec};
 use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, SchemaRef};
@@ -24,6 +24,69 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
+
+/// eval: greedy accuracy and Pass@K of a policy on a prompts stage → metrics rows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    pub prompts: String,
+    /// Checkpoint stages, most preferred first (as for generate).
+    #[serde(default)]
+    pub policy: Vec<String>,
+    /// A Hugging Face checkpoint folder: alone, or with `policy` the one evaluated while none of
+    /// those stages has a checkpoint (the base model before the first SFT).
+    #[serde(default)]
+    pub model: Option<crate::spec::ModelPath>,
+    /// Value of the `split` column; absent: the prompts' own `split` column.
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Samples per prompt and temperature for Pass@K (0: greedy only).
+    #[serde(default = "default_eval_k")]
+    pub k: u32,
+    /// Sampling of the K samples (the greedy pass uses temperature 0).
+    #[serde(default)]
+    pub sampling: crate::model::generate::SamplingParams,
+    /// Sample at each of these temperatures (default: `sampling.temperature` only).
+    #[serde(default)]
+    pub temperatures: Vec<f64>,
+    /// Also decode greedily once per prompt (greedy accuracy).
+    #[serde(default = "default_true")]
+    pub greedy: bool,
+    /// Process reward model checkpoint stages, most preferred first: each sample gets its
+    /// PRM score (min over steps), for Reward-Pass@2.
+    #[serde(default)]
+    pub prm: Vec<String>,
+    #[serde(default = "super::default_batch")]
+    pub batch_size: usize,
+    /// Evaluate at most this many prompts (in prompt_id order).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_eval_k() -> u32 {
+    4
+}
+
+impl super::OpConfig for EvalSpec {
+    fn check(&self, c: &mut StageCheck) {
+        c.reads("prompts", &self.prompts);
+        if self.model.is_none() && self.policy.is_empty() {
+            c.error("policy", "name at least one checkpoint stage");
+        }
+        for p in &self.prm {
+            c.reads_maybe_prev("prm", p);
+        }
+        c.reads_list("policy", &self.policy);
+    }
+
+    fn build(&self, pipeline: &Pipeline, _: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(EvalOp::new(pipeline, self)))
+    }
+}
 
 pub struct EvalOp {
     spec: EvalSpec,
@@ -107,9 +170,6 @@ struct Row {
 }
 
 impl Operator for EvalOp {
-    fn name(&self) -> &'static str {
-        "eval"
-    }
 
     /// 3: on the CPU, products of fewer than 4 rows are computed as 4 (`decode_cpu::matmul_t`),
     /// which changes the rounding of some samples. 4: decoding steps on `kernels::matmul`

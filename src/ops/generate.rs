@@ -8,7 +8,8 @@ use crate::model::checkpoint;
 use crate::model::generate::{generate, rollout_seed, Request};
 use crate::model::policy::Policy;
 use crate::model::tiny_vlm::image_patches;
-use crate::spec::GenerateSpec;
+use crate::spec::{Pipeline, StageCheck, StageSpec};
+use super::generate_openai::OpenAiBackend;
 use arrow::array::{Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -17,6 +18,63 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::sync::Arc;
+
+/// generate: K rollouts per prompt from a policy checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// Stage with `prompt_id`, `question`, `images`.
+    pub prompts: String,
+    /// Checkpoint stages, most preferred first (e.g. `[train@prev, warmup]`): the newest
+    /// committed checkpoint of the first one that has any is used.
+    #[serde(default)]
+    pub policy: Vec<String>,
+    /// A Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL): alone, or with `policy` the
+    /// folder sampled while none of those stages has a checkpoint (e.g. before the first SFT).
+    #[serde(default)]
+    pub model: Option<crate::spec::ModelPath>,
+    /// Instead of `policy`: an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
+    /// `mstar serve`, …).
+    #[serde(default)]
+    pub openai: Option<OpenAiBackend>,
+    #[serde(default = "default_samples")]
+    pub samples: u32,
+    #[serde(default)]
+    pub sampling: crate::model::generate::SamplingParams,
+    /// A stage whose table has `temperature` and `chosen` columns (e.g. `sql: pick_temperature`,
+    /// optionally `NAME@prev`): its newest chosen temperature replaces `sampling.temperature`
+    /// (which stays the fallback while that stage has no rows).
+    #[serde(default)]
+    pub temperature_from: Option<String>,
+    #[serde(default = "super::default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_samples() -> u32 {
+    1
+}
+
+impl super::OpConfig for GenerateSpec {
+    fn check(&self, c: &mut StageCheck) {
+        c.reads("prompts", &self.prompts);
+        match &self.openai {
+            Some(_) if !self.policy.is_empty() || self.model.is_some() => {
+                c.error("openai", "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both")
+            }
+            Some(o) if o.concurrency == 0 => c.error("openai", "concurrency must be at least 1"),
+            None if self.model.is_none() && self.policy.is_empty() => c.error("policy", "name at least one checkpoint stage"),
+            _ => {}
+        }
+        if let Some(t) = &self.temperature_from {
+            c.reads_maybe_prev("temperature_from", t);
+        }
+        c.reads_list("policy", &self.policy);
+    }
+
+    fn build(&self, pipeline: &Pipeline, _: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(GenerateOp::new(pipeline, self)))
+    }
+}
 
 pub struct GenerateOp {
     pub(crate) spec: GenerateSpec,
@@ -102,9 +160,6 @@ pub async fn resolve_policy(ctx: &OpContext<'_>, names: &[String]) -> Result<Pol
 }
 
 impl Operator for GenerateOp {
-    fn name(&self) -> &'static str {
-        "generate"
-    }
 
     /// 2: on the CPU, products of fewer than 4 rows are computed as 4 (`decode_cpu::matmul_t`),
     /// which changes the rounding of some samples. 3: decoding steps on `kernels::matmul`

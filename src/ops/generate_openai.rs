@@ -8,13 +8,47 @@ use super::{OpContext, OpOutput, Result};
 use crate::model::generate::rollout_seed;
 use crate::openai::client::Client;
 use crate::openai::{user_message, ChatRequest};
-use crate::spec::OpenAiBackend;
+
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The `openai` generate backend: one request per rollout (n = 1, seed = the rollout's seed).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiBackend {
+    /// e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The served model's name.
+    pub model: String,
+    /// Environment variable holding the API key (none sent when unset or empty).
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Retries of a transient failure (connection, 408, 429, 5xx), with backoff 0.5 s, 1 s, 2 s, ….
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+}
+
+fn default_api_key_env() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_timeout_s() -> u64 {
+    600
+}
 
 pub async fn execute(op: &GenerateOp, ctx: &OpContext<'_>, o: &OpenAiBackend) -> Result<OpOutput> {
     let params = op.sampling(ctx).await?;

@@ -4,7 +4,7 @@
 //! goes to the `quarantine` side table with its file and 1-based line number.
 
 use super::{OpContext, OpError, OpOutput, Operator, Result};
-use crate::spec::{DatasetFormat, ImportSpec, Pipeline};
+use crate::spec::{DatasetFormat, Pipeline, StageCheck, StageSpec};
 use crate::store::Location;
 use arrow::array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -21,6 +21,31 @@ use futures::{stream, FutureExt, StreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde_json::{json, Value};
 use std::sync::Arc;
+
+/// import: a dataset of the pipeline's `datasets` as a table.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSpec {
+    /// Name of an entry in `datasets`.
+    pub dataset: String,
+}
+
+impl super::OpConfig for ImportSpec {
+    fn check(&self, c: &mut StageCheck) {
+        if let Err(known) = c.dataset(&self.dataset) {
+            let known = if known.is_empty() { "none defined".to_string() } else { known.join(", ") };
+            c.error("dataset", format!("unknown dataset `{}` (datasets: {known})", self.dataset));
+        }
+    }
+
+    fn default_scope(&self) -> crate::spec::Scope {
+        crate::spec::Scope::Setup
+    }
+
+    fn build(&self, pipeline: &Pipeline, _: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(ImportOp::new(pipeline, self)?))
+    }
+}
 
 pub struct ImportOp {
     dataset: String,
@@ -331,9 +356,6 @@ impl JsonlBatches {
 }
 
 impl Operator for ImportOp {
-    fn name(&self) -> &'static str {
-        "import"
-    }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move {

@@ -1,20 +1,32 @@
 //! The operator contract: an operator turns its input tables (record-batch streams) into an
 //! output table or files. One operator per file; `build` makes them from stage specs.
 
-pub mod eval;
-pub mod generate;
 pub mod generate_hf;
 pub mod generate_openai;
-pub mod import;
-pub mod model_init;
-pub mod prm_label;
-pub mod prm_score;
-pub mod sql;
-pub mod train;
 pub mod train_hf;
-pub mod verify;
 
-use crate::spec::{OpSpec, Pipeline, StageSpec};
+/// Every operator: the name a stage's `op:` gives, its module, and its config type. A new
+/// operator is a file (its config, its checks, the operator) and one line here.
+macro_rules! registry {
+    ($($name:literal => $module:ident :: $config:ident,)*) => {
+        $(pub mod $module;)*
+        pub const REGISTRY: &[OpKind] = &[$(OpKind::of::<$module::$config>($name)),*];
+    };
+}
+
+registry! {
+    "import" => import::ImportSpec,
+    "sql" => sql::SqlSpec,
+    "verify" => verify::VerifySpec,
+    "model_init" => model_init::ModelInitSpec,
+    "train" => train::TrainSpec,
+    "generate" => generate::GenerateSpec,
+    "eval" => eval::EvalSpec,
+    "prm_label" => prm_label::PrmLabelSpec,
+    "prm_score" => prm_score::PrmScoreSpec,
+}
+
+use crate::spec::{Decoder, Pipeline, Scope, Seg, StageCheck, StageSpec};
 use crate::store::{FileEntry, Manifest, RunStore, StoreError};
 use arrow::array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -107,8 +119,6 @@ pub enum OpOutput {
 }
 
 pub trait Operator: Send + Sync {
-    fn name(&self) -> &'static str;
-
     /// Bump when the operator's output changes for the same spec, so fingerprints change.
     fn version(&self) -> u32 {
         1
@@ -147,17 +157,64 @@ pub fn strings(col: &arrow::array::ArrayRef) -> Result<arrow::array::StringArray
     Ok(arrow::compute::cast(col, &arrow_schema::DataType::Utf8)?.as_string::<i32>().clone())
 }
 
+/// A stage's operator settings (the keys besides `id`, `op`, `inputs`, …), decoded from the
+/// spec by serde: they check themselves, declare the stages they read, and build the operator.
+pub trait OpConfig: std::fmt::Debug + Send + Sync {
+    /// What serde cannot check (values, combinations), recorded on `c` with their keys; and the
+    /// stages read (`c.reads…`), besides those the stage lists under `inputs`.
+    fn check(&self, c: &mut StageCheck);
+
+    /// The scope of a stage that does not give `scope:`.
+    fn default_scope(&self) -> Scope {
+        Scope::Iteration
+    }
+
+    /// The operator of `stage` (whose `op` is this config).
+    fn build(&self, pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>>;
+}
+
+/// Decodes a stage's op keys into its operator's config.
+pub type DecodeFn = fn(&mut Decoder, &[Seg], &str, serde_json::Value) -> Option<Arc<dyn OpConfig>>;
+
+/// An entry of [`REGISTRY`]: an operator's name and how its config is decoded.
+pub struct OpKind {
+    pub name: &'static str,
+    /// Decodes the stage's op keys (at `at` in the spec, for op `name`), recording errors on
+    /// the decoder.
+    pub decode: DecodeFn,
+}
+
+impl OpKind {
+    pub const fn of<C: OpConfig + serde::de::DeserializeOwned + 'static>(name: &'static str) -> Self {
+        OpKind { name, decode: decode_config::<C> }
+    }
+
+    /// The registered operator of this name.
+    pub fn find(name: &str) -> Option<&'static OpKind> {
+        REGISTRY.iter().find(|k| k.name == name)
+    }
+
+    /// Every operator's name, in registry order.
+    pub fn names() -> Vec<&'static str> {
+        REGISTRY.iter().map(|k| k.name).collect()
+    }
+}
+
+fn decode_config<C: OpConfig + serde::de::DeserializeOwned + 'static>(
+    dec: &mut Decoder,
+    at: &[Seg],
+    op: &str,
+    value: serde_json::Value,
+) -> Option<Arc<dyn OpConfig>> {
+    dec.decode_op::<C>(at, op, value).map(|c| Arc::new(c) as Arc<dyn OpConfig>)
+}
+
+/// Batch size of the model operators when the spec gives none.
+pub(crate) fn default_batch() -> usize {
+    32
+}
+
 /// Builds the operator of a stage.
 pub fn build(pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>> {
-    Ok(match &stage.op {
-        OpSpec::Import(spec) => Box::new(import::ImportOp::new(pipeline, spec)?),
-        OpSpec::Sql(_) => Box::new(sql::SqlOp::new(pipeline, stage)?),
-        OpSpec::Verify(spec) => Box::new(verify::VerifyOp::new(spec)),
-        OpSpec::ModelInit(spec) => Box::new(model_init::ModelInitOp::new(spec)),
-        OpSpec::Train(spec) => Box::new(train::TrainOp::new(pipeline, &stage.id, spec)),
-        OpSpec::Generate(spec) => Box::new(generate::GenerateOp::new(pipeline, spec)),
-        OpSpec::Eval(spec) => Box::new(eval::EvalOp::new(pipeline, spec)),
-        OpSpec::PrmLabel(spec) => Box::new(prm_label::PrmLabelOp::new(pipeline, spec)),
-        OpSpec::PrmScore(spec) => Box::new(prm_score::PrmScoreOp::new(spec)),
-    })
+    stage.op.build(pipeline, stage)
 }

@@ -5,11 +5,54 @@ use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::model::policy::Policy;
 use crate::model::tiny_vlm::Config;
 use crate::model::tokenizer::TextTokenizer;
-use crate::spec::ModelInitSpec;
+use crate::spec::{Pipeline, StageCheck, StageSpec};
 use arrow_schema::SchemaRef;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
+
+/// model_init: a fresh policy checkpoint — a BPE tokenizer trained on the corpus text and
+/// seeded random weights of a preset size.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInitSpec {
+    /// Stage whose text columns (`question`, and `gold_cot` / `response` when present) train
+    /// the tokenizer.
+    pub corpus: String,
+    /// Preset: tiny (~1M parameters), small (~5M), base (~19M).
+    #[serde(default = "default_preset")]
+    pub size: String,
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    /// Overrides of the preset's config.json keys, merged into it (nested objects merge key
+    /// by key), e.g. `{vision_config: {patch_size: 4}}`.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+fn default_preset() -> String {
+    "tiny".into()
+}
+fn default_vocab() -> usize {
+    384
+}
+
+impl super::OpConfig for ModelInitSpec {
+    fn check(&self, c: &mut StageCheck) {
+        if Config::preset(&self.size, self.vocab_size).is_none() {
+            c.error("size", format!("unknown size `{}` (tiny, small, base)", self.size));
+        }
+        c.reads("corpus", &self.corpus);
+    }
+
+    fn default_scope(&self) -> crate::spec::Scope {
+        crate::spec::Scope::Setup
+    }
+
+    fn build(&self, _: &Pipeline, _: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(ModelInitOp::new(self)))
+    }
+}
 
 pub struct ModelInitOp {
     spec: ModelInitSpec,
@@ -22,9 +65,6 @@ impl ModelInitOp {
 }
 
 impl Operator for ModelInitOp {
-    fn name(&self) -> &'static str {
-        "model_init"
-    }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move { Ok(json!({})) }.boxed()

@@ -12,7 +12,7 @@ use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
 use crate::model::qwen_vl::Checkpoint;
 use crate::model::tiny_vlm::image_patches;
 use crate::prm::{mc_labels, Completer, CompletionJob, Gold, LabelTask};
-use crate::spec::PrmLabelSpec;
+use crate::spec::{Pipeline, StageCheck, StageSpec};
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -21,6 +21,50 @@ use futures::FutureExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// prm_label: Monte Carlo step labels of sampled responses — for every step prefix, the share
+/// of `completions` continuations by the policy that reach the gold answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrmLabelSpec {
+    /// Stage with prompt_id, sample_idx, response (this iteration's rows).
+    pub rollouts: String,
+    /// Stage with the prompts: prompt_id, question, images, answer, answer_type, precision, choices.
+    pub prompts: String,
+    /// Checkpoint stages of the sampling policy, most preferred first.
+    #[serde(default)]
+    pub policy: Vec<String>,
+    /// A Hugging Face checkpoint folder as the sampling policy (alone, or the fallback while
+    /// none of the `policy` stages has a checkpoint).
+    #[serde(default)]
+    pub model: Option<crate::spec::ModelPath>,
+    /// Completions per step prefix (N).
+    #[serde(default = "default_completions")]
+    pub completions: u32,
+    #[serde(default)]
+    pub sampling: crate::model::generate::SamplingParams,
+    #[serde(default = "super::default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_completions() -> u32 {
+    8
+}
+
+impl super::OpConfig for PrmLabelSpec {
+    fn check(&self, c: &mut StageCheck) {
+        c.reads("rollouts", &self.rollouts);
+        c.reads("prompts", &self.prompts);
+        if self.model.is_none() && self.policy.is_empty() {
+            c.error("policy", "name at least one checkpoint stage");
+        }
+        c.reads_list("policy", &self.policy);
+    }
+
+    fn build(&self, pipeline: &Pipeline, _: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(PrmLabelOp::new(pipeline, self)))
+    }
+}
 
 pub struct PrmLabelOp {
     spec: PrmLabelSpec,
@@ -114,9 +158,6 @@ impl Completer for HfCompleter<'_> {
 }
 
 impl Operator for PrmLabelOp {
-    fn name(&self) -> &'static str {
-        "prm_label"
-    }
 
     /// 2: on the CPU, products of fewer than 4 rows are computed as 4 (`decode_cpu::matmul_t`),
     /// which changes the rounding of some samples. 3: decoding steps on `kernels::matmul`

@@ -8,7 +8,7 @@ use crate::data::answer::split_steps;
 use crate::model::checkpoint;
 use crate::model::policy::Policy;
 use crate::model::tiny_vlm::image_patches;
-use crate::spec::PrmScoreSpec;
+use crate::spec::{Pipeline, StageCheck, StageSpec};
 use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use crate::train::{batch_tensors, Example};
 use arrow::array::{Array, AsArray, Float64Array, Int32Array, RecordBatch, StringArray};
@@ -19,6 +19,35 @@ use futures::FutureExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// prm_score: one PRM score per reasoning step of each rollout → step_scores.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrmScoreSpec {
+    /// Stage with prompt_id, sample_idx, response (this iteration's rows).
+    pub rollouts: String,
+    /// Stage with prompt_id, question, images.
+    pub prompts: String,
+    /// Checkpoint stages of the process reward model, most preferred first.
+    pub prm: Vec<String>,
+    #[serde(default = "super::default_batch")]
+    pub batch_size: usize,
+}
+
+impl super::OpConfig for PrmScoreSpec {
+    fn check(&self, c: &mut StageCheck) {
+        c.reads("rollouts", &self.rollouts);
+        c.reads("prompts", &self.prompts);
+        if self.prm.is_empty() {
+            c.error("prm", "name at least one checkpoint stage");
+        }
+        c.reads_list("prm", &self.prm);
+    }
+
+    fn build(&self, _: &Pipeline, _: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(PrmScoreOp::new(self)))
+    }
+}
 
 pub struct PrmScoreOp {
     spec: PrmScoreSpec,
@@ -154,9 +183,6 @@ impl PrmScoreOp {
 }
 
 impl Operator for PrmScoreOp {
-    fn name(&self) -> &'static str {
-        "prm_score"
-    }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move { Ok(json!({})) }.boxed()

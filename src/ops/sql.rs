@@ -2,13 +2,33 @@
 //! stage's input tables; its result streams into the stage's table.
 
 use super::{OpContext, OpError, OpOutput, Operator, Result};
-use crate::spec::{Pipeline, StageSpec};
+use crate::spec::{Pipeline, SqlSource, StageCheck, StageSpec};
 use crate::sql::params::{substitute, ParamSet};
 use arrow_schema::SchemaRef;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+
+/// sql: a DataFusion query (a file under `sql/` or inline) over the stages it names.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSpec {
+    #[serde(default)]
+    pub sql: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+impl super::OpConfig for SqlSpec {
+    fn check(&self, c: &mut StageCheck) {
+        c.sql(&SqlSource { sql: self.sql.clone(), query: self.query.clone() });
+    }
+
+    fn build(&self, pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(SqlOp::new(pipeline, stage)?))
+    }
+}
 
 pub struct SqlOp {
     stage: String,
@@ -32,9 +52,6 @@ impl SqlOp {
 }
 
 impl Operator for SqlOp {
-    fn name(&self) -> &'static str {
-        "sql"
-    }
 
     fn fingerprint_extra<'a>(&'a self, iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move { Ok(json!({ "query": self.query_at(iteration)? })) }.boxed()

@@ -6,7 +6,7 @@ use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::model::policy::{safetensors_bytes, Policy};
 use crate::model::tiny_vlm::image_patches;
-use crate::spec::TrainSpec;
+use crate::spec::{Pipeline, Scope, StageCheck, StageSpec};
 use crate::train::{train_step, AdamW, Example, TrainerState};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -16,6 +16,157 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// train: SFT of a policy on (prompt, image, response) rows; outputs a checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Stage with `question`, `images` and `response` columns (this iteration's rows).
+    pub data: String,
+    /// Stage holding the starting checkpoint (a model_init or a setup train stage).
+    #[serde(default)]
+    pub base: String,
+    /// Instead of `base`: a Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL) to fine-tune.
+    #[serde(default)]
+    pub model: Option<crate::spec::ModelPath>,
+    /// With `model`: train LoRA adapters (peft's format) instead of every weight.
+    #[serde(default)]
+    pub lora: Option<LoraSpec>,
+    /// With `model`: recompute each decoder layer's activations in the backward pass instead
+    /// of keeping them (less memory, one more forward).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// `last`: start from this stage's previous-iteration checkpoint when there is one
+    /// (continuous / iterative RFT); `initial`: always from `base` (ReST-EM).
+    #[serde(default)]
+    pub init: Init,
+    /// `continue`: keep the optimizer moments and scheduler position of this stage's previous
+    /// iteration (a fresh optimizer when it starts from `base`); `reset`: a fresh optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerMode,
+    #[serde(default = "default_epochs")]
+    pub epochs: u32,
+    #[serde(default = "default_micro")]
+    pub micro_batch: usize,
+    #[serde(default = "default_accum")]
+    pub grad_accum: usize,
+    pub schedule: crate::train::Schedule,
+    #[serde(default)]
+    pub adamw: crate::train::AdamWConfig,
+    /// Global gradient-norm clip (none when absent).
+    #[serde(default)]
+    pub clip: Option<f64>,
+    /// `sft`: token cross-entropy on the responses (a policy). `prm`: a process reward model,
+    /// binary cross-entropy of each step's score against the `labels` column (one label in
+    /// [0, 1] per step of `response`); a policy base gets a fresh score head. `regions`: vision
+    /// pretraining on `images` and `region_labels` (g×g class ids per image, reading order).
+    #[serde(default)]
+    pub objective: TrainObjective,
+    /// `regions` only: a stage of held-out `images` and `region_labels`, scored at every tenth
+    /// of the training and at the end into the `region_eval` table (per label: regions, correct).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_data: Option<String>,
+}
+
+/// Where a `train` stage starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// This stage's previous-iteration checkpoint when there is one, else `base`.
+    #[default]
+    Last,
+    /// Always `base`.
+    Initial,
+}
+
+/// What a `train` stage does with the optimizer of its previous iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerMode {
+    /// Keep its moments and the schedule's position.
+    #[default]
+    Continue,
+    /// A fresh optimizer.
+    Reset,
+}
+
+/// What a `train` stage trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainObjective {
+    #[default]
+    Sft,
+    Prm,
+    Regions,
+}
+
+impl std::fmt::Display for TrainObjective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrainObjective::Sft => "sft",
+            TrainObjective::Prm => "prm",
+            TrainObjective::Regions => "regions",
+        })
+    }
+}
+fn default_epochs() -> u32 {
+    1
+}
+fn default_micro() -> usize {
+    16
+}
+fn default_accum() -> usize {
+    1
+}
+
+/// LoRA adapters: `rank`, `alpha` (scale alpha / rank) and the module names to adapt (every
+/// linear layer of that name, as peft's `target_modules`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+}
+
+impl super::OpConfig for TrainSpec {
+    fn check(&self, c: &mut StageCheck) {
+        if self.micro_batch == 0 || self.grad_accum == 0 {
+            c.error("micro_batch", "micro_batch and grad_accum must be at least 1");
+        }
+        for (field, msg) in self.schedule.problems() {
+            c.error(&format!("schedule.{field}"), msg);
+        }
+        match (self.base.is_empty(), &self.model) {
+            (true, None) => c.error("base", "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder)"),
+            (false, Some(_)) => c.error("model", "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder), not both"),
+            (true, Some(_)) if self.objective == TrainObjective::Regions => c.error("objective", "a `model` folder trains with objective `sft` or `prm`"),
+            _ => {}
+        }
+        if self.model.is_none() && (self.lora.is_some() || self.gradient_checkpointing) {
+            c.error(if self.lora.is_some() { "lora" } else { "gradient_checkpointing" }, "applies to a `model` folder only");
+        }
+        if let Some(l) = &self.lora {
+            if l.rank == 0 || !(l.alpha.is_finite() && l.alpha > 0.0) || l.targets.is_empty() {
+                c.error("lora", "lora needs rank ≥ 1, alpha > 0 and at least one target module");
+            }
+        }
+        if self.eval_data.is_some() && self.objective != TrainObjective::Regions {
+            c.error("eval_data", "eval_data applies to objective `regions` only");
+        }
+        let named = [("data", &self.data), ("base", &self.base)].into_iter().chain(self.eval_data.as_ref().map(|e| ("eval_data", e)));
+        for (field, name) in named.filter(|(_, n)| !n.is_empty()) {
+            c.reads(field, name);
+        }
+        if self.init == Init::Last && c.scope() == Scope::Iteration {
+            c.reads_own_prev();
+        }
+    }
+
+    fn build(&self, pipeline: &Pipeline, stage: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(TrainOp::new(pipeline, &stage.id, self)))
+    }
+}
+
 pub struct TrainOp {
     pub(crate) stage: String,
     pub(crate) spec: TrainSpec,
@@ -24,7 +175,7 @@ pub struct TrainOp {
 }
 
 impl TrainOp {
-    pub fn new(pipeline: &crate::spec::Pipeline, stage: &str, spec: &TrainSpec) -> Self {
+    pub fn new(pipeline: &Pipeline, stage: &str, spec: &TrainSpec) -> Self {
         Self { stage: stage.to_string(), spec: spec.clone(), model_dir: spec.model.as_ref().map(|m| pipeline.resolve_path(&m.path)) }
     }
 
@@ -48,9 +199,6 @@ pub fn first_image(col: &ArrayRef, i: usize) -> Option<Vec<u8>> {
 }
 
 impl Operator for TrainOp {
-    fn name(&self) -> &'static str {
-        "train"
-    }
 
     /// 2: CPU micro-batches are sorted by length before their split into sub-batches, which
     /// changes the gradients' rounding. 3: on the CPU the decoder's backward is hand-written
@@ -77,7 +225,7 @@ impl Operator for TrainOp {
             }
             let manifests = |name: &str| ctx.input_manifests.iter().find(|(n, _)| n == name).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
             // where to start: our previous checkpoint (init: last) or the base
-            let own_prev = if self.spec.init == "last" { checkpoint::latest(manifests(&self.stage)) } else { None };
+            let own_prev = if self.spec.init == Init::Last { checkpoint::latest(manifests(&self.stage)) } else { None };
             let from_own = own_prev.is_some();
             let from = match own_prev {
                 Some(m) => m,
@@ -88,7 +236,7 @@ impl Operator for TrainOp {
             let files = checkpoint::read(ctx.store, from).await?;
             let device = crate::model::device();
             let mut policy = Policy::from_files(&files, &device).map_err(|e| self.fail(e))?;
-            let prm = self.spec.objective == "prm";
+            let prm = self.spec.objective == TrainObjective::Prm;
             if prm {
                 policy = policy.into_prm(ctx.pipeline.seed).map_err(|e| self.fail(e))?;
             } else if policy.cfg.is_prm() {
@@ -97,7 +245,7 @@ impl Operator for TrainOp {
             // `continue` carries this stage's own optimizer and schedule from iteration to
             // iteration; starting from another stage's checkpoint (the base) they start fresh —
             // the warm-up's schedule is the warm-up's (as in train_hf)
-            let resume = self.spec.optimizer == "continue" && from_own && files.contains_key(STATE_FILE);
+            let resume = self.spec.optimizer == OptimizerMode::Continue && from_own && files.contains_key(STATE_FILE);
             let (mut state, mut opt) = if resume {
                 let st: TrainerState = serde_json::from_slice(&files[STATE_FILE]).map_err(|e| self.fail(format!("{STATE_FILE}: {e}")))?;
                 let moments = match files.get(OPTIMIZER_FILE) {
@@ -125,7 +273,7 @@ impl Operator for TrainOp {
             policy.model.set_vision_frozen(!vision.is_empty() && vision.iter().all(|n| opt.frozen(n)));
             // this iteration's training rows
             let filter = ctx.this_iteration(&self.spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
-            if self.spec.objective == "regions" {
+            if self.spec.objective == TrainObjective::Regions {
                 return self.pretrain_regions(ctx, policy, state, &filter).await;
             }
             let (q, needs) = super::training_rows_query(&self.spec.data, &filter, prm);

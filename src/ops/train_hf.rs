@@ -23,12 +23,12 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
     let trainable = if lora.is_some() { Trainable::Adapters } else { Trainable::All };
     // where to start: this stage's previous checkpoint (init: last), else the folder
     let own = ctx.input_manifests.iter().find(|(n, _)| n == &op.stage).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
-    let prev = if spec.init == "last" { checkpoint::latest(own) } else { None };
+    let prev = if spec.init == super::train::Init::Last { checkpoint::latest(own) } else { None };
     let prev_dir = match prev {
         Some(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
         None => None,
     };
-    let prm = spec.objective == "prm";
+    let prm = spec.objective == super::train::TrainObjective::Prm;
     let (base, seed, prev2, lora2) = (PathBuf::from(base_dir), ctx.pipeline.seed, prev_dir.as_ref().map(|d| d.to_path_buf()), lora.clone());
     let ck = tokio::task::spawn_blocking(move || -> crate::model::hf::Result<Checkpoint> {
         let mut ck = match (prev2, lora2) {
@@ -134,7 +134,7 @@ fn resume(op: &TrainOp, ctx: &OpContext<'_>, prev: Option<&Path>, ck: &Checkpoin
     let spec = &op.spec;
     let state_file = prev.map(|d| d.join(STATE_FILE)).filter(|p| p.exists());
     match state_file {
-        Some(sf) if spec.optimizer == "continue" => {
+        Some(sf) if spec.optimizer == super::train::OptimizerMode::Continue => {
             let st: TrainerState = serde_json::from_slice(&std::fs::read(&sf).map_err(|e| op.fail(format!("{}: {e}", sf.display())))?)
                 .map_err(|e| op.fail(format!("{}: {e}", sf.display())))?;
             let of = sf.with_file_name(OPTIMIZER_FILE);

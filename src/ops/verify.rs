@@ -3,11 +3,33 @@
 //! task, asks the step oracle whether the reasoning is sound (`steps_ok`).
 
 use super::{OpContext, OpError, OpOutput, Operator, Result};
-use crate::spec::VerifySpec;
+use crate::spec::{Pipeline, StageCheck, StageSpec};
 use arrow_schema::SchemaRef;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
+
+/// verify: rollouts joined with their prompts → verified (pred, correct, steps_ok).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySpec {
+    /// Stage with prompt_id, sample_idx, response.
+    pub rollouts: String,
+    /// Stage with the prompts (prompt_id, answer, answer_type, precision, choices; scene and
+    /// meta for the synthetic task's step oracle).
+    pub prompts: String,
+}
+
+impl super::OpConfig for VerifySpec {
+    fn check(&self, c: &mut StageCheck) {
+        c.reads("rollouts", &self.rollouts);
+        c.reads("prompts", &self.prompts);
+    }
+
+    fn build(&self, _: &Pipeline, _: &StageSpec) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(VerifyOp::new(self)))
+    }
+}
 
 pub struct VerifyOp {
     spec: VerifySpec,
@@ -62,9 +84,6 @@ impl VerifyOp {
 }
 
 impl Operator for VerifyOp {
-    fn name(&self) -> &'static str {
-        "verify"
-    }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         async move { Ok(json!({})) }.boxed()

@@ -91,7 +91,7 @@ pub async fn build(p: &Pipeline, ops: &[Box<dyn Operator>]) -> Result<Plan, OpEr
         let extra = op.fingerprint_extra(it).await?;
         let material = json!({
             "engine": ENGINE_FORMAT,
-            "op": op.name(),
+            "op": stage.op_name,
             "op_version": op.version(),
             "stage": stage.id,
             "iteration": it,
@@ -102,7 +102,7 @@ pub async fn build(p: &Pipeline, ops: &[Box<dyn Operator>]) -> Result<Plan, OpEr
         });
         let fingerprint = hex::encode(Sha256::digest(material.to_string().as_bytes()));
         fps.insert((stage.id.clone(), it), fingerprint.clone());
-        instances.push(Instance { stage: stage.id.clone(), iteration: it, op: op.name().to_string(), fingerprint, inputs });
+        instances.push(Instance { stage: stage.id.clone(), iteration: it, op: stage.op_name.to_string(), fingerprint, inputs });
     }
     Ok(Plan { pipeline: p.name.clone(), spec_hash: p.spec_hash.clone(), iterations: p.iterations, instances })
 }

@@ -6,7 +6,7 @@ use super::{Origin, SpecError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub(super) struct Decoder<'a> {
+pub struct Decoder<'a> {
     root: &'a YNode,
     errors: Vec<SpecError>,
 }
@@ -77,8 +77,8 @@ impl<'a> Decoder<'a> {
 
     /// Like [`decode`] for an operator's own keys: unknown-key errors also list the keys
     /// common to every stage.
-    pub fn decode_op<T: DeserializeOwned>(&mut self, at: &[Seg], op: &str, value: Value, common: &[&str]) -> Option<T> {
-        self.decode_inner(at, value, Some((op, common)))
+    pub fn decode_op<T: DeserializeOwned>(&mut self, at: &[Seg], op: &str, value: Value) -> Option<T> {
+        self.decode_inner(at, value, Some((op, super::COMMON_KEYS)))
     }
 
     fn decode_inner<T: DeserializeOwned>(&mut self, at: &[Seg], mut value: Value, op: Option<(&str, &[&str])>) -> Option<T> {

@@ -1,11 +1,13 @@
 //! The YAML pipeline spec: typed structs, `--set` overrides, and a validation pass that
 //! reports every error at once with its YAML path and line/column.
 
+mod check;
 mod decode;
 pub mod yaml;
 
 use crate::sql::params::{substitute, ParamSet};
-use decode::Decoder;
+pub use check::{read_sql, split_prev, StageCheck};
+pub use decode::Decoder;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -240,7 +242,7 @@ struct StageCommon {
     every: Option<u32>,
 }
 
-const COMMON_KEYS: &[&str] = &["id", "op", "scope", "inputs", "description", "params", "every"];
+pub(crate) const COMMON_KEYS: &[&str] = &["id", "op", "scope", "inputs", "description", "params", "every"];
 
 /// An input of a stage: another stage's table, either up to this iteration or only the
 /// iterations before it (`name@prev`, which may point at a later stage without a cycle).
@@ -256,338 +258,11 @@ impl fmt::Display for InputRef {
     }
 }
 
-/// Operator-specific settings of a stage.
-#[derive(Debug, Clone)]
-pub enum OpSpec {
-    Import(ImportSpec),
-    Sql(SqlSpec),
-    Verify(VerifySpec),
-    ModelInit(ModelInitSpec),
-    Train(TrainSpec),
-    Generate(GenerateSpec),
-    Eval(EvalSpec),
-    PrmLabel(PrmLabelSpec),
-    PrmScore(PrmScoreSpec),
-}
-
-impl OpSpec {
-    pub fn name(&self) -> &'static str {
-        match self {
-            OpSpec::Import(_) => "import",
-            OpSpec::Sql(_) => "sql",
-            OpSpec::Verify(_) => "verify",
-            OpSpec::ModelInit(_) => "model_init",
-            OpSpec::Train(_) => "train",
-            OpSpec::Generate(_) => "generate",
-            OpSpec::Eval(_) => "eval",
-            OpSpec::PrmLabel(_) => "prm_label",
-            OpSpec::PrmScore(_) => "prm_score",
-        }
-    }
-}
-
-pub const OP_NAMES: &[&str] = &["import", "sql", "verify", "model_init", "train", "generate", "eval", "prm_label", "prm_score"];
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportSpec {
-    /// Name of an entry in `datasets`.
-    pub dataset: String,
-}
-
-/// model_init: a fresh policy checkpoint — a BPE tokenizer trained on the corpus text and
-/// seeded random weights of a preset size.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelInitSpec {
-    /// Stage whose text columns (`question`, and `gold_cot` / `response` when present) train
-    /// the tokenizer.
-    pub corpus: String,
-    /// Preset: tiny (~1M parameters), small (~5M), base (~19M).
-    #[serde(default = "default_preset")]
-    pub size: String,
-    #[serde(default = "default_vocab")]
-    pub vocab_size: usize,
-    /// Overrides of the preset's config.json keys, merged into it (nested objects merge key
-    /// by key), e.g. `{vision_config: {patch_size: 4}}`.
-    #[serde(default)]
-    pub config: Option<serde_json::Value>,
-}
-
-fn default_preset() -> String {
-    "tiny".into()
-}
-fn default_vocab() -> usize {
-    384
-}
-
-/// train: SFT of a policy on (prompt, image, response) rows; outputs a checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSpec {
-    /// Stage with `question`, `images` and `response` columns (this iteration's rows).
-    pub data: String,
-    /// Stage holding the starting checkpoint (a model_init or a setup train stage).
-    #[serde(default)]
-    pub base: String,
-    /// Instead of `base`: a Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL) to fine-tune.
-    #[serde(default)]
-    pub model: Option<ModelPath>,
-    /// With `model`: train LoRA adapters (peft's format) instead of every weight.
-    #[serde(default)]
-    pub lora: Option<LoraSpec>,
-    /// With `model`: recompute each decoder layer's activations in the backward pass instead
-    /// of keeping them (less memory, one more forward).
-    #[serde(default)]
-    pub gradient_checkpointing: bool,
-    /// `last`: start from this stage's previous-iteration checkpoint when there is one
-    /// (continuous / iterative RFT); `initial`: always from `base` (ReST-EM).
-    #[serde(default = "default_init")]
-    pub init: String,
-    /// `continue`: keep the optimizer moments and scheduler position of this stage's previous
-    /// iteration (a fresh optimizer when it starts from `base`); `reset`: a fresh optimizer.
-    #[serde(default = "default_optimizer")]
-    pub optimizer: String,
-    #[serde(default = "default_epochs")]
-    pub epochs: u32,
-    #[serde(default = "default_micro")]
-    pub micro_batch: usize,
-    #[serde(default = "default_accum")]
-    pub grad_accum: usize,
-    pub schedule: crate::train::Schedule,
-    #[serde(default)]
-    pub adamw: crate::train::AdamWConfig,
-    /// Global gradient-norm clip (none when absent).
-    #[serde(default)]
-    pub clip: Option<f64>,
-    /// `sft`: token cross-entropy on the responses (a policy). `prm`: a process reward model,
-    /// binary cross-entropy of each step's score against the `labels` column (one label in
-    /// [0, 1] per step of `response`); a policy base gets a fresh score head. `regions`: vision
-    /// pretraining on `images` and `region_labels` (g×g class ids per image, reading order).
-    #[serde(default = "default_objective")]
-    pub objective: String,
-    /// `regions` only: a stage of held-out `images` and `region_labels`, scored at every tenth
-    /// of the training and at the end into the `region_eval` table (per label: regions, correct).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eval_data: Option<String>,
-}
-
-fn default_objective() -> String {
-    "sft".into()
-}
-
-fn default_init() -> String {
-    "last".into()
-}
-fn default_optimizer() -> String {
-    "continue".into()
-}
-fn default_epochs() -> u32 {
-    1
-}
-fn default_micro() -> usize {
-    16
-}
-fn default_accum() -> usize {
-    1
-}
-
-/// LoRA adapters: `rank`, `alpha` (scale alpha / rank) and the module names to adapt (every
-/// linear layer of that name, as peft's `target_modules`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoraSpec {
-    pub rank: usize,
-    pub alpha: f64,
-    pub targets: Vec<String>,
-}
-
 /// A Hugging Face checkpoint folder on local disk (relative paths: against the pipeline's folder).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPath {
     pub path: String,
-}
-
-/// The `openai` generate backend: one request per rollout (n = 1, seed = the rollout's seed).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenAiBackend {
-    /// e.g. `http://127.0.0.1:8000/v1`.
-    pub base_url: String,
-    /// The served model's name.
-    pub model: String,
-    /// Environment variable holding the API key (none sent when unset or empty).
-    #[serde(default = "default_api_key_env")]
-    pub api_key_env: String,
-    /// Requests in flight at once.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Retries of a transient failure (connection, 408, 429, 5xx), with backoff 0.5 s, 1 s, 2 s, ….
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    #[serde(default = "default_timeout_s")]
-    pub timeout_s: u64,
-}
-
-fn default_api_key_env() -> String {
-    "OPENAI_API_KEY".into()
-}
-fn default_concurrency() -> usize {
-    8
-}
-fn default_retries() -> u32 {
-    3
-}
-fn default_timeout_s() -> u64 {
-    600
-}
-
-/// generate: K rollouts per prompt from a policy checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateSpec {
-    /// Stage with `prompt_id`, `question`, `images`.
-    pub prompts: String,
-    /// Checkpoint stages, most preferred first (e.g. `[train@prev, warmup]`): the newest
-    /// committed checkpoint of the first one that has any is used.
-    #[serde(default)]
-    pub policy: Vec<String>,
-    /// A Hugging Face checkpoint folder (Qwen2.5-VL, Qwen3-VL): alone, or with `policy` the
-    /// folder sampled while none of those stages has a checkpoint (e.g. before the first SFT).
-    #[serde(default)]
-    pub model: Option<ModelPath>,
-    /// Instead of `policy`: an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
-    /// `mstar serve`, …).
-    #[serde(default)]
-    pub openai: Option<OpenAiBackend>,
-    #[serde(default = "default_samples")]
-    pub samples: u32,
-    #[serde(default)]
-    pub sampling: crate::model::generate::SamplingParams,
-    /// A stage whose table has `temperature` and `chosen` columns (e.g. `sql: pick_temperature`,
-    /// optionally `NAME@prev`): its newest chosen temperature replaces `sampling.temperature`
-    /// (which stays the fallback while that stage has no rows).
-    #[serde(default)]
-    pub temperature_from: Option<String>,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-}
-
-fn default_samples() -> u32 {
-    1
-}
-fn default_batch() -> usize {
-    32
-}
-
-/// eval: greedy accuracy and Pass@K of a policy on a prompts stage → metrics rows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalSpec {
-    pub prompts: String,
-    /// Checkpoint stages, most preferred first (as for generate).
-    #[serde(default)]
-    pub policy: Vec<String>,
-    /// A Hugging Face checkpoint folder: alone, or with `policy` the one evaluated while none of
-    /// those stages has a checkpoint (the base model before the first SFT).
-    #[serde(default)]
-    pub model: Option<ModelPath>,
-    /// Value of the `split` column; absent: the prompts' own `split` column.
-    #[serde(default)]
-    pub split: Option<String>,
-    /// Samples per prompt and temperature for Pass@K (0: greedy only).
-    #[serde(default = "default_eval_k")]
-    pub k: u32,
-    /// Sampling of the K samples (the greedy pass uses temperature 0).
-    #[serde(default)]
-    pub sampling: crate::model::generate::SamplingParams,
-    /// Sample at each of these temperatures (default: `sampling.temperature` only).
-    #[serde(default)]
-    pub temperatures: Vec<f64>,
-    /// Also decode greedily once per prompt (greedy accuracy).
-    #[serde(default = "default_true")]
-    pub greedy: bool,
-    /// Process reward model checkpoint stages, most preferred first: each sample gets its
-    /// PRM score (min over steps), for Reward-Pass@2.
-    #[serde(default)]
-    pub prm: Vec<String>,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-    /// Evaluate at most this many prompts (in prompt_id order).
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_eval_k() -> u32 {
-    4
-}
-
-/// prm_label: Monte Carlo step labels of sampled responses — for every step prefix, the share
-/// of `completions` continuations by the policy that reach the gold answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrmLabelSpec {
-    /// Stage with prompt_id, sample_idx, response (this iteration's rows).
-    pub rollouts: String,
-    /// Stage with the prompts: prompt_id, question, images, answer, answer_type, precision, choices.
-    pub prompts: String,
-    /// Checkpoint stages of the sampling policy, most preferred first.
-    #[serde(default)]
-    pub policy: Vec<String>,
-    /// A Hugging Face checkpoint folder as the sampling policy (alone, or the fallback while
-    /// none of the `policy` stages has a checkpoint).
-    #[serde(default)]
-    pub model: Option<ModelPath>,
-    /// Completions per step prefix (N).
-    #[serde(default = "default_completions")]
-    pub completions: u32,
-    #[serde(default)]
-    pub sampling: crate::model::generate::SamplingParams,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-}
-
-fn default_completions() -> u32 {
-    8
-}
-
-/// prm_score: one PRM score per reasoning step of each rollout → step_scores.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrmScoreSpec {
-    /// Stage with prompt_id, sample_idx, response (this iteration's rows).
-    pub rollouts: String,
-    /// Stage with prompt_id, question, images.
-    pub prompts: String,
-    /// Checkpoint stages of the process reward model, most preferred first.
-    pub prm: Vec<String>,
-    #[serde(default = "default_batch")]
-    pub batch_size: usize,
-}
-
-/// verify: rollouts joined with their prompts → verified (pred, correct, steps_ok).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifySpec {
-    /// Stage with prompt_id, sample_idx, response.
-    pub rollouts: String,
-    /// Stage with the prompts (prompt_id, answer, answer_type, precision, choices; scene and
-    /// meta for the synthetic task's step oracle).
-    pub prompts: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlSpec {
-    #[serde(default)]
-    pub sql: Option<String>,
-    #[serde(default)]
-    pub query: Option<String>,
 }
 
 /// A validated stage.
@@ -601,7 +276,10 @@ pub struct StageSpec {
     pub inputs: Vec<InputRef>,
     pub description: Option<String>,
     pub params: BTreeMap<String, Scalar>,
-    pub op: OpSpec,
+    /// The name of the stage's operator (`op:`).
+    pub op_name: &'static str,
+    /// The operator's settings.
+    pub op: std::sync::Arc<dyn crate::ops::OpConfig>,
     /// The op-specific keys as written (after overrides), hashed into the fingerprint.
     pub op_fields: Value,
     /// SQL stages: the query text with `${…}` parameters not yet substituted.
@@ -785,6 +463,9 @@ fn merge_stages(base: &mut YNode, child: &YNode) -> Result<(), String> {
     Ok(())
 }
 
+/// A decoded stage's operator name and config.
+type NamedOp = (&'static str, std::sync::Arc<dyn crate::ops::OpConfig>);
+
 struct Validator<'a> {
     dec: Decoder<'a>,
     base_dir: PathBuf,
@@ -806,7 +487,7 @@ impl Validator<'_> {
         }
 
         // Stages: common keys, then the op's own keys.
-        let mut stages: Vec<(usize, StageCommon, Option<OpSpec>, Value)> = Vec::new();
+        let mut stages: Vec<(usize, StageCommon, Option<NamedOp>, Value)> = Vec::new();
         for (i, raw) in top.stages.iter().enumerate() {
             let at = vec![key("stages"), Seg::Index(i)];
             if raw.is_null() {
@@ -824,18 +505,11 @@ impl Validator<'_> {
                 continue;
             };
             let op_at: Vec<Seg> = at.clone();
-            let op = match common.op.as_str() {
-                "import" => self.dec.decode_op::<ImportSpec>(&op_at, "import", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Import),
-                "sql" => self.dec.decode_op::<SqlSpec>(&op_at, "sql", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Sql),
-                "verify" => self.dec.decode_op::<VerifySpec>(&op_at, "verify", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Verify),
-                "model_init" => self.dec.decode_op::<ModelInitSpec>(&op_at, "model_init", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::ModelInit),
-                "train" => self.dec.decode_op::<TrainSpec>(&op_at, "train", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Train),
-                "generate" => self.dec.decode_op::<GenerateSpec>(&op_at, "generate", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Generate),
-                "eval" => self.dec.decode_op::<EvalSpec>(&op_at, "eval", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::Eval),
-                "prm_label" => self.dec.decode_op::<PrmLabelSpec>(&op_at, "prm_label", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::PrmLabel),
-                "prm_score" => self.dec.decode_op::<PrmScoreSpec>(&op_at, "prm_score", Value::Object(op_json.clone()), COMMON_KEYS).map(OpSpec::PrmScore),
-                other => {
-                    self.dec.error(&[key("stages"), Seg::Index(i), key("op")], format!("unknown op `{other}` (known ops: {})", OP_NAMES.join(", ")));
+            let op = match crate::ops::OpKind::find(&common.op) {
+                Some(kind) => (kind.decode)(&mut self.dec, &op_at, kind.name, Value::Object(op_json.clone())).map(|c| (kind.name, c)),
+                None => {
+                    let known = crate::ops::OpKind::names().join(", ");
+                    self.dec.error(&[key("stages"), Seg::Index(i), key("op")], format!("unknown op `{}` (known ops: {known})", common.op));
                     None
                 }
             };
@@ -858,7 +532,10 @@ impl Validator<'_> {
                 );
             }
         }
-        let scopes: HashMap<String, Scope> = stages.iter().map(|(_, c, op, _)| (c.id.clone(), c.scope.unwrap_or_else(|| default_scope(op.as_ref())))).collect();
+        let scopes: HashMap<String, Scope> = stages
+            .iter()
+            .map(|(_, c, op, _)| (c.id.clone(), c.scope.unwrap_or_else(|| op.as_ref().map_or(Scope::Iteration, |(_, o)| o.default_scope()))))
+            .collect();
 
         for (name, ds) in &top.datasets {
             let at = [key("datasets"), key(name)];
@@ -897,186 +574,27 @@ impl Validator<'_> {
                 }
                 _ => {}
             }
-            let mut inputs: Vec<InputRef> = Vec::new();
+            let mut c = StageCheck {
+                dec: &mut self.dec,
+                base_dir: &self.base_dir,
+                index: i,
+                id: common.id.clone(),
+                scope,
+                scopes: &scopes,
+                datasets: &top.datasets,
+                params: merged_params(&global_params, &common.params),
+                inputs: Vec::new(),
+                sql_template: None,
+            };
             for (j, raw) in common.inputs.iter().enumerate() {
-                let path = vec![key("stages"), Seg::Index(i), key("inputs"), Seg::Index(j)];
-                let (name, prev) = match raw.strip_suffix("@prev") {
-                    Some(n) => (n.to_string(), true),
-                    None => (raw.clone(), false),
-                };
-                if let Some(r) = self.check_input(&path, &common.id, scope, &name, prev, &scopes) {
-                    if !inputs.contains(&r) {
-                        inputs.push(r);
-                    }
-                }
+                let (name, prev) = split_prev(raw);
+                c.read_at(&[key("stages"), Seg::Index(i), key("inputs"), Seg::Index(j)], name, prev);
             }
-            let mut sql_template = None;
-            if let Some(op) = &op {
-                match op {
-                    OpSpec::Import(imp) => {
-                        if !top.datasets.contains_key(&imp.dataset) {
-                            let known: Vec<&str> = top.datasets.keys().map(String::as_str).collect();
-                            self.dec.error(&at("dataset"), format!("unknown dataset `{}` (datasets: {})", imp.dataset, list_or_none(&known)));
-                        }
-                    }
-                    OpSpec::ModelInit(m) => {
-                        if crate::model::tiny_vlm::Config::preset(&m.size, m.vocab_size).is_none() {
-                            self.dec.error(&at("size"), format!("unknown size `{}` (tiny, small, base)", m.size));
-                        }
-                        if let Some(r) = self.check_input(&at("corpus"), &common.id, scope, &m.corpus, false, &scopes) {
-                            inputs.push(r);
-                        }
-                    }
-                    OpSpec::Train(t) => {
-                        if !["last", "initial"].contains(&t.init.as_str()) {
-                            self.dec.error(&at("init"), format!("init is `last` or `initial`, not `{}`", t.init));
-                        }
-                        if !["continue", "reset"].contains(&t.optimizer.as_str()) {
-                            self.dec.error(&at("optimizer"), format!("optimizer is `continue` or `reset`, not `{}`", t.optimizer));
-                        }
-                        if !["sft", "prm", "regions"].contains(&t.objective.as_str()) {
-                            self.dec.error(&at("objective"), format!("objective is `sft`, `prm` or `regions`, not `{}`", t.objective));
-                        }
-                        if t.micro_batch == 0 || t.grad_accum == 0 {
-                            self.dec.error(&at("micro_batch"), "micro_batch and grad_accum must be at least 1");
-                        }
-                        for (field, msg) in t.schedule.problems() {
-                            let mut path = at("schedule");
-                            path.push(key(field));
-                            self.dec.error(&path, msg);
-                        }
-                        match (t.base.is_empty(), &t.model) {
-                            (true, None) => self.dec.error(&at("base"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder)"),
-                            (false, Some(_)) => {
-                                self.dec.error(&at("model"), "give `base` (a stage with a checkpoint) or `model` (a checkpoint folder), not both")
-                            }
-                            (true, Some(_)) if t.objective == "regions" => {
-                                self.dec.error(&at("objective"), "a `model` folder trains with objective `sft` or `prm`")
-                            }
-                            _ => {}
-                        }
-                        if t.model.is_none() && (t.lora.is_some() || t.gradient_checkpointing) {
-                            self.dec.error(&at(if t.lora.is_some() { "lora" } else { "gradient_checkpointing" }), "applies to a `model` folder only");
-                        }
-                        if let Some(l) = &t.lora {
-                            if l.rank == 0 || !(l.alpha.is_finite() && l.alpha > 0.0) || l.targets.is_empty() {
-                                self.dec.error(&at("lora"), "lora needs rank ≥ 1, alpha > 0 and at least one target module");
-                            }
-                        }
-                        if t.eval_data.is_some() && t.objective != "regions" {
-                            self.dec.error(&at("eval_data"), "eval_data applies to objective `regions` only");
-                        }
-                        let named: Vec<(&str, &String)> = [("data", &t.data), ("base", &t.base)]
-                            .into_iter()
-                            .chain(t.eval_data.as_ref().map(|e| ("eval_data", e)))
-                            .filter(|(_, n)| !n.is_empty())
-                            .collect();
-                        for (field, name) in named {
-                            if let Some(r) = self.check_input(&at(field), &common.id, scope, name, false, &scopes) {
-                                if !inputs.contains(&r) {
-                                    inputs.push(r);
-                                }
-                            }
-                        }
-                        if t.init == "last" && scope == Scope::Iteration {
-                            inputs.push(InputRef { stage: common.id.clone(), prev: true });
-                        }
-                    }
-                    OpSpec::Generate(_) | OpSpec::Eval(_) | OpSpec::PrmLabel(_) | OpSpec::PrmScore(_) => {
-                        // tables read, then the list of checkpoint stages (most preferred first)
-                        #[allow(clippy::type_complexity)]
-                        let (tables, (ck_field, ck)): (Vec<(&str, &String)>, (&str, &Vec<String>)) = match op {
-                            OpSpec::Generate(g) => (vec![("prompts", &g.prompts)], ("policy", &g.policy)),
-                            OpSpec::Eval(g) => (vec![("prompts", &g.prompts)], ("policy", &g.policy)),
-                            OpSpec::PrmLabel(g) => (vec![("rollouts", &g.rollouts), ("prompts", &g.prompts)], ("policy", &g.policy)),
-                            OpSpec::PrmScore(g) => (vec![("rollouts", &g.rollouts), ("prompts", &g.prompts)], ("prm", &g.prm)),
-                            _ => unreachable!("matched above"),
-                        };
-                        for (field, name) in tables {
-                            if let Some(r) = self.check_input(&at(field), &common.id, scope, name, false, &scopes) {
-                                if !inputs.contains(&r) {
-                                    inputs.push(r);
-                                }
-                            }
-                        }
-                        match op {
-                            OpSpec::Generate(g) if g.openai.is_some() && (!g.policy.is_empty() || g.model.is_some()) => {
-                                self.dec.error(&at("openai"), "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both");
-                            }
-                            OpSpec::Generate(GenerateSpec { openai: Some(o), .. }) if o.concurrency == 0 => {
-                                self.dec.error(&at("openai"), "concurrency must be at least 1");
-                            }
-                            OpSpec::Generate(GenerateSpec { model: Some(_), .. } | GenerateSpec { openai: Some(_), .. })
-                            | OpSpec::Eval(EvalSpec { model: Some(_), .. })
-                            | OpSpec::PrmLabel(PrmLabelSpec { model: Some(_), .. }) => {}
-                            _ if ck.is_empty() => self.dec.error(&at(ck_field), "name at least one checkpoint stage"),
-                            _ => {}
-                        }
-                        let more: Vec<(&str, &String)> = match op {
-                            OpSpec::Generate(GenerateSpec { temperature_from: Some(t), .. }) => vec![("temperature_from", t)],
-                            OpSpec::Eval(e) => e.prm.iter().map(|p| ("prm", p)).collect(),
-                            _ => vec![],
-                        };
-                        for (field, raw) in more {
-                            let (name, prev) = match raw.strip_suffix("@prev") {
-                                Some(n) => (n.to_string(), true),
-                                None => (raw.clone(), false),
-                            };
-                            if let Some(r) = self.check_input(&at(field), &common.id, scope, &name, prev, &scopes) {
-                                if !inputs.contains(&r) {
-                                    inputs.push(r);
-                                }
-                            }
-                        }
-                        for (j, raw) in ck.iter().enumerate() {
-                            let path = vec![key("stages"), Seg::Index(i), key(ck_field), Seg::Index(j)];
-                            let (name, prev) = match raw.strip_suffix("@prev") {
-                                Some(n) => (n.to_string(), true),
-                                None => (raw.clone(), false),
-                            };
-                            if let Some(r) = self.check_input(&path, &common.id, scope, &name, prev, &scopes) {
-                                if !inputs.contains(&r) {
-                                    inputs.push(r);
-                                }
-                            }
-                        }
-                    }
-                    OpSpec::Verify(v) => {
-                        for (field, name) in [("rollouts", &v.rollouts), ("prompts", &v.prompts)] {
-                            if let Some(r) = self.check_input(&at(field), &common.id, scope, name, false, &scopes) {
-                                if !inputs.contains(&r) {
-                                    inputs.push(r);
-                                }
-                            }
-                        }
-                    }
-                    OpSpec::Sql(sql) => {
-                        let src = SqlSource { sql: sql.sql.clone(), query: sql.query.clone() };
-                        let field = if sql.query.is_some() { "query" } else { "sql" };
-                        let stage_params = merged_params(&global_params, &common.params);
-                        if let Some(text) = self.resolve_sql(&[key("stages"), Seg::Index(i)], &src) {
-                            if let Some(tables) = self.check_sql(&at(field), &text, &stage_params, scope, &common.id) {
-                                for t in tables {
-                                    if inputs.iter().any(|r| r.stage == t) {
-                                        continue;
-                                    }
-                                    if t == common.id {
-                                        if scope == Scope::Setup {
-                                            self.dec.error(&at(field), "a setup stage cannot read its own table");
-                                        } else {
-                                            inputs.push(InputRef { stage: t, prev: true });
-                                        }
-                                    } else if let Some(r) = self.check_input(&at(field), &common.id, scope, &t, false, &scopes) {
-                                        inputs.push(r);
-                                    }
-                                }
-                            }
-                            sql_template = Some(text);
-                        }
-                    }
-                }
+            if let Some((_, op)) = &op {
+                op.check(&mut c);
             }
-            if let Some(op) = op {
+            let (inputs, sql_template) = (c.inputs, c.sql_template);
+            if let Some((op_name, op)) = op {
                 out.push(StageSpec {
                     id: common.id,
                     scope,
@@ -1084,6 +602,7 @@ impl Validator<'_> {
                     inputs,
                     description: common.description,
                     params: common.params,
+                    op_name,
                     op,
                     op_fields: op_json,
                     sql_template,
@@ -1094,7 +613,12 @@ impl Validator<'_> {
         self.check_cycles(&out);
 
         let summary = top.summary.as_ref().and_then(|s| {
-            let text = self.resolve_sql(&[key("summary")], s)?;
+            let text = read_sql(&self.base_dir, s)
+                .map_err(|(field, m)| {
+                    let at: Vec<Seg> = [key("summary")].into_iter().chain((!field.is_empty()).then(|| key(field))).collect();
+                    self.dec.error(&at, m)
+                })
+                .ok()?;
             let params = merged_params(&global_params, &BTreeMap::new());
             let mut ps = ParamSet::new();
             for k in ["iteration", "prev_iteration", "iterations", "seed"] {
@@ -1133,87 +657,6 @@ impl Validator<'_> {
             frozen_yaml,
             spec_hash,
         })
-    }
-
-    fn check_input(&mut self, path: &[Seg], me: &str, scope: Scope, name: &str, prev: bool, scopes: &HashMap<String, Scope>) -> Option<InputRef> {
-        let Some(their) = scopes.get(name) else {
-            let mut known: Vec<&str> = scopes.keys().map(String::as_str).collect();
-            known.sort();
-            self.dec.error(path, format!("stage `{me}` reads unknown stage `{name}` (stages: {})", list_or_none(&known)));
-            return None;
-        };
-        if scope == Scope::Setup && *their == Scope::Iteration {
-            self.dec.error(path, format!("setup stage `{me}` cannot read iteration stage `{name}`"));
-            return None;
-        }
-        if prev && *their == Scope::Setup {
-            self.dec.error(path, format!("`{name}@prev`: `{name}` is a setup stage; it has no previous iterations"));
-            return None;
-        }
-        if name == me && !prev {
-            self.dec.error(path, format!("stage `{me}` reads itself; write `{me}@prev` to read its earlier iterations"));
-            return None;
-        }
-        Some(InputRef { stage: name.to_string(), prev })
-    }
-
-    fn resolve_sql(&mut self, at: &[Seg], src: &SqlSource) -> Option<String> {
-        let mut p = at.to_vec();
-        match (&src.sql, &src.query) {
-            (Some(_), Some(_)) => {
-                p.push(key("query"));
-                self.dec.error(&p, "give either `sql` (a file under sql/) or `query` (inline), not both");
-                None
-            }
-            (None, None) => {
-                self.dec.error(at, "missing `sql: NAME` (for sql/NAME.sql) or `query: …` (inline SQL)");
-                None
-            }
-            (None, Some(q)) => Some(q.clone()),
-            (Some(name), None) => {
-                p.push(key("sql"));
-                match find_sql_file(&self.base_dir, name) {
-                    Ok(path) => match std::fs::read_to_string(&path) {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            self.dec.error(&p, format!("cannot read {}: {e}", path.display()));
-                            None
-                        }
-                    },
-                    Err(m) => {
-                        self.dec.error(&p, m);
-                        None
-                    }
-                }
-            }
-        }
-    }
-
-    /// Substitutes parameters and parses the query; returns the stage tables it reads.
-    fn check_sql(&mut self, at: &[Seg], text: &str, params: &BTreeMap<String, Scalar>, scope: Scope, id: &str) -> Option<Vec<String>> {
-        let mut ps = ParamSet::new();
-        let it = if scope == Scope::Setup { "0" } else { "1" };
-        for k in ["iteration", "prev_iteration", "iterations", "seed"] {
-            ps.insert(k, it.into());
-        }
-        ps.insert("stage", id.to_string());
-        for (k, v) in params {
-            ps.insert(k, v.to_string());
-        }
-        let q = match substitute(text, &ps) {
-            Ok(q) => q,
-            Err(e) => {
-                self.dec.error(at, e);
-                return None;
-            }
-        };
-        match crate::sql::referenced_tables(&q) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.dec.error(at, e);
-                None
-            }
-        }
     }
 
     fn check_cycles(&mut self, stages: &[StageSpec]) {
@@ -1265,13 +708,6 @@ impl Validator<'_> {
     }
 }
 
-fn default_scope(op: Option<&OpSpec>) -> Scope {
-    match op {
-        Some(OpSpec::Import(_) | OpSpec::ModelInit(_)) => Scope::Setup,
-        _ => Scope::Iteration,
-    }
-}
-
 fn merged_params(global: &BTreeMap<String, Scalar>, local: &BTreeMap<String, Scalar>) -> BTreeMap<String, Scalar> {
     let mut m = global.clone();
     m.extend(local.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -1282,7 +718,7 @@ fn key(k: &str) -> Seg {
     Seg::Key(k.to_string())
 }
 
-fn list_or_none(items: &[&str]) -> String {
+pub(crate) fn list_or_none(items: &[&str]) -> String {
     if items.is_empty() {
         "none defined".into()
     } else {
