@@ -1,6 +1,7 @@
 //! mstar: self-evolving training for multimodal reasoning models (M-STAR) as declarative,
 //! auditable dataflow pipelines: spec → plan → operators → run store → SQL.
 
+pub mod cancel;
 pub mod data;
 pub mod model;
 pub mod openai;

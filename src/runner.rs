@@ -1,6 +1,7 @@
 //! Runs a plan against a run store: takes the lock, freezes the spec, skips stages whose
 //! committed fingerprint matches, recomputes the rest, and commits each stage manifest-last.
 
+use crate::cancel::CancelToken;
 use crate::ops::{self, OpContext, OpOutput};
 use crate::plan::{self, Instance, Plan};
 use crate::spec::Pipeline;
@@ -14,7 +15,6 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,30 +93,24 @@ pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<Ru
         eprintln!("mstar: removed {n} orphaned files ({}) that no committed manifest references", human_bytes(bytes));
     }
     // A stage that computes on this task (a training loop) cannot be cancelled at an await; a
-    // watcher on another worker raises the flag that such loops check between steps.
-    INTERRUPTED.store(false, Ordering::SeqCst);
-    let mut watcher = tokio::spawn(async {
+    // watcher on another worker raises the token that such loops check between steps (the
+    // stage then fails uncommitted; committed stages and checkpoints stay).
+    let cancel = CancelToken::default();
+    let raise = cancel.clone();
+    let mut watcher = tokio::spawn(async move {
         shutdown_signal().await;
-        INTERRUPTED.store(true, Ordering::SeqCst);
+        raise.cancel();
     });
     let result = tokio::select! {
-        r = run_locked(p, store, opts, &ops, &plan) => r,
+        r = run_locked(p, store, opts, &ops, &plan, &cancel) => r,
         _ = &mut watcher => Err(Error::Interrupted),
     };
     watcher.abort();
     lock.release().await?;
-    if interrupted() {
+    if cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
     result
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// True once Ctrl-C or SIGTERM reached a running `run`: long computations stop at their next
-/// step (the stage fails uncommitted; committed stages and checkpoints stay).
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 async fn shutdown_signal() {
@@ -127,7 +121,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_locked(p: &Pipeline, store: &RunStore, opts: &RunOptions, ops: &[Box<dyn ops::Operator>], plan: &Plan) -> Result<RunReport, Error> {
+async fn run_locked(
+    p: &Pipeline,
+    store: &RunStore,
+    opts: &RunOptions,
+    ops: &[Box<dyn ops::Operator>],
+    plan: &Plan,
+    cancel: &CancelToken,
+) -> Result<RunReport, Error> {
     freeze(p, store, opts).await?;
     store.write_json(PLAN_FILE, plan).await?;
 
@@ -159,7 +160,7 @@ async fn run_locked(p: &Pipeline, store: &RunStore, opts: &RunOptions, ops: &[Bo
         }
         let si = p.stages.iter().position(|s| s.id == inst.stage).expect("planned stage");
         let started = Instant::now();
-        let m = execute(p, store, &*ops[si], inst, &committed, current, pause.get(&inst.stage).copied()).await.map_err(|e| Error::Stage {
+        let m = execute(p, store, &*ops[si], inst, &committed, current, pause.get(&inst.stage).copied(), cancel).await.map_err(|e| Error::Stage {
             stage: inst.stage.clone(),
             iteration: inst.iteration,
             error: Box::new(e),
@@ -230,6 +231,7 @@ async fn execute(
     committed: &BTreeMap<(String, u32), Manifest>,
     current: Option<&Manifest>,
     pause: Option<Duration>,
+    cancel: &CancelToken,
 ) -> Result<Manifest, Error> {
     let started_at = chrono::Utc::now();
     let clock = Instant::now();
@@ -271,6 +273,7 @@ async fn execute(
         input_schemas,
         input_manifests,
         side: Default::default(),
+        cancel: cancel.clone(),
     };
     let declared = op.output_schema(&ctx).await?;
     let (kind, files, rows, bytes, schema) = match op.execute(&ctx).await? {

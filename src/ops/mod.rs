@@ -47,6 +47,8 @@ pub enum OpError {
     Store(#[from] StoreError),
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
+    #[error(transparent)]
+    Interrupted(#[from] crate::train::epochs::Interrupted),
     #[error("{0}")]
     Invalid(String),
 }
@@ -71,6 +73,8 @@ pub struct OpContext<'a> {
     pub side: SideTables,
     /// Unique id of this attempt: files an operator writes go below `files_dir()/attempt`.
     pub attempt: String,
+    /// Raised when the run is interrupted: long loops stop at their next step.
+    pub cancel: crate::cancel::CancelToken,
 }
 
 /// One side table's schema and batches.

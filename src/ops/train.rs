@@ -7,6 +7,7 @@ use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::model::policy::{safetensors_bytes, Policy};
 use crate::model::tiny_vlm::image_patches;
 use crate::spec::{Pipeline, Scope, StageCheck, StageSpec};
+use crate::train::epochs::{run_epochs, StepLog};
 use crate::train::{train_step, AdamW, Example, TrainerState};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -328,34 +329,25 @@ impl Operator for TrainOp {
                 }
             }
             crate::train::frozen_features(&policy, &mut examples).map_err(|e| self.fail(e))?;
-            let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);
             if examples.is_empty() {
                 eprintln!("  train: no rows in `{}` this iteration; the checkpoint is carried over", self.spec.data);
             }
             let per_step = self.spec.micro_batch * self.spec.grad_accum;
-            let total_steps = examples.len().div_ceil(per_step.max(1)) * self.spec.epochs as usize;
             let started = std::time::Instant::now();
-            for epoch in 0..self.spec.epochs {
-                let mut order: Vec<usize> = (0..examples.len()).collect();
-                shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
-                for chunk in order.chunks(per_step) {
-                    let micro: Vec<Vec<&Example>> = chunk.chunks(self.spec.micro_batch).map(|c| c.iter().map(|&i| &examples[i]).collect()).collect();
-                    if crate::runner::interrupted() {
-                        return Err(self.fail(format!("interrupted at step {} of {total_steps}; nothing of this stage was committed", losses.len())));
-                    }
-                    let lr = state.schedule.lr_at(state.step);
-                    let loss = train_step(&policy, &mut opt, &mut state, &micro, self.spec.clip).map_err(|e| self.fail(e))?;
-                    steps.push(state.step as i64);
-                    losses.push(loss);
-                    let done = losses.len();
-                    if done * 10 / total_steps.max(1) != (done - 1) * 10 / total_steps.max(1) && done < total_steps {
-                        eprintln!("  train: step {done}/{total_steps}, loss {loss:.4}, lr {lr:.2e}, {:.1}s", started.elapsed().as_secs_f64());
-                    }
-                    lrs.push(lr);
-                    epochs.push(epoch as i64);
-                }
-            }
-            state.rng = state.rng.wrapping_add(self.spec.epochs as u64);
+            let log = run_epochs(
+                "train",
+                &examples,
+                self.spec.epochs,
+                per_step,
+                &mut state,
+                &ctx.cancel,
+                |state, batch, _| {
+                    let micro: Vec<Vec<&Example>> = batch.chunks(self.spec.micro_batch).map(<[&Example]>::to_vec).collect();
+                    train_step(&policy, &mut opt, state, &micro, self.spec.clip).map_err(|e| self.fail(e))
+                },
+                |_| Ok(()),
+            )?;
+            let losses = &log.losses;
             if let Some(l) = losses.last() {
                 eprintln!(
                     "  train: {} examples × {} epoch(s), {} steps in {:.1}s, loss {:.4} → {:.4}",
@@ -368,8 +360,7 @@ impl Operator for TrainOp {
                 );
             }
             crate::model::tiny_vlm::train_cpu::release_workspaces();
-            let log = train_log(&self.stage, steps, epochs, losses, lrs)?;
-            ctx.side.push("train_log", log);
+            ctx.side.push("train_log", train_log(&self.stage, log)?);
             let mut files = policy.to_files().map_err(|e| self.fail(e))?;
             files.push((OPTIMIZER_FILE, safetensors_bytes(&opt.state_tensors()).map_err(|e| self.fail(e))?));
             files.push((STATE_FILE, serde_json::to_vec_pretty(&state).map_err(|e| self.fail(e))?));
@@ -398,7 +389,7 @@ impl TrainOp {
         if grid * grid != first.labels.len() {
             return Err(self.fail(format!("region_labels has {} entries; expected a square number (g × g regions)", first.labels.len())));
         }
-        let mut trainer = RegionTrainer::new(&policy, grid, classes, self.spec.adamw.weight_decay, ctx.pipeline.seed).map_err(|e| self.fail(e))?;
+        let trainer = RegionTrainer::new(&policy, grid, classes, self.spec.adamw.weight_decay, ctx.pipeline.seed).map_err(|e| self.fail(e))?;
         let held_out: Vec<&RegionExample> = held_out.iter().collect();
         let mut eval_rows: Vec<(i64, u32, u64, u64)> = vec![];
         let mut evaluate = |trainer: &RegionTrainer, step: u64| -> Result<()> {
@@ -413,36 +404,24 @@ impl TrainOp {
             eval_rows.extend(per.into_iter().map(|(l, n, c)| (step as i64, l, n, c)));
             Ok(())
         };
-        let mb = self.spec.micro_batch.max(1);
-        let total = examples.len().div_ceil(mb) * self.spec.epochs as usize;
-        let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);
-        let started = std::time::Instant::now();
-        for epoch in 0..self.spec.epochs {
-            let mut order: Vec<usize> = (0..examples.len()).collect();
-            shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
-            for chunk in order.chunks(mb) {
-                if crate::runner::interrupted() {
-                    return Err(self.fail(format!("interrupted at step {} of {total}; nothing of this stage was committed", losses.len())));
-                }
-                let lr = state.schedule.lr_at(state.step);
-                let batch: Vec<&RegionExample> = chunk.iter().map(|&i| &examples[i]).collect();
-                let loss = trainer.step(&policy, &batch, lr).map_err(|e| self.fail(e))?;
+        let trainer = std::cell::RefCell::new(trainer);
+        let log = run_epochs(
+            "train (regions)",
+            &examples,
+            self.spec.epochs,
+            self.spec.micro_batch.max(1),
+            &mut state,
+            &ctx.cancel,
+            |state, batch: &[&RegionExample], lr| {
+                let loss = trainer.borrow_mut().step(&policy, batch, lr).map_err(|e| self.fail(e))?;
                 state.step += 1;
                 state.examples_seen += batch.len() as u64;
                 state.last_loss = Some(loss);
-                steps.push(state.step as i64);
-                losses.push(loss);
-                lrs.push(lr);
-                epochs.push(epoch as i64);
-                let done = losses.len();
-                if done * 10 / total.max(1) != (done - 1) * 10 / total.max(1) || done == total {
-                    eprintln!("  train (regions): step {done}/{total}, loss {loss:.4}, lr {lr:.2e}, {:.1}s", started.elapsed().as_secs_f64());
-                    evaluate(&trainer, state.step)?;
-                }
-            }
-        }
-        state.rng = state.rng.wrapping_add(self.spec.epochs as u64);
-        ctx.side.push("train_log", train_log(&self.stage, steps, epochs, losses, lrs)?);
+                Ok(loss)
+            },
+            |state| evaluate(&trainer.borrow(), state.step),
+        )?;
+        ctx.side.push("train_log", train_log(&self.stage, log)?);
         if !eval_rows.is_empty() {
             ctx.side.push("region_eval", region_eval(&self.stage, &eval_rows)?);
         }
@@ -500,7 +479,8 @@ fn region_eval(stage: &str, rows: &[(i64, u32, u64, u64)]) -> Result<RecordBatch
     )?)
 }
 
-pub(crate) fn train_log(stage: &str, steps: Vec<i64>, epochs: Vec<i64>, losses: Vec<f64>, lrs: Vec<f64>) -> Result<RecordBatch> {
+pub(crate) fn train_log(stage: &str, log: StepLog) -> Result<RecordBatch> {
+    let StepLog { steps, epochs, losses, lrs } = log;
     Ok(RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("stage", DataType::Utf8, false),

@@ -2,12 +2,13 @@
 //! adapters, continuing from this stage's previous checkpoint when asked; checkpoints are saved
 //! in Hugging Face's layout (a model folder, or a peft adapter folder) plus the optimizer state.
 
-use super::train::{shuffle, train_log, TrainOp};
+use super::train::{train_log, TrainOp};
 use super::{OpContext, OpOutput, Result};
 use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::model::policy::safetensors_bytes;
 use crate::model::qwen2_5_vl::lora::LoraConfig;
 use crate::model::qwen_vl::{Checkpoint, Trainable};
+use crate::train::epochs::run_epochs;
 use crate::train::qwen::{accumulate, encode, encode_steps, QwenExample};
 use crate::train::{optimizer_step, AdamW, TrainerState};
 use arrow::array::{Array, AsArray};
@@ -89,37 +90,26 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
     let pad = *ck.eos_ids.first().ok_or_else(|| op.fail("the checkpoint names no end-of-turn token to pad with"))?;
     let vars = ck.trainable();
     let per_step = spec.micro_batch * spec.grad_accum;
-    let total_steps = examples.len().div_ceil(per_step.max(1)) * spec.epochs as usize;
     if examples.is_empty() {
         eprintln!("  train: no rows in `{}` this iteration; the checkpoint is carried over", spec.data);
     }
-    let (mut steps, mut losses, mut lrs, mut epochs) = (vec![], vec![], vec![], vec![]);
-    let started = std::time::Instant::now();
-    for epoch in 0..spec.epochs {
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
-        for chunk in order.chunks(per_step) {
-            if crate::runner::interrupted() {
-                return Err(op.fail(format!("interrupted at step {} of {total_steps}; nothing of this stage was committed", losses.len())));
-            }
-            let micro: Vec<Vec<&QwenExample>> = chunk.chunks(spec.micro_batch).map(|c| c.iter().map(|&i| &examples[i]).collect()).collect();
-            let lr = state.schedule.lr_at(state.step);
-            let loss = optimizer_step(&vars, &mut opt, &mut state, &micro, spec.clip, QwenExample::targets, |mb, share, grads| {
+    let log = run_epochs(
+        "train",
+        &examples,
+        spec.epochs,
+        per_step,
+        &mut state,
+        &ctx.cancel,
+        |state, batch, _| {
+            let micro: Vec<Vec<&QwenExample>> = batch.chunks(spec.micro_batch).map(<[&QwenExample]>::to_vec).collect();
+            optimizer_step(&vars, &mut opt, state, &micro, spec.clip, QwenExample::targets, |mb, share, grads| {
                 accumulate(&ck, mb, pad, spec.gradient_checkpointing, share, grads)
             })
-            .map_err(|e| op.fail(e))?;
-            steps.push(state.step as i64);
-            losses.push(loss);
-            lrs.push(lr);
-            epochs.push(epoch as i64);
-            let done = losses.len();
-            if done * 10 / total_steps.max(1) != (done - 1) * 10 / total_steps.max(1) || done == total_steps {
-                eprintln!("  train: step {done}/{total_steps}, loss {loss:.4}, lr {lr:.2e}, {:.1}s", started.elapsed().as_secs_f64());
-            }
-        }
-    }
-    state.rng = state.rng.wrapping_add(spec.epochs as u64);
-    ctx.side.push("train_log", train_log(&op.stage, steps, epochs, losses, lrs)?);
+            .map_err(|e| op.fail(e))
+        },
+        |_| Ok(()),
+    )?;
+    ctx.side.push("train_log", train_log(&op.stage, log)?);
     let mut files = ck.to_files().map_err(|e| op.fail(e))?;
     files.push((OPTIMIZER_FILE.to_string(), safetensors_bytes(&opt.state_tensors()).map_err(|e| op.fail(e))?));
     files.push((STATE_FILE.to_string(), serde_json::to_vec_pretty(&state).map_err(|e| op.fail(e))?));

@@ -2,6 +2,7 @@
 //! micro-batches with gradient accumulation, and optimizer/scheduler state for checkpoints.
 
 pub mod cpu;
+pub mod epochs;
 pub mod qwen;
 pub mod regions;
 
