@@ -1,9 +1,9 @@
 //! Batched sampling with a KV cache. Every prompt is laid out in a fixed-length bucket and
 //! sampled with its own seeded RNG, so a rollout is the same whatever batch it ran in.
 
+use super::layers::Mask;
 use super::policy::{ModelError, Policy, Result};
 use super::tiny_vlm::decode_cpu::CpuDecoder;
-use super::tiny_vlm::Mask;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

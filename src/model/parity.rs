@@ -1,7 +1,8 @@
 //! Numeric parity of the tiny VLM's forward pass and gradients with the PyTorch reference
 //! (fixture made by tests/model/make_parity_fixture.py from tests/model/torch_ref.py).
 
-use super::tiny_vlm::{masked_cross_entropy, Config, TinyVlm};
+use super::layers::masked_cross_entropy;
+use super::tiny_vlm::{Config, TinyVlm};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 

@@ -2,9 +2,9 @@
 //! tokenizer, image processor, chat template) and the calls generation and training make.
 
 use super::hf::{self, chat::ChatTemplate, processor::ImageProcessor, HfError};
+use super::layers::Mask;
 use super::qwen2_5_vl::{self, lora, text::TextModel, Qwen25Vl};
 use super::qwen3_vl::{self, Qwen3Vl};
-use super::tiny_vlm::Mask;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 use std::collections::HashMap;

@@ -237,9 +237,9 @@ fn cached_step_equals_full_forward_with(dev: &Device, over: &serde_json::Value) 
     let t0 = x.dim(1).unwrap();
     let pos = Tensor::arange(0u32, t0 as u32, dev).unwrap().unsqueeze(0).unwrap();
     let mut cache = super::tiny_vlm::KvCache::new(policy.cfg.num_hidden_layers);
-    m.decode(&x, &pos, super::tiny_vlm::Mask::Causal, Some(&mut cache)).unwrap();
+    m.decode(&x, &pos, super::layers::Mask::Causal, Some(&mut cache)).unwrap();
     let step = m.embed_tokens(&Tensor::new(&[[next]], dev).unwrap()).unwrap();
-    let h = m.decode(&step, &Tensor::new(&[[t0 as u32]], dev).unwrap(), super::tiny_vlm::Mask::None, Some(&mut cache)).unwrap();
+    let h = m.decode(&step, &Tensor::new(&[[t0 as u32]], dev).unwrap(), super::layers::Mask::None, Some(&mut cache)).unwrap();
     let got: Vec<f32> = m.logits(&h).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let d = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     eprintln!("{dev:?}: max |cached − full| = {d}");

@@ -3,8 +3,8 @@
 
 use super::text::Cache;
 use crate::model::generate::{sample, Generation, SamplingParams, SplitMix};
+use crate::model::layers::Mask;
 use crate::model::qwen_vl::QwenVl;
-use crate::model::tiny_vlm::Mask;
 use candle_core::{Result, Tensor};
 
 /// A rendered, tokenized prompt and its images' patches.

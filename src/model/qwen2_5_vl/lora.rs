@@ -2,7 +2,7 @@
 //! update `scale · B·A` beside each targeted linear layer, trainable alone, mergeable on export.
 
 use crate::model::hf::{invalid, read_json, weights::canonical_name, Result};
-use crate::model::tiny_vlm::model::Lin;
+use crate::model::layers::Lin;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;

@@ -77,7 +77,7 @@ pub(crate) fn check_parity(dir: &std::path::Path) {
 /// into the weights gives the adapted model's logits.
 #[test]
 fn lora_step_matches_peft_and_merges() {
-    use crate::model::tiny_vlm::masked_cross_entropy;
+    use crate::model::layers::masked_cross_entropy;
     let dir = fixture();
     let dev = Device::Cpu;
     let ck = Checkpoint::load_with_adapter(&dir, &dir.join("lora"), true, DType::F32, &dev).unwrap();

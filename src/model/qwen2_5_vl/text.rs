@@ -3,7 +3,7 @@
 
 use super::config::DecoderSpec;
 use super::lora::{LoraConfig, LoraLinear};
-use crate::model::tiny_vlm::model::{attention, linear_no_bias, Lin, Mask, RmsNorm, Rotary};
+use crate::model::layers::{attention, linear_no_bias, Lin, Mask, RmsNorm, Rotary};
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 

@@ -3,8 +3,8 @@
 
 use super::config::VisionConfig;
 use super::lora::{LoraConfig, LoraLinear};
-use crate::model::tiny_vlm::fused::RopeOp;
-use crate::model::tiny_vlm::model::{attention, rotate_half, Mask, RmsNorm};
+use crate::model::layers::fused::RopeOp;
+use crate::model::layers::{attention, rotate_half, Mask, RmsNorm};
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
 

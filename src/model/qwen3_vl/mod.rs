@@ -81,7 +81,7 @@ impl Qwen3Vl {
         let deep = self.deepstack_rows(&id_t, &deep)?;
         let pos = rope_index(ids, grids, self.cfg.image_token_id, self.cfg.vision.spatial_merge_size)?;
         let (cos, sin) = self.text.rope_tables(&[pos], &dev)?;
-        let h = self.text.forward_deepstack(&x, &cos, &sin, crate::model::tiny_vlm::Mask::Causal, None, &deep)?;
+        let h = self.text.forward_deepstack(&x, &cos, &sin, crate::model::layers::Mask::Causal, None, &deep)?;
         self.text.logits(&h)
     }
 }

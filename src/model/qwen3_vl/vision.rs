@@ -3,8 +3,8 @@
 //! patch merger, and DeepStack mergers on intermediate blocks.
 
 use super::config::VisionConfig;
+use crate::model::layers::{attention, Mask};
 use crate::model::qwen2_5_vl::lora::{LoraConfig, LoraLinear};
-use crate::model::tiny_vlm::model::{attention, Mask};
 use candle_core::{Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 

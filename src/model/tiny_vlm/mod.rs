@@ -3,14 +3,13 @@
 
 pub mod config;
 pub mod decode_cpu;
-pub mod fused;
 pub mod kernels;
 pub mod model;
 pub mod train_cpu;
 pub mod vision_cpu;
 
 pub use config::{Config, VisionConfig};
-pub use model::{causal_mask, masked_bce_with_logits, masked_cross_entropy, KvCache, Mask, TinyVlm};
+pub use model::{KvCache, TinyVlm};
 
 /// An image as model input: RGB resized to `image_size`, scaled to [-1, 1], cut into
 /// row-major patches, each flattened as (row, column, channel). Length P × patch_dim.

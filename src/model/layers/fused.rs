@@ -1,7 +1,7 @@
 //! Fused CPU kernels for training, each with an explicit backward: causal softmax, RMSNorm and
 //! RoPE. They replace chains of candle ops (one pass instead of five to ten over the tensor).
 //!
-//! CPU only; other devices use the composed candle ops (`model.rs`), which the tests compare.
+//! CPU only; other devices use the composed candle ops (`layers`), which the tests compare.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Error, Layout, Result, Shape, Tensor};
 
@@ -274,7 +274,7 @@ mod tests {
     fn causal_softmax_matches_masked_softmax() {
         let x = randn(&[2, 3, 7, 7], 1);
         let fused = x.as_tensor().apply_op1(CausalSoftmax { scale: 0.5 }).unwrap();
-        let mask = crate::model::tiny_vlm::causal_mask(7, &Device::Cpu).unwrap();
+        let mask = crate::model::layers::causal_mask(7, &Device::Cpu).unwrap();
         let plain = candle_nn::ops::softmax(&(x.as_tensor() * 0.5).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         assert!(compare(&fused, &plain, &[&x]) < 1e-5);
     }
