@@ -320,3 +320,123 @@ fn orphaned_files_are_reported_and_removed_by_the_next_run() {
     let (status, _) = ok(bin().args(["status", &store_s]));
     assert!(status.contains("no orphaned files"), "{status}");
 }
+
+/// An M-STAR-shaped run without models: SQL stages with the tables `mstar report` reads
+/// (eval_samples-shaped `eval_warmup` and `eval`, `rollouts`, `scored`, `selected`) and the
+/// recipe's own metric SQL (eval_metrics, train_metrics) and summary (mstar_summary).
+const FAKE_MSTAR: &str = r#"
+name: fake_mstar
+seed: 0
+iterations: 2
+stages:
+  - id: eval_warmup
+    op: sql
+    scope: setup
+    query: |
+      SELECT split, 'p' || CAST(p AS VARCHAR) AS prompt_id, s < 0 AS greedy, CASE WHEN s < 0 THEN 0.0 ELSE 1.0 END AS temperature,
+             CAST(greatest(s, 0) AS INT) AS sample_idx, 'r' AS response, 1 AS num_tokens, CAST(NULL AS VARCHAR) AS pred,
+             (p * 7 + s * 3) % 5 < 2 AS correct, (p + s) % 3 = 0 AS steps_ok, CAST((p * 13 + s * 7) % 10 AS DOUBLE) / 10 AS score
+      FROM (SELECT value AS p, CASE WHEN value < 40 THEN 'test' ELSE 'val' END AS split FROM range(60))
+      CROSS JOIN (SELECT value - 1 AS s FROM range(5))
+  - {id: warmup_metrics, op: sql, scope: setup, sql: eval_metrics, params: {samples: eval_warmup}}
+  - id: eval
+    op: sql
+    query: |
+      SELECT split, 'p' || CAST(p AS VARCHAR) AS prompt_id, s < 0 AS greedy, CASE WHEN s < 0 THEN 0.0 ELSE 1.0 END AS temperature,
+             CAST(greatest(s, 0) AS INT) AS sample_idx, 'r' AS response, 1 AS num_tokens, CAST(NULL AS VARCHAR) AS pred,
+             (p * 7 + s * 3 + ${iteration}) % 5 < 2 + ${iteration} AS correct, (p + s) % 3 = 0 AS steps_ok,
+             CAST((p * 13 + s * 7 + ${iteration}) % 10 AS DOUBLE) / 10 AS score
+      FROM (SELECT value AS p, CASE WHEN value < 40 THEN 'test' ELSE 'val' END AS split FROM range(60))
+      CROSS JOIN (SELECT value - 1 AS s FROM range(5))
+  - {id: eval_metrics, op: sql, sql: eval_metrics, params: {samples: eval}}
+  - id: rollouts
+    op: sql
+    query: SELECT 'p0' AS prompt_id, 0 AS sample_idx, CASE WHEN ${iteration} = 1 THEN 0.9 ELSE 0.7 END AS temperature
+  - id: scored
+    op: sql
+    query: |
+      SELECT 'p' || CAST(p AS VARCHAR) AS prompt_id, CAST(s AS INT) AS sample_idx, (p + s + ${iteration}) % 3 > 0 AS correct,
+             (p * s + ${iteration}) % 4 < 2 AS steps_ok, CAST((p * 5 + s * 3) % 7 AS DOUBLE) AS score
+      FROM (SELECT value AS p FROM range(30)) CROSS JOIN (SELECT value AS s FROM range(4))
+  - id: selected
+    op: sql
+    query: SELECT prompt_id, sample_idx, score, 1 AS rank FROM scored WHERE iteration = ${iteration} AND correct AND sample_idx < 2
+  - {id: train_metrics, op: sql, sql: train_metrics}
+summary:
+  sql: mstar_summary
+"#;
+
+/// The numbers of an SVG's `<text>` elements with this anchor (tick labels).
+fn tick_labels(svg: &str, anchor: &str) -> Vec<f64> {
+    svg.split("<text ")
+        .filter(|t| t.contains(&format!("text-anchor=\"{anchor}\">")))
+        .filter_map(|t| t.split('>').nth(1)?.split('<').next()?.parse().ok())
+        .collect()
+}
+
+/// `mstar report`'s charts: in percent, with a y-axis label, n, error bars from a seeded
+/// bootstrap over prompts at every point (which also checks that sql/report_prompts.sql gives
+/// the metrics of eval_metrics.sql and train_metrics.sql), the temperature as steps; the run's
+/// closing summary in percent.
+#[test]
+fn report_charts_are_in_percent_with_n_and_bootstrap_error_bars() {
+    let p = project();
+    let pipeline = p.path().join("pipelines/fake_mstar.yaml");
+    std::fs::write(&pipeline, FAKE_MSTAR).unwrap();
+    let store = p.path().join("store");
+    let store_s = store.to_str().unwrap();
+    let (summary, _) = ok(bin().arg("run").arg(&pipeline).args(["--store", store_s, "--format", "csv"]));
+    // the summary: shares in percent, as the report shows them
+    let greedy = sql_csv(store_s, "SELECT round(100 * value, 1) AS v FROM eval_metrics WHERE iteration = 2 AND split = 'test' AND name = 'greedy_accuracy'");
+    let greedy: f64 = greedy.lines().nth(1).unwrap().parse().unwrap();
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let row: Vec<&str> = summary.lines().find(|l| l.starts_with("2,")).unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "test_greedy_%").unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(row[col].parse::<f64>().unwrap(), greedy, "{summary}");
+    assert!(greedy > 1.0, "{summary}");
+
+    let out = p.path().join("report");
+    ok(bin().arg("report").arg(store_s).arg("--out").arg(&out));
+    let svg = |stem: &str| std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
+    for (stem, label, n, points) in [
+        ("test_accuracy", "greedy accuracy (%)", "n = 40 prompts", 3),
+        ("val_pass_at_k", "Pass@K (%)", "n = 20 prompts", 3),
+        ("val_reward_pass_at_2", "Reward-Pass@2 (%)", "n = 20 prompts", 3),
+        ("selected_sound_share", "sound selected rollouts (%)", "n = ", 2),
+    ] {
+        let s = svg(stem);
+        assert!(s.contains("rotate(-90") && s.contains(&format!(">{label}</text>")), "{stem}: y label\n{s}");
+        assert!(s.contains(n) && s.contains("95% bootstrap interval over prompts"), "{stem}: n\n{s}");
+        assert_eq!(s.matches("class=\"error-bar\"").count(), points, "{stem}: an error bar per point\n{s}");
+        assert!(tick_labels(&s, "end").iter().any(|t| *t > 1.0), "{stem}: percent ticks\n{s}");
+    }
+    // the temperature: steps (horizontal and vertical segments only), no error bars, as it is
+    let t = svg("temperature");
+    let line = t.split("<polyline").nth(1).unwrap();
+    let pts: Vec<(f64, f64)> = line
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|xy| {
+            let (x, y) = xy.split_once(',').unwrap();
+            (x.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(pts.len(), 4, "{t}");
+    assert!(pts.windows(2).all(|w| w[0].0 == w[1].0 || w[0].1 == w[1].1), "{t}");
+    assert!(!t.contains("error-bar") && t.contains(">temperature</text>"), "{t}");
+    assert!(tick_labels(&t, "end").iter().all(|v| *v < 1.0), "{t}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("n = 40 prompts per run.") && md.contains("95% bootstrap interval over prompts"), "{md}");
+
+    // seeded: the same runs give the same charts, byte for byte
+    let again = p.path().join("again");
+    ok(bin().arg("report").arg(store_s).arg("--out").arg(&again));
+    for f in ["test_accuracy.svg", "test_accuracy.png", "selected_sound_share.svg", "report.md"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f}");
+    }
+}
