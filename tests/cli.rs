@@ -321,6 +321,153 @@ fn orphaned_files_are_reported_and_removed_by_the_next_run() {
     assert!(status.contains("no orphaned files"), "{status}");
 }
 
+/// `mstar run` numbers its stage runs (`stage i/N`), gives an ETA after each computed one, and
+/// ends with the total time and how many were computed and how many reused.
+#[test]
+fn run_prints_progress_an_eta_and_totals() {
+    let p = project();
+    let store = p.path().join("store");
+    let store = store.to_str().unwrap();
+    let (_, err) = run_demo(p.path(), store, &[]);
+    assert!(err.contains("14 stage runs planned, 14 to compute"), "{err}");
+    for i in 1..=14 {
+        let line = err.lines().find(|l| l.trim_start().starts_with(&format!("stage {i:>2}/14 "))).unwrap_or_else(|| panic!("no stage {i}/14: {err}"));
+        // the line keeps its stage, outcome, rows, bytes and seconds
+        assert!(line.contains("computed") && line.contains(" rows ") && line.contains('s'), "{line}");
+        assert_eq!(line.contains("ETA "), i < 14, "{line}");
+    }
+    assert!(err.contains("ETA ") && err.contains("(13 to compute)"), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("mstar: done in ") && last.contains("14 stage runs: 14 computed, 0 skipped (already committed, reused)"), "{last}");
+    let (_, err) = run_demo(p.path(), store, &[]);
+    assert!(err.contains("stage 14/14  iter 3   metrics") && err.contains("skipped"), "{err}");
+    assert!(!err.contains("ETA"), "{err}");
+    assert!(err.lines().last().unwrap().contains("14 stage runs: 0 computed, 14 skipped"), "{err}");
+}
+
+/// `mstar status` shows the stage a live run works on as running, before it has written a
+/// file, and when the last stage was committed.
+#[test]
+fn status_shows_the_running_stage_and_the_last_commit() {
+    let p = project();
+    let store = p.path().join("store");
+    let store_s = store.to_str().unwrap();
+    run_demo(p.path(), store_s, &[]);
+    let finished = |f: &str| -> String {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("_manifests").join(f)).unwrap()).unwrap();
+        m["finished_at"].as_str().unwrap().to_string()
+    };
+    let newest = finished("iteration=3/metrics.json");
+    let (status, _) = ok(bin().args(["status", store_s]));
+    assert!(status.contains(&format!("last commit {newest}")) && status.contains(": iteration 3 metrics"), "{status}");
+
+    // a live run (this host, a live pid) holds the lock; iteration 3's selected and metrics are
+    // not committed: the first is being computed, the second waits
+    let mut holder = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    std::fs::write(store.join("_lock"), format!(r#"{{"pid":{},"host":"{host}","started_at":"2026-01-01T00:00:00Z","command":"mstar run x"}}"#, holder.id()))
+        .unwrap();
+    let newest_left = finished("iteration=3/rollouts.json");
+    for stage in ["selected", "metrics"] {
+        std::fs::remove_file(store.join(format!("_manifests/iteration=3/{stage}.json"))).unwrap();
+        std::fs::remove_dir_all(store.join(format!("tables/{stage}/iteration=3"))).unwrap();
+    }
+    let (status, _) = ok(bin().args(["status", store_s]));
+    let state = |it: &str, stage: &str| {
+        let line = status.lines().find(|l| l.starts_with(&format!("| {it} ")) && l.contains(&format!(" {stage} "))).unwrap_or_else(|| panic!("{status}"));
+        line.split('|').nth(3).unwrap().trim().to_string()
+    };
+    assert_eq!(state("3", "selected"), "running", "{status}");
+    assert_eq!(state("3", "metrics"), "pending", "{status}");
+    assert_eq!(state("2", "selected"), "done", "{status}");
+    assert!(status.contains(&format!("last commit {newest_left}")) && status.contains(": iteration 3 rollouts"), "{status}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // the holder is gone: nothing runs, the two are pending again
+    let (status, _) = ok(bin().args(["status", store_s]));
+    assert!(!status.contains("running"), "{status}");
+}
+
+/// A DataFusion error is said once, not once per link of its source chain.
+#[test]
+fn a_query_error_is_printed_once() {
+    for (q, msg) in [
+        ("SELECT nosuch FROM (SELECT 1 AS a)", "No field named nosuch"),
+        ("SELEC 1", "Expected: an SQL statement, found: SELEC"),
+        ("SELECT CAST('x' AS INT)", "Cannot cast string 'x' to value of Int32 type"),
+    ] {
+        let (_, _, err) = fails(bin().args(["sql", q]));
+        assert_eq!(err.matches(msg).count(), 1, "{q}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{q}: {err}");
+    }
+}
+
+/// Output piped into a reader that stops (`| head -1`) ends the command quietly: no panic, no
+/// "Broken pipe" error, exit code 0.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::BufRead;
+    let p = project();
+    let store = p.path().join("store");
+    let store_s = store.to_str().unwrap();
+    run_demo(p.path(), store_s, &[]);
+    // a reader that takes one line and goes
+    for args in [vec!["sql", "--format", "csv", "SELECT * FROM range(2000000)"], vec!["sql", "SELECT * FROM range(200000)"]] {
+        let mut child = bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(!first.is_empty());
+        assert_eq!((o.status.code(), text(&o.stderr)), (Some(0), String::new()), "{args:?}");
+    }
+    // a reader that is gone before anything is written
+    for args in [vec!["status", store_s], vec!["sql", "--store", store_s, "SELECT * FROM rollouts"]] {
+        let mut child = bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!((o.status.code(), text(&o.stderr)), (Some(0), String::new()), "{args:?}");
+    }
+}
+
+/// `sql` and `status` take the store the same ways: positional or `--store` (a relative path
+/// relative to the working directory either way).
+#[test]
+fn sql_and_status_take_the_store_positionally_or_with_store() {
+    let p = project();
+    let cwd = p.path().join("elsewhere");
+    std::fs::create_dir_all(&cwd).unwrap();
+    ok(bin().current_dir(&cwd).arg("run").arg(p.path().join("pipelines/recorded.yaml")).args(["--store", "rel/store"]));
+    let q = "SELECT count(*) AS n FROM selected";
+    for args in [
+        vec!["sql", "--store", "rel/store", "--format", "csv", q],
+        vec!["sql", "rel/store", "--format", "csv", q],
+        vec!["sql", "--format", "csv", "rel/store", q],
+    ] {
+        assert_eq!(ok(bin().current_dir(&cwd).args(&args)).0, "n\n213\n", "{args:?}");
+    }
+    // a lone store: the interactive prompt over it (statements from standard input)
+    let mut child = bin().current_dir(&cwd).args(["sql", "rel/store", "--format", "csv"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{q};\n").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(text(&o.stdout), "n\n213\n");
+    // a lone query still runs without a store; a store with --file
+    assert_eq!(ok(bin().args(["sql", "--format", "csv", "SELECT 1 AS one"])).0, "one\n1\n");
+    let file = p.path().join("n.sql");
+    std::fs::write(&file, q).unwrap();
+    assert_eq!(ok(bin().current_dir(&cwd).args(["sql", "rel/store", "--format", "csv", "--file", file.to_str().unwrap()])).0, "n\n213\n");
+    let (_, _, err) = fails(bin().current_dir(&cwd).args(["sql", "--store", "rel/store", "rel/store", q]));
+    assert!(err.contains("given twice"), "{err}");
+
+    let (a, _) = ok(bin().current_dir(&cwd).args(["status", "rel/store", "--format", "csv"]));
+    let (b, _) = ok(bin().current_dir(&cwd).args(["status", "--store", "rel/store", "--format", "csv"]));
+    assert_eq!(a, b);
+    assert_eq!(a.matches(",done,").count(), 14, "{a}");
+    let (_, _, err) = fails(bin().current_dir(&cwd).args(["status"]));
+    assert!(err.contains("STORE"), "{err}");
+}
+
 /// An M-STAR-shaped run without models: SQL stages with the tables `mstar report` reads
 /// (eval_samples-shaped `eval_warmup` and `eval`, `rollouts`, `scored`, `selected`) and the
 /// recipe's own metric SQL (eval_metrics, train_metrics) and summary (mstar_summary).
