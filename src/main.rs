@@ -8,6 +8,7 @@ use mstar::sql::format::{write_stream, write_table, OutputFormat};
 use mstar::store::RunStore;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "mstar", version, about = "Self-evolving training pipelines for multimodal reasoning models")]
@@ -47,28 +48,39 @@ enum Cmd {
     },
     /// Show every stage of every iteration of a run store.
     Status {
-        store: String,
+        /// Run store (path, file://, memory://, s3://bucket/prefix); or --store STORE
+        #[arg(value_name = "STORE", required_unless_present = "store_flag", conflicts_with = "store_flag")]
+        store: Option<String>,
+        /// Run store (the same as the positional STORE, as `sql` and `run` take it)
+        #[arg(long = "store", value_name = "STORE")]
+        store_flag: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
     },
     /// Query a run with SQL (read-only); every stage is a table. No QUERY: interactive prompt.
+    ///
+    /// The store is given as `mstar sql STORE QUERY` or `mstar sql --store STORE QUERY`; a lone
+    /// positional is the store when it has no whitespace (or is a folder), else the query.
     Sql {
-        /// Run store to query
-        #[arg(long)]
-        store: Option<String>,
+        /// Run store to query (or the first positional)
+        #[arg(long = "store", value_name = "STORE")]
+        store_flag: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
         /// Write the result to this file instead of standard output
         #[arg(long)]
         out: Option<PathBuf>,
         /// Read the query from this file (e.g. one of the pipelines' `sql/*.sql`)
-        #[arg(long, conflicts_with = "query")]
+        #[arg(long)]
         file: Option<PathBuf>,
         /// Set a `${NAME}` parameter of the query, as a pipeline's `params:` do (repeatable)
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// The run store (path, file://, memory://, s3://bucket/prefix) unless --store gives it
+        #[arg(value_name = "STORE", allow_hyphen_values = true)]
+        first: Option<String>,
         /// The query (may start with a `--` comment)
-        #[arg(allow_hyphen_values = true)]
+        #[arg(value_name = "QUERY", allow_hyphen_values = true)]
         query: Option<String>,
         /// Stop the query after this many seconds (an error says so)
         #[arg(long, value_name = "SECS")]
@@ -247,6 +259,47 @@ enum DataCmd {
     },
 }
 
+/// Set when standard output's reader went away (`mstar sql … | head -1`): the command then
+/// stops quietly instead of reporting the broken pipe.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Standard output that notes a broken pipe.
+struct Stdout;
+
+impl Stdout {
+    fn note<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                STDOUT_CLOSED.store(true, Ordering::SeqCst);
+            }
+        }
+        r
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::note(std::io::stdout().write(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::note(std::io::stdout().flush())
+    }
+}
+
+fn stdout() -> Box<dyn Write + Send> {
+    Box::new(Stdout)
+}
+
+/// `println!` that returns an error instead of panicking when standard output is closed.
+macro_rules! outln {
+    ($($arg:tt)*) => { writeln!(Stdout, $($arg)*)? };
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => { write!(Stdout, $($arg)*)? };
+}
+
 fn main() {
     mstar::model::keep_freed_memory();
     mstar::model::parallelize_above_candle();
@@ -254,11 +307,14 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
+        // the reader stopped reading (`| head`): nothing to report
+        Err(_) if STDOUT_CLOSED.load(Ordering::SeqCst) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", mstar::error_chain(&*e));
             1
         }
     };
+    let _ = std::io::stdout().flush();
     std::process::exit(code);
 }
 
@@ -284,7 +340,7 @@ fn output(out: &Option<PathBuf>, format: OutputFormat) -> Result<Box<dyn Write +
     Ok(match out {
         Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)),
         None if format == OutputFormat::Parquet => bail!("--format parquet needs --out FILE"),
-        None => Box::new(std::io::stdout()),
+        None => stdout(),
     })
 }
 
@@ -293,7 +349,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Validate { pipeline, set, store } => {
             let Some(p) = load(&pipeline, &set, &store)? else { return Ok(2) };
             let (_, plan) = runner::make_plan(&p).await?;
-            println!(
+            outln!(
                 "{}: ok — pipeline `{}`, {} stage(s), {} iteration(s), {} stage runs",
                 pipeline.display(),
                 p.name,
@@ -314,22 +370,23 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             };
             let rs = RunStore::open(&location)?;
             let from = from.map(|f| runner::parse_from(&f)).transpose().map_err(anyhow::Error::msg)?;
-            let report = runner::run(&p, &rs, &RunOptions { from, allow_other_pipeline }).await?;
-            if let Some(batches) = report.summary {
+            let mut report = runner::run(&p, &rs, &RunOptions { from, allow_other_pipeline }).await?;
+            if let Some(batches) = report.summary.take() {
                 let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
                 let stream =
                     Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))));
-                write_stream(stream, format, Box::new(std::io::stdout())).await?;
+                write_stream(stream, format, stdout()).await?;
             }
-            eprintln!("mstar: done · store {}", rs.display());
+            eprintln!("mstar: {} · store {}", report.totals(), rs.display());
             Ok(0)
         }
-        Cmd::Status { store, format } => {
+        Cmd::Status { store, store_flag, format } => {
+            let store = store.or(store_flag).context("name the run store: mstar status STORE")?;
             let rs = RunStore::open_existing(&store)?;
             let st = mstar::status::status(&rs).await?;
             if format == OutputFormat::Table {
                 if let Some(run) = &st.run {
-                    println!(
+                    outln!(
                         "run store {} · pipeline {} · seed {} · spec {} · updated {}",
                         rs.display(),
                         run.pipeline,
@@ -339,27 +396,36 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                     );
                 }
                 match &st.lock {
-                    Some(l) => println!("locked by pid {} on {} since {} (`{}`)", l.pid, l.host, l.started_at, l.command),
-                    None => println!("not locked"),
+                    Some(l) => outln!("locked by pid {} on {} since {} (`{}`)", l.pid, l.host, l.started_at, l.command),
+                    None => outln!("not locked"),
+                }
+                match &st.last_commit {
+                    Some((at, it, stage)) => {
+                        let ago = mstar::status::ago(at, chrono::Utc::now()).map(|a| format!(" ({a})")).unwrap_or_default();
+                        let label = if *it == 0 { "setup".to_string() } else { format!("iteration {it}") };
+                        outln!("last commit {at}{ago}: {label} {stage}")
+                    }
+                    None => outln!("no stage committed yet"),
                 }
                 match st.orphaned {
-                    Some((0, _)) => println!("no orphaned files"),
+                    Some((0, _)) => outln!("no orphaned files"),
                     Some((n, bytes)) => {
-                        println!("orphaned: {n} files, {} that no committed manifest references (the next run removes them)", mstar::runner::human_bytes(bytes))
+                        outln!("orphaned: {n} files, {} that no committed manifest references (the next run removes them)", mstar::runner::human_bytes(bytes))
                     }
-                    None => println!("orphaned files: not counted while a run is active"),
+                    None => outln!("orphaned files: not counted while a run is active"),
                 }
             }
             let batch = st.to_batch()?;
             if format == OutputFormat::Table {
-                write_table(&batch.schema(), &[batch], Box::new(std::io::stdout()))?;
+                write_table(&batch.schema(), &[batch], stdout())?;
             } else {
                 let stream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(batch.schema(), futures::stream::iter(vec![Ok(batch)])));
-                write_stream(stream, format, Box::new(std::io::stdout())).await?;
+                write_stream(stream, format, stdout()).await?;
             }
             Ok(0)
         }
-        Cmd::Sql { store, format, out, file, params, query, timeout, memory_mb } => {
+        Cmd::Sql { store_flag, format, out, file, params, first, query, timeout, memory_mb } => {
+            let (store, query) = sql_operands(store_flag, first, query, file.is_some())?;
             if let Some(t) = timeout.filter(|t| !(t.is_finite() && *t > 0.0)) {
                 bail!("--timeout {t}: expected a positive number of seconds");
             }
@@ -437,7 +503,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Doctor => {
             let d = tokio::task::spawn_blocking(mstar::model::doctor::doctor).await?;
-            print!("{}", d.render());
+            out!("{}", d.render());
             Ok(if d.failure.is_some() { 1 } else { 0 })
         }
         Cmd::Model { cmd: ModelCmd::BenchHf { dir, batch, new_tokens, train_batch, train_len, full, gradient_checkpointing } } => {
@@ -446,7 +512,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 mstar::model::bench::bench_hf(&dir, batch, new_tokens, train_batch, train_len, !full, gradient_checkpointing, &dev)
             })
             .await??;
-            println!("{r}");
+            outln!("{r}");
             Ok(0)
         }
         Cmd::Model { cmd: ModelCmd::Bench { size, out, batch, new_tokens, sft_steps, device } } => {
@@ -455,7 +521,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 _ => candle_core::Device::Cpu,
             };
             let r = tokio::task::spawn_blocking(move || mstar::model::bench::bench(&size, &out, batch, new_tokens, sft_steps, &dev)).await??;
-            println!("{r}");
+            outln!("{r}");
             Ok(0)
         }
         Cmd::Model { cmd: ModelCmd::Export { store, stage, iteration, out } } => {
@@ -468,22 +534,43 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let r = mstar::report::report(&stores, &out).await?;
             if explain {
                 for q in &r.queries {
-                    println!("{}\n", q.trim_end());
+                    outln!("{}\n", q.trim_end());
                 }
             }
-            print!("{}", r.markdown);
+            out!("{}", r.markdown);
+            for n in &r.notes {
+                eprintln!("mstar: {n}");
+            }
             eprintln!("mstar: wrote {} to {}", r.files.join(", "), out.display());
             Ok(0)
         }
         Cmd::Unlock { store, force } => {
             let rs = RunStore::open_existing(&store)?;
             match mstar::store::lock::break_lock(&rs, force).await? {
-                Some(h) => println!("removed the lock of pid {} on {} (since {})", h.pid, h.host, h.started_at),
-                None => println!("{} was not locked", rs.display()),
+                Some(h) => outln!("removed the lock of pid {} on {} (since {})", h.pid, h.host, h.started_at),
+                None => outln!("{} was not locked", rs.display()),
             }
             Ok(0)
         }
     }
+}
+
+/// `mstar sql`'s store and query from `--store`, the positionals and whether `--file` gives
+/// the query: `sql STORE QUERY`, `sql --store STORE QUERY`, `sql STORE` (interactive, or with
+/// --file), `sql QUERY` (files only). A lone positional is the store when it has no whitespace
+/// or is a folder; a query has whitespace.
+fn sql_operands(store_flag: Option<String>, first: Option<String>, second: Option<String>, file: bool) -> Result<(Option<String>, Option<String>)> {
+    Ok(match (store_flag, first, second) {
+        (Some(_), Some(_), Some(_)) => bail!("the store is given twice: either --store STORE or the first positional"),
+        (Some(s), Some(q), None) if file => bail!("--file gives the query: `{q}` is one too many (the store is --store {s})"),
+        (Some(s), q, None) => (Some(s), q),
+        (None, Some(_), Some(_)) if file => bail!("--file gives the query: name only the store beside it"),
+        (None, Some(s), Some(q)) => (Some(s), Some(q)),
+        (None, Some(one), None) if file || !one.chars().any(char::is_whitespace) || Path::new(&one).is_dir() => (Some(one), None),
+        (None, Some(q), None) => (None, Some(q)),
+        (store, None, None) => (store, None),
+        (_, None, Some(_)) => unreachable!("clap fills positionals in order"),
+    })
 }
 
 async fn run_query(ctx: &datafusion::prelude::SessionContext, q: &str, format: OutputFormat, out: Box<dyn Write + Send>) -> Result<u64> {
@@ -515,7 +602,10 @@ async fn interactive(ctx: &datafusion::prelude::SessionContext, format: OutputFo
         if line.trim_end().ends_with(';') {
             let q = std::mem::take(&mut buf);
             if let Err(e) = run_query(ctx, q.trim().trim_end_matches(';'), format, output(out, format)?).await {
-                eprintln!("error: {e:#}");
+                if STDOUT_CLOSED.load(Ordering::SeqCst) {
+                    return Ok(0);
+                }
+                eprintln!("error: {}", mstar::error_chain(&*e));
                 failed = true;
             }
         }
@@ -523,7 +613,10 @@ async fn interactive(ctx: &datafusion::prelude::SessionContext, format: OutputFo
     }
     if !buf.trim().is_empty() {
         if let Err(e) = run_query(ctx, buf.trim().trim_end_matches(';'), format, output(out, format)?).await {
-            eprintln!("error: {e:#}");
+            if STDOUT_CLOSED.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            eprintln!("error: {}", mstar::error_chain(&*e));
             failed = true;
         }
     }
@@ -553,7 +646,7 @@ async fn data(cmd: DataCmd) -> Result<i32> {
             for q in
                 [include_str!("../sql/synth_stats_splits.sql"), include_str!("../sql/synth_stats_qtypes.sql"), include_str!("../sql/synth_stats_answers.sql")]
             {
-                run_query(&ctx, q, OutputFormat::Table, Box::new(std::io::stdout())).await?;
+                run_query(&ctx, q, OutputFormat::Table, stdout()).await?;
             }
             Ok(0)
         }
@@ -587,9 +680,9 @@ async fn data(cmd: DataCmd) -> Result<i32> {
             let batch = mstar::data::prompts::quarantine_batch(&bad);
             let qstream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(batch.schema(), futures::stream::iter(vec![Ok(batch)])));
             write_stream(qstream, OutputFormat::Parquet, output(&Some(qpath.clone()), OutputFormat::Parquet)?).await?;
-            println!("imported {rows} prompts to {}; quarantined {} rows to {}", out.display(), bad.len(), qpath.display());
+            outln!("imported {rows} prompts to {}; quarantined {} rows to {}", out.display(), bad.len(), qpath.display());
             for q in bad.iter().take(20) {
-                println!("  quarantined row {}: {}", q.row, q.reason);
+                outln!("  quarantined row {}: {}", q.row, q.reason);
             }
             Ok(0)
         }

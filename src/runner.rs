@@ -59,6 +59,67 @@ pub enum Outcome {
 pub struct RunReport {
     pub stages: Vec<(u32, String, Option<Outcome>)>,
     pub summary: Option<Vec<RecordBatch>>,
+    /// From taking the lock to the end of the summary query.
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// How many stage runs were computed and how many skipped (committed and up to date).
+    pub fn counts(&self) -> (usize, usize) {
+        let n = |o: Outcome| self.stages.iter().filter(|s| s.2.as_ref() == Some(&o)).count();
+        (n(Outcome::Computed), n(Outcome::Skipped))
+    }
+
+    /// The closing line: "done in 3m 12s · 14 stage runs: 12 computed, 2 skipped (…)".
+    pub fn totals(&self) -> String {
+        let (computed, skipped) = self.counts();
+        format!(
+            "done in {} · {} stage runs: {computed} computed, {skipped} skipped (already committed, reused)",
+            human_duration(self.elapsed.as_secs_f64()),
+            self.stages.len()
+        )
+    }
+}
+
+/// Estimates the time the stage runs still to compute will take from the ones computed so far:
+/// a stage's own mean duration in this run where it has one, else the mean of all.
+#[derive(Debug, Default)]
+pub struct Eta {
+    by_stage: BTreeMap<String, (f64, u32)>,
+    all: (f64, u32),
+}
+
+impl Eta {
+    pub fn record(&mut self, stage: &str, secs: f64) {
+        let e = self.by_stage.entry(stage.to_string()).or_default();
+        e.0 += secs;
+        e.1 += 1;
+        self.all.0 += secs;
+        self.all.1 += 1;
+    }
+
+    /// Seconds for these stages (None before anything was computed).
+    pub fn remaining<'a>(&self, stages: impl IntoIterator<Item = &'a str>) -> Option<f64> {
+        if self.all.1 == 0 {
+            return None;
+        }
+        let mean = |(t, n): (f64, u32)| t / n as f64;
+        Some(stages.into_iter().map(|s| self.by_stage.get(s).copied().map_or(mean(self.all), mean)).sum())
+    }
+}
+
+/// "0.42s", "12.3s", "3m 07s", "1h 02m".
+pub fn human_duration(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    if secs < 60.0 {
+        return if secs < 10.0 { format!("{secs:.2}s") } else { format!("{secs:.1}s") };
+    }
+    let s = secs.round() as u64;
+    if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m", s / 3600, s % 3600 / 60)
+    }
 }
 
 /// Parses `ITER/STAGE` (ITER may be `setup`).
@@ -101,6 +162,7 @@ pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<Ru
         shutdown_signal().await;
         raise.cancel();
     });
+    let started = Instant::now();
     let result = tokio::select! {
         r = run_locked(p, store, opts, &ops, &plan, &cancel) => r,
         _ = &mut watcher => Err(Error::Interrupted),
@@ -110,7 +172,7 @@ pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<Ru
     if cancel.is_cancelled() {
         return Err(Error::Interrupted);
     }
-    result
+    result.map(|report| RunReport { elapsed: started.elapsed(), ..report })
 }
 
 async fn shutdown_signal() {
@@ -134,29 +196,44 @@ async fn run_locked(
 
     let mut committed: BTreeMap<(String, u32), Manifest> = store.manifests().await?.into_iter().map(|m| ((m.stage.clone(), m.iteration), m)).collect();
     let pause = fault_pause();
-    let mut forced: HashSet<(String, u32)> = HashSet::new();
     let mut report = RunReport::default();
+    // which stage runs to compute: not committed with the planned fingerprint, or forced by
+    // --from (directly or through an input)
+    let mut forced: HashSet<(String, u32)> = HashSet::new();
+    let todo: Vec<bool> = plan
+        .instances
+        .iter()
+        .map(|inst| {
+            let key = (inst.stage.clone(), inst.iteration);
+            let is_forced = opts.from.as_ref().is_some_and(|(it, s)| *s == inst.stage && *it == inst.iteration)
+                || inst.inputs.iter().any(|i| i.iterations.iter().any(|it| forced.contains(&(i.stage.clone(), *it))));
+            if is_forced {
+                forced.insert(key.clone());
+            }
+            is_forced || committed.get(&key).is_none_or(|m| m.fingerprint != inst.fingerprint)
+        })
+        .collect();
     eprintln!(
-        "mstar: pipeline {} · store {} · {} iteration(s) · seed {} · {} stage runs planned",
+        "mstar: pipeline {} · store {} · {} iteration(s) · seed {} · {} stage runs planned, {} to compute",
         p.name,
         store.display(),
         p.iterations,
         p.seed,
-        plan.instances.len()
+        plan.instances.len(),
+        todo.iter().filter(|t| **t).count()
     );
-    for inst in &plan.instances {
+    let total = plan.instances.len();
+    let width = total.to_string().len();
+    let mut eta = Eta::default();
+    for (k, inst) in plan.instances.iter().enumerate() {
         let key = (inst.stage.clone(), inst.iteration);
-        let is_forced = opts.from.as_ref().is_some_and(|(it, s)| *s == inst.stage && *it == inst.iteration)
-            || inst.inputs.iter().any(|i| i.iterations.iter().any(|it| forced.contains(&(i.stage.clone(), *it))));
         let current = committed.get(&key);
         let label = if inst.iteration == 0 { "setup".to_string() } else { format!("iter {}", inst.iteration) };
-        if !is_forced && current.is_some_and(|m| m.fingerprint == inst.fingerprint) {
-            eprintln!("  {label:<8} {:<20} skipped   (up to date)", inst.stage);
+        let progress = format!("stage {:>width$}/{total}", k + 1);
+        if !todo[k] {
+            eprintln!("  {progress}  {label:<8} {:<20} skipped   (up to date)", inst.stage);
             report.stages.push((inst.iteration, inst.stage.clone(), Some(Outcome::Skipped)));
             continue;
-        }
-        if is_forced {
-            forced.insert(key.clone());
         }
         let si = p.stages.iter().position(|s| s.id == inst.stage).expect("planned stage");
         let started = Instant::now();
@@ -165,8 +242,15 @@ async fn run_locked(
             iteration: inst.iteration,
             error: Box::new(e),
         })?;
+        let secs = started.elapsed().as_secs_f64();
+        eta.record(&inst.stage, secs);
+        let left: Vec<&str> = plan.instances.iter().zip(&todo).skip(k + 1).filter(|(_, t)| **t).map(|(i, _)| i.stage.as_str()).collect();
+        let eta_note = match eta.remaining(left.iter().copied()) {
+            Some(t) if !left.is_empty() => format!("  · ETA {} ({} to compute)", human_duration(t), left.len()),
+            _ => String::new(),
+        };
         let side: String = m.side.iter().map(|s| format!("  + {} {} rows", s.name, s.rows)).collect();
-        eprintln!("  {label:<8} {:<20} computed  {:>10} rows {:>10}  {:.2}s{side}", inst.stage, m.rows, human_bytes(m.bytes), started.elapsed().as_secs_f64());
+        eprintln!("  {progress}  {label:<8} {:<20} computed  {:>10} rows {:>10}  {secs:.2}s{side}{eta_note}", inst.stage, m.rows, human_bytes(m.bytes));
         committed.insert(key, m);
         report.stages.push((inst.iteration, inst.stage.clone(), Some(Outcome::Computed)));
     }
@@ -388,5 +472,41 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", units[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_clock() {
+        assert_eq!(human_duration(0.4213), "0.42s");
+        assert_eq!(human_duration(12.34), "12.3s");
+        assert_eq!(human_duration(187.0), "3m 07s");
+        assert_eq!(human_duration(3725.0), "1h 02m");
+    }
+
+    #[test]
+    fn the_eta_uses_a_stages_own_durations_then_the_mean() {
+        let mut eta = Eta::default();
+        assert_eq!(eta.remaining(["a"]), None);
+        eta.record("train", 10.0);
+        eta.record("train", 20.0);
+        eta.record("sql", 0.0);
+        // train: its mean 15; eval: not seen, the mean of all (10)
+        assert_eq!(eta.remaining(["train", "eval", "sql"]), Some(25.0));
+        assert_eq!(eta.remaining([]), Some(0.0));
+    }
+
+    #[test]
+    fn totals_count_computed_and_skipped_stage_runs() {
+        let r = RunReport {
+            stages: vec![(0, "a".into(), Some(Outcome::Skipped)), (1, "b".into(), Some(Outcome::Computed)), (2, "b".into(), Some(Outcome::Computed))],
+            summary: None,
+            elapsed: Duration::from_secs(75),
+        };
+        assert_eq!(r.counts(), (2, 1));
+        assert_eq!(r.totals(), "done in 1m 15s · 3 stage runs: 2 computed, 1 skipped (already committed, reused)");
     }
 }

@@ -21,12 +21,16 @@ pub struct StageStatus {
     pub seconds: Option<f64>,
     pub fingerprint: String,
     pub committed_at: Option<String>,
+    /// In the stored plan (not only a manifest of an earlier plan).
+    pub planned: bool,
 }
 
 pub struct StoreStatus {
     pub run: Option<RunInfo>,
     pub lock: Option<LockInfo>,
     pub stages: Vec<StageStatus>,
+    /// The newest commit: its manifest's finished_at, iteration and stage.
+    pub last_commit: Option<(String, u32, String)>,
     /// Files no committed manifest references, and their bytes (None while a live run holds
     /// the lock: its files in progress would count); the next run removes them.
     pub orphaned: Option<(usize, u64)>,
@@ -67,6 +71,7 @@ pub async fn status(store: &RunStore) -> Result<StoreStatus, crate::Error> {
             iteration,
             stage,
             state,
+            planned: planned.is_some(),
             rows: m.map(|m| m.rows),
             bytes: m.map(|m| m.bytes),
             seconds: m.map(|m| m.duration_ms as f64 / 1000.0),
@@ -75,13 +80,43 @@ pub async fn status(store: &RunStore) -> Result<StoreStatus, crate::Error> {
         });
     }
     let active = lock.as_ref().is_some_and(|l| !l.is_dead_here());
+    if active {
+        mark_running(&mut stages);
+    }
+    let last_commit = manifests
+        .values()
+        .max_by_key(|m| (chrono::DateTime::parse_from_rfc3339(&m.finished_at).ok(), m.finished_at.clone()))
+        .map(|m| (m.finished_at.clone(), m.iteration, m.stage.clone()));
     let orphaned = if active {
         None
     } else {
         let o = store.orphans().await?;
         Some((o.len(), o.iter().map(|(_, n)| n).sum()))
     };
-    Ok(StoreStatus { run, lock, stages, orphaned })
+    Ok(StoreStatus { run, lock, stages, last_commit, orphaned })
+}
+
+/// While a live run holds the lock, the stage it works on is the first planned one that is not
+/// done (the runner goes through the plan in order, skipping what is done): running, though
+/// it may not have written a file yet.
+fn mark_running(stages: &mut [StageStatus]) {
+    if stages.iter().any(|s| s.state == "running") {
+        return;
+    }
+    if let Some(s) = stages.iter_mut().find(|s| s.planned && s.state != "done") {
+        s.state = "running";
+    }
+}
+
+/// How long ago an RFC 3339 time was, as "3m 12s ago" (None if it does not parse).
+pub fn ago(at: &str, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(at).ok()?;
+    let secs = (now - t.with_timezone(&chrono::Utc)).num_seconds();
+    Some(match secs {
+        ..0 => "in the future".into(),
+        0..60 => format!("{secs}s ago"),
+        _ => format!("{} ago", crate::runner::human_duration(secs as f64)),
+    })
 }
 
 impl StoreStatus {

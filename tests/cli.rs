@@ -320,3 +320,270 @@ fn orphaned_files_are_reported_and_removed_by_the_next_run() {
     let (status, _) = ok(bin().args(["status", &store_s]));
     assert!(status.contains("no orphaned files"), "{status}");
 }
+
+/// `mstar run` numbers its stage runs (`stage i/N`), gives an ETA after each computed one, and
+/// ends with the total time and how many were computed and how many reused.
+#[test]
+fn run_prints_progress_an_eta_and_totals() {
+    let p = project();
+    let store = p.path().join("store");
+    let store = store.to_str().unwrap();
+    let (_, err) = run_demo(p.path(), store, &[]);
+    assert!(err.contains("14 stage runs planned, 14 to compute"), "{err}");
+    for i in 1..=14 {
+        let line = err.lines().find(|l| l.trim_start().starts_with(&format!("stage {i:>2}/14 "))).unwrap_or_else(|| panic!("no stage {i}/14: {err}"));
+        // the line keeps its stage, outcome, rows, bytes and seconds
+        assert!(line.contains("computed") && line.contains(" rows ") && line.contains('s'), "{line}");
+        assert_eq!(line.contains("ETA "), i < 14, "{line}");
+    }
+    assert!(err.contains("ETA ") && err.contains("(13 to compute)"), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("mstar: done in ") && last.contains("14 stage runs: 14 computed, 0 skipped (already committed, reused)"), "{last}");
+    let (_, err) = run_demo(p.path(), store, &[]);
+    assert!(err.contains("stage 14/14  iter 3   metrics") && err.contains("skipped"), "{err}");
+    assert!(!err.contains("ETA"), "{err}");
+    assert!(err.lines().last().unwrap().contains("14 stage runs: 0 computed, 14 skipped"), "{err}");
+}
+
+/// `mstar status` shows the stage a live run works on as running, before it has written a
+/// file, and when the last stage was committed.
+#[test]
+fn status_shows_the_running_stage_and_the_last_commit() {
+    let p = project();
+    let store = p.path().join("store");
+    let store_s = store.to_str().unwrap();
+    run_demo(p.path(), store_s, &[]);
+    let finished = |f: &str| -> String {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(store.join("_manifests").join(f)).unwrap()).unwrap();
+        m["finished_at"].as_str().unwrap().to_string()
+    };
+    let newest = finished("iteration=3/metrics.json");
+    let (status, _) = ok(bin().args(["status", store_s]));
+    assert!(status.contains(&format!("last commit {newest}")) && status.contains(": iteration 3 metrics"), "{status}");
+
+    // a live run (this host, a live pid) holds the lock; iteration 3's selected and metrics are
+    // not committed: the first is being computed, the second waits
+    let mut holder = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    std::fs::write(store.join("_lock"), format!(r#"{{"pid":{},"host":"{host}","started_at":"2026-01-01T00:00:00Z","command":"mstar run x"}}"#, holder.id()))
+        .unwrap();
+    let newest_left = finished("iteration=3/rollouts.json");
+    for stage in ["selected", "metrics"] {
+        std::fs::remove_file(store.join(format!("_manifests/iteration=3/{stage}.json"))).unwrap();
+        std::fs::remove_dir_all(store.join(format!("tables/{stage}/iteration=3"))).unwrap();
+    }
+    let (status, _) = ok(bin().args(["status", store_s]));
+    let state = |it: &str, stage: &str| {
+        let line = status.lines().find(|l| l.starts_with(&format!("| {it} ")) && l.contains(&format!(" {stage} "))).unwrap_or_else(|| panic!("{status}"));
+        line.split('|').nth(3).unwrap().trim().to_string()
+    };
+    assert_eq!(state("3", "selected"), "running", "{status}");
+    assert_eq!(state("3", "metrics"), "pending", "{status}");
+    assert_eq!(state("2", "selected"), "done", "{status}");
+    assert!(status.contains(&format!("last commit {newest_left}")) && status.contains(": iteration 3 rollouts"), "{status}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // the holder is gone: nothing runs, the two are pending again
+    let (status, _) = ok(bin().args(["status", store_s]));
+    assert!(!status.contains("running"), "{status}");
+}
+
+/// A DataFusion error is said once, not once per link of its source chain.
+#[test]
+fn a_query_error_is_printed_once() {
+    for (q, msg) in [
+        ("SELECT nosuch FROM (SELECT 1 AS a)", "No field named nosuch"),
+        ("SELEC 1", "Expected: an SQL statement, found: SELEC"),
+        ("SELECT CAST('x' AS INT)", "Cannot cast string 'x' to value of Int32 type"),
+    ] {
+        let (_, _, err) = fails(bin().args(["sql", q]));
+        assert_eq!(err.matches(msg).count(), 1, "{q}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{q}: {err}");
+    }
+}
+
+/// Output piped into a reader that stops (`| head -1`) ends the command quietly: no panic, no
+/// "Broken pipe" error, exit code 0.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::BufRead;
+    let p = project();
+    let store = p.path().join("store");
+    let store_s = store.to_str().unwrap();
+    run_demo(p.path(), store_s, &[]);
+    // a reader that takes one line and goes
+    for args in [vec!["sql", "--format", "csv", "SELECT * FROM range(2000000)"], vec!["sql", "SELECT * FROM range(200000)"]] {
+        let mut child = bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(!first.is_empty());
+        assert_eq!((o.status.code(), text(&o.stderr)), (Some(0), String::new()), "{args:?}");
+    }
+    // a reader that is gone before anything is written
+    for args in [vec!["status", store_s], vec!["sql", "--store", store_s, "SELECT * FROM rollouts"]] {
+        let mut child = bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!((o.status.code(), text(&o.stderr)), (Some(0), String::new()), "{args:?}");
+    }
+}
+
+/// `sql` and `status` take the store the same ways: positional or `--store` (a relative path
+/// relative to the working directory either way).
+#[test]
+fn sql_and_status_take_the_store_positionally_or_with_store() {
+    let p = project();
+    let cwd = p.path().join("elsewhere");
+    std::fs::create_dir_all(&cwd).unwrap();
+    ok(bin().current_dir(&cwd).arg("run").arg(p.path().join("pipelines/recorded.yaml")).args(["--store", "rel/store"]));
+    let q = "SELECT count(*) AS n FROM selected";
+    for args in [
+        vec!["sql", "--store", "rel/store", "--format", "csv", q],
+        vec!["sql", "rel/store", "--format", "csv", q],
+        vec!["sql", "--format", "csv", "rel/store", q],
+    ] {
+        assert_eq!(ok(bin().current_dir(&cwd).args(&args)).0, "n\n213\n", "{args:?}");
+    }
+    // a lone store: the interactive prompt over it (statements from standard input)
+    let mut child = bin().current_dir(&cwd).args(["sql", "rel/store", "--format", "csv"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{q};\n").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(text(&o.stdout), "n\n213\n");
+    // a lone query still runs without a store; a store with --file
+    assert_eq!(ok(bin().args(["sql", "--format", "csv", "SELECT 1 AS one"])).0, "one\n1\n");
+    let file = p.path().join("n.sql");
+    std::fs::write(&file, q).unwrap();
+    assert_eq!(ok(bin().current_dir(&cwd).args(["sql", "rel/store", "--format", "csv", "--file", file.to_str().unwrap()])).0, "n\n213\n");
+    let (_, _, err) = fails(bin().current_dir(&cwd).args(["sql", "--store", "rel/store", "rel/store", q]));
+    assert!(err.contains("given twice"), "{err}");
+
+    let (a, _) = ok(bin().current_dir(&cwd).args(["status", "rel/store", "--format", "csv"]));
+    let (b, _) = ok(bin().current_dir(&cwd).args(["status", "--store", "rel/store", "--format", "csv"]));
+    assert_eq!(a, b);
+    assert_eq!(a.matches(",done,").count(), 14, "{a}");
+    let (_, _, err) = fails(bin().current_dir(&cwd).args(["status"]));
+    assert!(err.contains("STORE"), "{err}");
+}
+
+/// An M-STAR-shaped run without models: SQL stages with the tables `mstar report` reads
+/// (eval_samples-shaped `eval_warmup` and `eval`, `rollouts`, `scored`, `selected`) and the
+/// recipe's own metric SQL (eval_metrics, train_metrics) and summary (mstar_summary).
+const FAKE_MSTAR: &str = r#"
+name: fake_mstar
+seed: 0
+iterations: 2
+stages:
+  - id: eval_warmup
+    op: sql
+    scope: setup
+    query: |
+      SELECT split, 'p' || CAST(p AS VARCHAR) AS prompt_id, s < 0 AS greedy, CASE WHEN s < 0 THEN 0.0 ELSE 1.0 END AS temperature,
+             CAST(greatest(s, 0) AS INT) AS sample_idx, 'r' AS response, 1 AS num_tokens, CAST(NULL AS VARCHAR) AS pred,
+             (p * 7 + s * 3) % 5 < 2 AS correct, (p + s) % 3 = 0 AS steps_ok, CAST((p * 13 + s * 7) % 10 AS DOUBLE) / 10 AS score
+      FROM (SELECT value AS p, CASE WHEN value < 40 THEN 'test' ELSE 'val' END AS split FROM range(60))
+      CROSS JOIN (SELECT value - 1 AS s FROM range(5))
+  - {id: warmup_metrics, op: sql, scope: setup, sql: eval_metrics, params: {samples: eval_warmup}}
+  - id: eval
+    op: sql
+    query: |
+      SELECT split, 'p' || CAST(p AS VARCHAR) AS prompt_id, s < 0 AS greedy, CASE WHEN s < 0 THEN 0.0 ELSE 1.0 END AS temperature,
+             CAST(greatest(s, 0) AS INT) AS sample_idx, 'r' AS response, 1 AS num_tokens, CAST(NULL AS VARCHAR) AS pred,
+             (p * 7 + s * 3 + ${iteration}) % 5 < 2 + ${iteration} AS correct, (p + s) % 3 = 0 AS steps_ok,
+             CAST((p * 13 + s * 7 + ${iteration}) % 10 AS DOUBLE) / 10 AS score
+      FROM (SELECT value AS p, CASE WHEN value < 40 THEN 'test' ELSE 'val' END AS split FROM range(60))
+      CROSS JOIN (SELECT value - 1 AS s FROM range(5))
+  - {id: eval_metrics, op: sql, sql: eval_metrics, params: {samples: eval}}
+  - id: rollouts
+    op: sql
+    query: SELECT 'p0' AS prompt_id, 0 AS sample_idx, CASE WHEN ${iteration} = 1 THEN 0.9 ELSE 0.7 END AS temperature
+  - id: scored
+    op: sql
+    query: |
+      SELECT 'p' || CAST(p AS VARCHAR) AS prompt_id, CAST(s AS INT) AS sample_idx, (p + s + ${iteration}) % 3 > 0 AS correct,
+             (p * s + ${iteration}) % 4 < 2 AS steps_ok, CAST((p * 5 + s * 3) % 7 AS DOUBLE) AS score
+      FROM (SELECT value AS p FROM range(30)) CROSS JOIN (SELECT value AS s FROM range(4))
+  - id: selected
+    op: sql
+    query: SELECT prompt_id, sample_idx, score, 1 AS rank FROM scored WHERE iteration = ${iteration} AND correct AND sample_idx < 2
+  - {id: train_metrics, op: sql, sql: train_metrics}
+summary:
+  sql: mstar_summary
+"#;
+
+/// The numbers of an SVG's `<text>` elements with this anchor (tick labels).
+fn tick_labels(svg: &str, anchor: &str) -> Vec<f64> {
+    svg.split("<text ")
+        .filter(|t| t.contains(&format!("text-anchor=\"{anchor}\">")))
+        .filter_map(|t| t.split('>').nth(1)?.split('<').next()?.parse().ok())
+        .collect()
+}
+
+/// `mstar report`'s charts: in percent, with a y-axis label, n, error bars from a seeded
+/// bootstrap over prompts at every point (which also checks that sql/report_prompts.sql gives
+/// the metrics of eval_metrics.sql and train_metrics.sql), the temperature as steps; the run's
+/// closing summary in percent.
+#[test]
+fn report_charts_are_in_percent_with_n_and_bootstrap_error_bars() {
+    let p = project();
+    let pipeline = p.path().join("pipelines/fake_mstar.yaml");
+    std::fs::write(&pipeline, FAKE_MSTAR).unwrap();
+    let store = p.path().join("store");
+    let store_s = store.to_str().unwrap();
+    let (summary, _) = ok(bin().arg("run").arg(&pipeline).args(["--store", store_s, "--format", "csv"]));
+    // the summary: shares in percent, as the report shows them
+    let greedy = sql_csv(store_s, "SELECT round(100 * value, 1) AS v FROM eval_metrics WHERE iteration = 2 AND split = 'test' AND name = 'greedy_accuracy'");
+    let greedy: f64 = greedy.lines().nth(1).unwrap().parse().unwrap();
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let row: Vec<&str> = summary.lines().find(|l| l.starts_with("2,")).unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "test_greedy_%").unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(row[col].parse::<f64>().unwrap(), greedy, "{summary}");
+    assert!(greedy > 1.0, "{summary}");
+
+    let out = p.path().join("report");
+    ok(bin().arg("report").arg(store_s).arg("--out").arg(&out));
+    let svg = |stem: &str| std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
+    for (stem, label, n, points) in [
+        ("test_accuracy", "greedy accuracy (%)", "n = 40 prompts", 3),
+        ("val_pass_at_k", "Pass@K (%)", "n = 20 prompts", 3),
+        ("val_reward_pass_at_2", "Reward-Pass@2 (%)", "n = 20 prompts", 3),
+        ("selected_sound_share", "sound selected rollouts (%)", "n = ", 2),
+    ] {
+        let s = svg(stem);
+        assert!(s.contains("rotate(-90") && s.contains(&format!(">{label}</text>")), "{stem}: y label\n{s}");
+        assert!(s.contains(n) && s.contains("95% bootstrap interval over prompts"), "{stem}: n\n{s}");
+        assert_eq!(s.matches("class=\"error-bar\"").count(), points, "{stem}: an error bar per point\n{s}");
+        assert!(tick_labels(&s, "end").iter().any(|t| *t > 1.0), "{stem}: percent ticks\n{s}");
+    }
+    // the temperature: steps (horizontal and vertical segments only), no error bars, as it is
+    let t = svg("temperature");
+    let line = t.split("<polyline").nth(1).unwrap();
+    let pts: Vec<(f64, f64)> = line
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|xy| {
+            let (x, y) = xy.split_once(',').unwrap();
+            (x.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(pts.len(), 4, "{t}");
+    assert!(pts.windows(2).all(|w| w[0].0 == w[1].0 || w[0].1 == w[1].1), "{t}");
+    assert!(!t.contains("error-bar") && t.contains(">temperature</text>"), "{t}");
+    assert!(tick_labels(&t, "end").iter().all(|v| *v < 1.0), "{t}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("n = 40 prompts per run.") && md.contains("95% bootstrap interval over prompts"), "{md}");
+
+    // seeded: the same runs give the same charts, byte for byte
+    let again = p.path().join("again");
+    ok(bin().arg("report").arg(store_s).arg("--out").arg(&again));
+    for f in ["test_accuracy.svg", "test_accuracy.png", "selected_sound_share.svg", "report.md"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f}");
+    }
+}

@@ -150,6 +150,17 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{stem}.svg");
         assert!(std::fs::read(out.join(format!("{stem}.png"))).unwrap().starts_with(b"\x89PNG"), "{stem}.png");
     }
+    // bootstrap error bars at every point: the per-prompt values (sql/report_prompts.sql) give
+    // the metrics of the eval and train tables of a real run (else the report leaves them out)
+    // (selected_sound_share is drawn only where something was selected)
+    for stem in ["test_accuracy", "val_greedy_accuracy", "val_pass_at_k", "val_reward_pass_at_2", "selected_sound_share"] {
+        let Ok(svg) = std::fs::read_to_string(out.join(format!("{stem}.svg"))) else {
+            assert_eq!(stem, "selected_sound_share", "{stem}.svg missing");
+            continue;
+        };
+        let points = svg.matches("<circle").count();
+        assert!(points > 0 && svg.matches("class=\"error-bar\"").count() == points, "{stem}.svg: {svg}");
+    }
     let (_, _, err) = fails(bin().arg("report").arg(d.path().join("nowhere")).arg("--out").arg(&out));
     assert!(err.contains("nowhere"), "{err}");
 }

@@ -1,28 +1,43 @@
-//! Line charts of per-iteration metrics, one line per run (mean, with the spread as error
-//! bars), written as SVG text or rasterized to PNG with an 8×8 bitmap font (ASCII).
+//! Line charts of per-iteration metrics, one line per run (the mean, with an interval as error
+//! bars), or steps for a value that is constant within an iteration; written as SVG text or
+//! rasterized to PNG with an 8×8 bitmap font (ASCII).
 
 use image::{Rgb, RgbImage};
 
-/// One line: (x, mean, spread) points in x order.
+/// A point: x, y and the interval drawn as an error bar (None: no bar).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub interval: Option<(f64, f64)>,
+}
+
+/// One line: points in x order; `step`: drawn as steps, each y held over [x − ½, x + ½].
 #[derive(Debug, Clone)]
 pub struct Series {
     pub label: String,
-    pub points: Vec<(f64, f64, f64)>,
+    pub points: Vec<Point>,
+    pub step: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Chart {
     pub title: String,
+    /// A second, smaller line under the title (n, what the error bars are).
+    pub subtitle: String,
     pub x_label: String,
+    pub y_label: String,
     pub series: Vec<Series>,
 }
 
 const W: f64 = 720.0;
 const H: f64 = 420.0;
-const LEFT: f64 = 64.0;
+const LEFT: f64 = 80.0;
 const RIGHT: f64 = 200.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 52.0;
 const BOTTOM: f64 = 52.0;
+/// Half the width of an error bar's caps, in pixels.
+const CAP: f64 = 4.0;
 const PALETTE: [[u8; 3]; 8] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127]];
 
 /// "Nice" tick values covering [lo, hi].
@@ -44,16 +59,32 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+impl Series {
+    /// The vertices of the line: the points, or for steps each point's level from x − ½ to
+    /// x + ½ (consecutive iterations meet in a vertical jump).
+    pub fn path(&self) -> Vec<(f64, f64)> {
+        if self.step {
+            self.points.iter().flat_map(|p| [(p.x - 0.5, p.y), (p.x + 0.5, p.y)]).collect()
+        } else {
+            self.points.iter().map(|p| (p.x, p.y)).collect()
+        }
+    }
+}
+
 impl Chart {
-    /// Data bounds: x over the points, y over mean ± spread, padded.
+    /// Data bounds: x over the lines, y over the points and their intervals, padded.
     fn bounds(&self) -> ((f64, f64), (f64, f64)) {
-        let pts = self.series.iter().flat_map(|s| s.points.iter());
         let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-        for &(x, y, e) in pts {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y - e);
-            y1 = y1.max(y + e);
+        for s in &self.series {
+            for (x, _) in s.path() {
+                x0 = x0.min(x);
+                x1 = x1.max(x);
+            }
+            for p in &s.points {
+                let (lo, hi) = p.interval.unwrap_or((p.y, p.y));
+                y0 = y0.min(p.y.min(lo));
+                y1 = y1.max(p.y.max(hi));
+            }
         }
         if !x0.is_finite() {
             return ((0.0, 1.0), (0.0, 1.0));
@@ -61,7 +92,12 @@ impl Chart {
         if x1 - x0 < 1e-9 {
             x1 = x0 + 1.0;
         }
-        let pad = ((y1 - y0) * 0.1).max(0.01);
+        // room for the first and last points' markers and error bars (steps end there anyway)
+        if !self.series.iter().any(|s| s.step) {
+            let xpad = (x1 - x0) * 0.04;
+            (x0, x1) = (x0 - xpad, x1 + xpad);
+        }
+        let pad = ((y1 - y0) * 0.1).max(0.01 * y1.abs().max(1.0));
         ((x0, x1), (y0 - pad, y1 + pad))
     }
 
@@ -74,11 +110,14 @@ impl Chart {
         let ((x0, x1), (y0, y1)) = self.bounds();
         let at = self.map();
         let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let mid = (LEFT + W - RIGHT) / 2.0;
         let mut o = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
-            (LEFT + W - RIGHT) / 2.0,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{mid}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
             esc(&self.title)
         );
+        if !self.subtitle.is_empty() {
+            o += &format!("<text x=\"{mid}\" y=\"40\" text-anchor=\"middle\" font-size=\"11\" fill=\"#555\">{}</text>\n", esc(&self.subtitle));
+        }
         for t in ticks(y0, y1, 5) {
             let (_, y) = at(x0, t);
             o += &format!(
@@ -93,25 +132,32 @@ impl Chart {
             let (x, _) = at(t, y0);
             o += &format!("<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", H - BOTTOM + 18.0, fmt_tick(t));
         }
+        let ymid = (TOP + H - BOTTOM) / 2.0;
         o += &format!(
-            "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n<text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n<text x=\"18\" y=\"{ymid}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {ymid})\">{}</text>\n",
             W - LEFT - RIGHT,
             H - TOP - BOTTOM,
-            (LEFT + W - RIGHT) / 2.0,
             H - 12.0,
-            esc(&self.x_label)
+            esc(&self.x_label),
+            esc(&self.y_label)
         );
         for (i, s) in self.series.iter().enumerate() {
             let [r, g, b] = PALETTE[i % PALETTE.len()];
             let colour = format!("rgb({r},{g},{b})");
-            let pts: Vec<String> = s.points.iter().map(|&(x, y, _)| at(x, y)).map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let pts: Vec<String> = s.path().into_iter().map(|(x, y)| at(x, y)).map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             o += &format!("<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n", pts.join(" "));
-            for &(x, y, e) in &s.points {
-                let (px, py) = at(x, y);
-                if e > 0.0 {
-                    let (_, ya) = at(x, y - e);
-                    let (_, yb) = at(x, y + e);
-                    o += &format!("<line x1=\"{px:.1}\" y1=\"{ya:.1}\" x2=\"{px:.1}\" y2=\"{yb:.1}\" stroke=\"{colour}\"/>\n");
+            for p in &s.points {
+                let (px, py) = at(p.x, p.y);
+                if let Some((lo, hi)) = p.interval {
+                    let (_, ya) = at(p.x, lo);
+                    let (_, yb) = at(p.x, hi);
+                    o += &format!(
+                        "<path class=\"error-bar\" d=\"M{px:.1},{ya:.1}V{yb:.1}M{:.1},{ya:.1}H{:.1}M{:.1},{yb:.1}H{:.1}\" stroke=\"{colour}\" fill=\"none\"/>\n",
+                        px - CAP,
+                        px + CAP,
+                        px - CAP,
+                        px + CAP
+                    );
                 }
                 o += &format!("<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3\" fill=\"{colour}\"/>\n");
             }
@@ -153,18 +199,24 @@ impl Chart {
         ] {
             line(&mut img, a, b, black, 1);
         }
-        text(&mut img, (LEFT + W - RIGHT) / 2.0 - 4.0 * self.title.chars().count() as f64, 14.0, &self.title, black);
-        text(&mut img, (LEFT + W - RIGHT) / 2.0 - 4.0 * self.x_label.chars().count() as f64, H - 20.0, &self.x_label, black);
+        let mid = (LEFT + W - RIGHT) / 2.0;
+        text(&mut img, mid - 4.0 * self.title.chars().count() as f64, 10.0, &self.title, black);
+        text(&mut img, mid - 4.0 * self.subtitle.chars().count() as f64, 28.0, &self.subtitle, [85, 85, 85]);
+        text(&mut img, mid - 4.0 * self.x_label.chars().count() as f64, H - 20.0, &self.x_label, black);
+        text_up(&mut img, 12.0, (TOP + H - BOTTOM) / 2.0 + 4.0 * self.y_label.chars().count() as f64, &self.y_label, black);
         for (i, s) in self.series.iter().enumerate() {
             let c = PALETTE[i % PALETTE.len()];
-            let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y, _)| at(x, y)).collect();
+            let pts: Vec<(f64, f64)> = s.path().into_iter().map(|(x, y)| at(x, y)).collect();
             for w in pts.windows(2) {
                 line(&mut img, w[0], w[1], c, 2);
             }
-            for &(x, y, e) in &s.points {
-                let (px, py) = at(x, y);
-                if e > 0.0 {
-                    line(&mut img, at(x, y - e), at(x, y + e), c, 1);
+            for p in &s.points {
+                let (px, py) = at(p.x, p.y);
+                if let Some((lo, hi)) = p.interval {
+                    let ((_, ya), (_, yb)) = (at(p.x, lo), at(p.x, hi));
+                    line(&mut img, (px, ya), (px, yb), c, 1);
+                    line(&mut img, (px - CAP, ya), (px + CAP, ya), c, 1);
+                    line(&mut img, (px - CAP, yb), (px + CAP, yb), c, 1);
                 }
                 for dx in -2..=2 {
                     for dy in -2..=2 {
@@ -213,10 +265,22 @@ fn line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: [u8; 3], width: i64
     }
 }
 
-/// Text in the 8×8 font with its top-left corner at (x, y); unknown characters print as `?`.
+/// The 8×8 font's glyph of a character: ASCII, dashes and the middle dot as their nearest
+/// ASCII, anything else as `?`.
+fn glyph(ch: char) -> [u8; 8] {
+    let ch = match ch {
+        '–' | '—' | '−' => '-',
+        '·' => '|',
+        c if c.is_ascii() => c,
+        _ => '?',
+    };
+    font8x8::legacy::BASIC_LEGACY[ch as usize]
+}
+
+/// Text in the 8×8 font with its top-left corner at (x, y).
 fn text(img: &mut RgbImage, x: f64, y: f64, s: &str, c: [u8; 3]) {
     for (i, ch) in s.chars().enumerate() {
-        let glyph = font8x8::legacy::BASIC_LEGACY[if ch.is_ascii() { ch as usize } else { '?' as usize }];
+        let glyph = glyph(ch);
         for (row, bits) in glyph.iter().enumerate() {
             for col in 0..8 {
                 if bits >> col & 1 == 1 {
@@ -227,17 +291,39 @@ fn text(img: &mut RgbImage, x: f64, y: f64, s: &str, c: [u8; 3]) {
     }
 }
 
+/// Text in the 8×8 font turned a quarter left (read bottom to top), starting at (x, y), its
+/// lower-left corner.
+fn text_up(img: &mut RgbImage, x: f64, y: f64, s: &str, c: [u8; 3]) {
+    for (i, ch) in s.chars().enumerate() {
+        let glyph = glyph(ch);
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..8 {
+                if bits >> col & 1 == 1 {
+                    // (col, row) of the upright glyph → (row, −col) turned left
+                    put(img, x as i64 + row as i64, y as i64 - i as i64 * 8 - col, c);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn pt(x: f64, y: f64, e: f64) -> Point {
+        Point { x, y, interval: (e > 0.0).then_some((y - e, y + e)) }
+    }
+
     fn chart() -> Chart {
         Chart {
             title: "test greedy accuracy".into(),
+            subtitle: "n = 300 prompts".into(),
             x_label: "iteration".into(),
+            y_label: "accuracy (%)".into(),
             series: vec![
-                Series { label: "mstar".into(), points: vec![(0.0, 0.2, 0.0), (1.0, 0.3, 0.02), (2.0, 0.35, 0.01)] },
-                Series { label: "rest_em".into(), points: vec![(0.0, 0.2, 0.0), (1.0, 0.25, 0.0), (2.0, 0.27, 0.0)] },
+                Series { label: "mstar".into(), points: vec![pt(0.0, 20.0, 0.0), pt(1.0, 30.0, 2.0), pt(2.0, 35.0, 1.0)], step: false },
+                Series { label: "rest_em".into(), points: vec![pt(0.0, 20.0, 0.0), pt(1.0, 25.0, 0.0), pt(2.0, 27.0, 0.0)], step: false },
             ],
         }
     }
@@ -257,6 +343,31 @@ mod tests {
     }
 
     #[test]
+    fn svg_has_the_axis_labels_the_subtitle_and_an_error_bar_per_interval() {
+        let s = chart().svg();
+        assert!(s.contains("rotate(-90") && s.contains(">accuracy (%)</text>"), "{s}");
+        assert!(s.contains(">n = 300 prompts</text>"), "{s}");
+        assert_eq!(s.matches("class=\"error-bar\"").count(), 2, "{s}");
+        // the bar spans the interval: 28..32 at x = 1
+        let at = chart().map();
+        let (_, lo) = at(1.0, 28.0);
+        let (_, hi) = at(1.0, 32.0);
+        assert!(s.contains(&format!("V{hi:.1}")) && s.contains(&format!(",{lo:.1}V")), "{s}");
+    }
+
+    #[test]
+    fn a_step_series_is_level_within_an_iteration_and_jumps_between() {
+        let s = Series { label: "t".into(), points: vec![pt(1.0, 0.9, 0.0), pt(2.0, 0.9, 0.0), pt(3.0, 0.7, 0.0)], step: true };
+        let path = s.path();
+        assert_eq!(path, vec![(0.5, 0.9), (1.5, 0.9), (1.5, 0.9), (2.5, 0.9), (2.5, 0.7), (3.5, 0.7)]);
+        // every segment is horizontal or vertical
+        assert!(path.windows(2).all(|w| w[0].0 == w[1].0 || w[0].1 == w[1].1));
+        let c = Chart { title: "T".into(), subtitle: String::new(), x_label: "iteration".into(), y_label: "temperature".into(), series: vec![s] };
+        assert_eq!(c.bounds().0, (0.5, 3.5));
+        assert!(c.svg().contains("<polyline"));
+    }
+
+    #[test]
     fn png_decodes_and_shows_the_series_colours() {
         let png = chart().png();
         let img = image::load_from_memory(&png).unwrap().to_rgb8();
@@ -264,5 +375,7 @@ mod tests {
         for c in &PALETTE[..2] {
             assert!(img.pixels().filter(|p| p.0 == *c).count() > 50, "colour {c:?} missing");
         }
+        // the y label, turned: black pixels left of the tick labels
+        assert!((0..20).any(|x| (60..360).any(|y| img.get_pixel(x, y).0 == [0, 0, 0])));
     }
 }

@@ -103,7 +103,11 @@ pub fn sql_csv(store: &str, q: &str) -> String {
 pub fn outcomes(stderr: &str, what: &str) -> Vec<String> {
     let mut v = Vec::new();
     for line in stderr.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        // the progress prefix, `stage 3/14`
+        if words.len() > 2 && words[0] == "stage" && words[1].contains('/') {
+            words.drain(..2);
+        }
         let (it, rest) = match words.as_slice() {
             ["setup", rest @ ..] => ("0".to_string(), rest),
             ["iter", n, rest @ ..] => (n.to_string(), rest),
