@@ -6,8 +6,8 @@ pub mod epochs;
 pub mod qwen;
 pub mod regions;
 
+use crate::model::layers::{masked_bce_with_logits, masked_cross_entropy};
 use crate::model::policy::{ModelError, Policy, Result};
-use crate::model::tiny_vlm::{masked_bce_with_logits, masked_cross_entropy};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};

@@ -4,9 +4,9 @@
 
 use super::Grads;
 use crate::model::hf::{self, chat::user_turn, HfError};
+use crate::model::layers::{masked_bce_with_logits, masked_cross_entropy};
 use crate::model::policy::{ModelError, Result};
 use crate::model::qwen_vl::{Checkpoint, PromptParts};
-use crate::model::tiny_vlm::{masked_bce_with_logits, masked_cross_entropy};
 use candle_core::{DType, Device, Tensor, Var};
 
 /// One training row: prompt and response token ids, and the prompt's images.
