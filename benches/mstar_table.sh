@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's M-STAR results table: the demo (M-STAR) and its baselines for each seed, then
+# The M-STAR results table (README.md, docs/results.md): the demo (M-STAR) and its baselines for each seed, then
 # `mstar report` over all of them. The baselines start from a copy of the demo store's setup
 # stages (warm-up, PRM: iteration 0), which have the same fingerprints in every variant.
 #   bash benches/mstar_table.sh [SEEDS…]        (default: 0; each seed ≈ 18 + 7 × 4 min on 2 cores)

@@ -1,5 +1,5 @@
 """Warm-up perception sweep: writes two-stage warm-up pipelines (grid captions, then gold
-chains of thought) with caption and task evaluation, for the README's perception table:
+chains of thought) with caption and task evaluation, for the perception table of docs/results.md:
     mstar data synth --out data/synth40 --seed 0 --train 40000
     python3 benches/warmup_sweep.py          # writes G40.yaml, ... here
     mstar run G40.yaml --store st-G40        # one run per file (26-60 s per 1,000 steps on an H200)

@@ -80,7 +80,7 @@ impl Policy {
             } else {
                 // convolutions: N(0, 1/fan_in), so the stem passes the image's scale on
                 // vision matrices: He-normal N(0, 2/fan_in) — with 0.02 the encoder learns to
-                // read digits about half as fast (README, "Where perception fails")
+                // read digits about half as fast (docs/experiments.md, "Where perception fails")
                 let std = if shape.rank() == 4 {
                     (1.0 / (shape.elem_count() / shape.dims()[0]) as f32).sqrt()
                 } else if name.starts_with("vision.") && shape.rank() == 2 && name != "vision.pos_embed" {
