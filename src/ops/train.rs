@@ -534,3 +534,16 @@ pub(crate) fn shuffle(v: &mut [usize], seed: u64) {
         v.swap(i, j);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The epoch order of the training examples for fixed seeds.
+    #[test]
+    fn shuffles_are_pinned() {
+        for (seed, want) in [(5, [3, 6, 0, 4, 5, 1, 2, 9, 7, 8]), (0x5eed + 1, [6, 3, 2, 7, 0, 5, 1, 9, 8, 4])] {
+            let mut v: Vec<usize> = (0..10).collect();
+            super::shuffle(&mut v, seed);
+            assert_eq!(v, want, "seed {seed}");
+        }
+    }
+}

@@ -187,3 +187,19 @@ pub fn adapter_config_json(cfg: &LoraConfig, base_dir: &str, architecture: &str)
         "alpha_pattern": {},
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh adapter's A for a fixed seed, bit for bit: U(±1/√3) for a 2 × 3 layer, rank 2.
+    #[test]
+    fn adapter_init_is_pinned() {
+        let base = HashMap::from([("m.q_proj.weight".to_string(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap())]);
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q_proj".into()] };
+        let a = init_adapters(&base, &cfg, 7).unwrap()["m.q_proj.lora_A.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got: Vec<u32> = a.iter().map(|x| x.to_bits()).collect();
+        // 0.068872534, 0.30448693, 0.08715085, 0.47738159, 0.44388393, -0.24892493
+        assert_eq!(got, [0x3d8d_0d0b, 0x3e9b_e5b6, 0x3db2_7c25, 0x3ef4_6b5c, 0x3ee3_44c1, 0xbe7e_e62d]);
+    }
+}
