@@ -6,6 +6,7 @@ use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::model::policy::{safetensors_bytes, Policy};
 use crate::model::tiny_vlm::image_patches;
+use crate::rng::SplitMix64;
 use crate::spec::{Pipeline, Scope, StageCheck, StageSpec};
 use crate::train::{train_step, AdamW, Example, TrainerState};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
@@ -337,7 +338,7 @@ impl Operator for TrainOp {
             let started = std::time::Instant::now();
             for epoch in 0..self.spec.epochs {
                 let mut order: Vec<usize> = (0..examples.len()).collect();
-                shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
+                SplitMix64::new(state.rng.wrapping_add(epoch as u64)).shuffle(&mut order);
                 for chunk in order.chunks(per_step) {
                     let micro: Vec<Vec<&Example>> = chunk.chunks(self.spec.micro_batch).map(|c| c.iter().map(|&i| &examples[i]).collect()).collect();
                     if crate::runner::interrupted() {
@@ -419,7 +420,7 @@ impl TrainOp {
         let started = std::time::Instant::now();
         for epoch in 0..self.spec.epochs {
             let mut order: Vec<usize> = (0..examples.len()).collect();
-            shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
+            SplitMix64::new(state.rng.wrapping_add(epoch as u64)).shuffle(&mut order);
             for chunk in order.chunks(mb) {
                 if crate::runner::interrupted() {
                     return Err(self.fail(format!("interrupted at step {} of {total}; nothing of this stage was committed", losses.len())));
@@ -519,21 +520,6 @@ pub(crate) fn train_log(stage: &str, steps: Vec<i64>, epochs: Vec<i64>, losses: 
     )?)
 }
 
-/// Fisher–Yates with a splitmix64 stream.
-pub(crate) fn shuffle(v: &mut [usize], seed: u64) {
-    let mut s = seed;
-    let mut next = || {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    for i in (1..v.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -542,7 +528,7 @@ mod tests {
     fn shuffles_are_pinned() {
         for (seed, want) in [(5, [3, 6, 0, 4, 5, 1, 2, 9, 7, 8]), (0x5eed + 1, [6, 3, 2, 7, 0, 5, 1, 9, 8, 4])] {
             let mut v: Vec<usize> = (0..10).collect();
-            super::shuffle(&mut v, seed);
+            crate::rng::SplitMix64::new(seed).shuffle(&mut v);
             assert_eq!(v, want, "seed {seed}");
         }
     }

@@ -2,12 +2,13 @@
 //! adapters, continuing from this stage's previous checkpoint when asked; checkpoints are saved
 //! in Hugging Face's layout (a model folder, or a peft adapter folder) plus the optimizer state.
 
-use super::train::{shuffle, train_log, TrainOp};
+use super::train::{train_log, TrainOp};
 use super::{OpContext, OpOutput, Result};
 use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::model::policy::safetensors_bytes;
 use crate::model::qwen2_5_vl::lora::LoraConfig;
 use crate::model::qwen_vl::{Checkpoint, Trainable};
+use crate::rng::SplitMix64;
 use crate::train::qwen::{accumulate, encode, encode_steps, QwenExample};
 use crate::train::{optimizer_step, AdamW, TrainerState};
 use arrow::array::{Array, AsArray};
@@ -97,7 +98,7 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
     let started = std::time::Instant::now();
     for epoch in 0..spec.epochs {
         let mut order: Vec<usize> = (0..examples.len()).collect();
-        shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
+        SplitMix64::new(state.rng.wrapping_add(epoch as u64)).shuffle(&mut order);
         for chunk in order.chunks(per_step) {
             if crate::runner::interrupted() {
                 return Err(op.fail(format!("interrupted at step {} of {total_steps}; nothing of this stage was committed", losses.len())));

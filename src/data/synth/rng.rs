@@ -1,5 +1,7 @@
-//! Tiny deterministic RNG for the synthetic task: splitmix64 seeding + xoshiro256**.
+//! Tiny deterministic RNG for the synthetic task: splitmix64 seeding (`crate::rng`) + xoshiro256**.
 //! Platform-independent (pure u64 arithmetic); no dependency on `rand` or std's hashers.
+
+use crate::rng::splitmix64;
 
 /// 64-bit FNV-1a hash of a byte string (fixed, unlike std's randomized hasher).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -9,15 +11,6 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-/// One splitmix64 step: advances `state` and returns the next output.
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// xoshiro256** generator.

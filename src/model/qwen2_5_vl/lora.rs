@@ -122,14 +122,7 @@ pub fn init_adapters(base: &HashMap<String, Tensor>, cfg: &LoraConfig, seed: u64
     let mut names: Vec<&String> = base.keys().collect();
     names.sort();
     let mut out = HashMap::new();
-    let mut rng = seed ^ 0x10ba_5eed;
-    let mut next = || {
-        rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = crate::rng::SplitMix64::new(seed ^ 0x10ba_5eed);
     for t in &cfg.targets {
         let mut hits = 0;
         for name in &names {
@@ -140,7 +133,7 @@ pub fn init_adapters(base: &HashMap<String, Tensor>, cfg: &LoraConfig, seed: u64
             }
             let (o, i) = w.dims2()?;
             let bound = 1.0 / (i as f64).sqrt();
-            let a: Vec<f32> = (0..cfg.rank * i).map(|_| ((2.0 * next() - 1.0) * bound) as f32).collect();
+            let a: Vec<f32> = (0..cfg.rank * i).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32).collect();
             out.insert(format!("{layer}.lora_A.weight"), Tensor::from_vec(a, (cfg.rank, i), w.device())?.to_dtype(w.dtype())?);
             out.insert(format!("{layer}.lora_B.weight"), Tensor::zeros((o, cfg.rank), w.dtype(), w.device())?);
             hits += 1;
