@@ -59,7 +59,8 @@ pub struct Report {
     pub queries: Vec<String>,
 }
 
-fn metrics_schema() -> Arc<Schema> {
+/// The metrics table (schemas/metrics.json), for a run without one of its metrics stages.
+pub(crate) fn metrics_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("iteration", DataType::Int64, false),
         Field::new("split", DataType::Utf8, false),
