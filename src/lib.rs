@@ -9,6 +9,7 @@ pub mod ops;
 pub mod plan;
 pub mod prm;
 pub mod report;
+pub mod rng;
 pub mod runner;
 pub mod schemas;
 pub mod spec;

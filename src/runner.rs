@@ -307,6 +307,7 @@ async fn freeze(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<(),
 }
 
 /// Computes one stage instance and commits it.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     p: &Pipeline,
     store: &RunStore,

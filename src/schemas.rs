@@ -58,6 +58,31 @@ fn parse(text: &str) -> Result<Schema, String> {
 
 #[cfg(test)]
 mod tests {
+    use arrow_schema::Schema;
+
+    /// Columns, types and nullability as lines, to compare two schemas with a readable diff.
+    fn columns(s: &Schema) -> Vec<String> {
+        s.fields().iter().map(|f| format!("{}: {}{}", f.name(), f.data_type(), if f.is_nullable() { " (nullable)" } else { "" })).collect()
+    }
+
+    /// Every table schema declared in code equals its schemas/*.json file (without the
+    /// `iteration` column the engine adds, where the code leaves it to the engine).
+    #[test]
+    fn code_schemas_equal_their_json() {
+        let with_iteration = |name: &str| super::table(name).unwrap().unwrap();
+        let cases: Vec<(&str, Schema, Schema)> = vec![
+            ("prompts", crate::data::prompts::prompts_schema().as_ref().clone(), with_iteration("prompts")),
+            ("rollouts (generate)", crate::ops::generate::rollouts_schema().as_ref().clone(), super::operator_output("rollouts").as_ref().clone()),
+            ("step_labels (prm_label)", crate::ops::prm_label::step_labels_schema().as_ref().clone(), super::operator_output("step_labels").as_ref().clone()),
+            ("step_scores (prm_score)", crate::ops::prm_score::step_scores_schema().as_ref().clone(), super::operator_output("step_scores").as_ref().clone()),
+            ("eval_samples (eval)", crate::ops::eval::eval_samples_schema().as_ref().clone(), super::operator_output("eval_samples").as_ref().clone()),
+            ("metrics (report, a missing metrics stage)", crate::report::metrics_schema().as_ref().clone(), with_iteration("metrics")),
+        ];
+        for (name, code, json) in cases {
+            assert_eq!(columns(&code), columns(&json), "{name}: the code's schema differs from schemas/*.json");
+        }
+    }
+
     #[test]
     fn every_schema_file_parses() {
         for (name, _) in super::TABLES {

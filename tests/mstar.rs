@@ -1,7 +1,7 @@
 //! The M-STAR recipe end to end on a micro version of pipelines/mstar.yaml (tiny datasets,
-//! few steps): the tables agree with each other, temperatures are searched every 2 iterations
-//! and used, a run killed during iteration 2 resumes to the same tables, and `mstar report`
-//! compares the runs.
+//! few steps): the tables agree with each other and with schemas/*.json, temperatures are
+//! searched every 2 iterations and used, a run killed during iteration 2 resumes to the same
+//! tables, and `mstar report` compares the runs.
 
 mod common;
 use common::*;
@@ -50,6 +50,31 @@ fn run_pipeline(file: &str, store: &str, extra: &[&str]) -> std::process::Comman
     c
 }
 
+/// How a stored table's columns differ from its schemas/*.json file: columns missing or extra,
+/// and types or nullability that differ, in the JSON's column order.
+fn schema_diff(store: &str, table: &str, json: &str) -> Vec<String> {
+    let stored = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let rs = mstar::store::RunStore::open_existing(store).unwrap();
+        let ctx = mstar::sql::new_session();
+        mstar::sql::register_run(&ctx, &rs).await.unwrap();
+        ctx.table(table).await.unwrap().schema().as_arrow().clone()
+    });
+    let want = mstar::schemas::table(json).unwrap().unwrap();
+    let mut diff = Vec::new();
+    for w in want.fields() {
+        match stored.field_with_name(w.name()) {
+            Err(_) => diff.push(format!("missing {}", w.name())),
+            Ok(g) if g.data_type() != w.data_type() => diff.push(format!("{}: {} in the JSON, {} stored", w.name(), w.data_type(), g.data_type())),
+            Ok(g) if g.is_nullable() != w.is_nullable() => {
+                diff.push(format!("{}: nullable {} in the JSON, {} stored", w.name(), w.is_nullable(), g.is_nullable()))
+            }
+            Ok(_) => {}
+        }
+    }
+    diff.extend(stored.fields().iter().filter(|g| want.field_with_name(g.name()).is_err()).map(|g| format!("extra {}: {}", g.name(), g.data_type())));
+    diff
+}
+
 const TABLES: &[&str] = &["rollouts", "verified", "step_scores", "selected", "temperature", "eval", "eval_metrics", "train_metrics"];
 
 #[test]
@@ -59,6 +84,37 @@ fn micro_mstar_is_consistent_and_resumes_after_a_kill_in_iteration_2() {
     let (summary, _) = ok(&mut run_args(&store("a"), &[]));
     let s = store("a");
     let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
+
+    // every core table as stored has the columns, types and nullability of its schemas/*.json,
+    // but for the differences listed: prompts.json is the import format (no iteration; the
+    // synthetic task adds its oracle's columns), verified.json lists only some of verify's
+    // columns (it passes every rollouts column on, and `correct` is stored nullable), and
+    // selected.json has `score` nullable where response_scores.sql's scores are not
+    let prompts_extra =
+        ["extra iteration: Int64", "extra qtype: Utf8", "extra num_steps: Int32", "extra gold_cot: Utf8", "extra scene: Utf8", "extra meta: Utf8"];
+    let verified_extra = [
+        "correct: nullable false in the JSON, true stored",
+        "extra temperature: Float64",
+        "extra seed: UInt64",
+        "extra num_tokens: Int32",
+        "extra logprob: Float64",
+        "extra finish_reason: Utf8",
+        "extra steps_ok: Boolean",
+    ];
+    for (table, json, known) in [
+        ("prompts", "prompts", &prompts_extra[..]),
+        ("rollouts", "rollouts", &[][..]),
+        ("verified", "verified", &verified_extra[..]),
+        ("step_labels", "step_labels", &[][..]),
+        ("step_scores", "step_scores", &[][..]),
+        ("selected", "selected", &["score: nullable true in the JSON, false stored"][..]),
+        ("eval", "eval_samples", &[][..]),
+        ("eval_warmup", "eval_samples", &[][..]),
+        ("eval_metrics", "metrics", &[][..]),
+        ("warmup_metrics", "metrics", &[][..]),
+    ] {
+        assert_eq!(schema_diff(&s, table, json), known, "{table} against schemas/{json}.json");
+    }
 
     // the summary: one row per iteration, the warm-up as iteration 0
     assert!(summary.contains("test_greedy") && summary.contains("temperature"), "{summary}");

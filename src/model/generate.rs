@@ -4,6 +4,7 @@
 use super::layers::Mask;
 use super::policy::{ModelError, Policy, Result};
 use super::tiny_vlm::decode_cpu::CpuDecoder;
+use crate::rng::SplitMix64;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -76,21 +77,8 @@ pub fn rollout_seed(run_seed: u64, iteration: u32, prompt_id: &str, sample_idx: 
     h
 }
 
-pub(crate) struct SplitMix(pub(crate) u64);
-
-impl SplitMix {
-    pub(crate) fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Picks the next token from one row of logits; returns (token, log-prob at temperature 1).
-pub(crate) fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix) -> (u32, f64) {
+pub(crate) fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix64) -> (u32, f64) {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
     let lse = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
     let greedy = || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0;
@@ -100,7 +88,7 @@ pub(crate) fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix) -> 
         // no filtering: walk the tempered distribution in token order (no sort)
         let inv_t = 1.0 / p.temperature;
         let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) * inv_t).exp()).collect();
-        let mut u = rng.uniform() * weights.iter().sum::<f64>();
+        let mut u = rng.next_f64() * weights.iter().sum::<f64>();
         let mut pick = logits.len() - 1;
         for (i, w) in weights.iter().enumerate() {
             if u < *w {
@@ -129,7 +117,7 @@ pub(crate) fn sample(logits: &[f32], p: &SamplingParams, rng: &mut SplitMix) -> 
             probs.truncate(keep.map(|k| k + 1).unwrap_or(probs.len()));
         }
         let mass: f64 = probs.iter().sum();
-        let mut u = rng.uniform() * mass;
+        let mut u = rng.next_f64() * mass;
         let mut pick = idx[probs.len() - 1];
         for (j, x) in probs.iter().enumerate() {
             if u < *x {
@@ -220,7 +208,7 @@ impl Layout {
 struct Sampler<'a> {
     params: &'a SamplingParams,
     eos: u32,
-    rngs: Vec<SplitMix>,
+    rngs: Vec<SplitMix64>,
     out: Vec<Generation>,
     done: Vec<bool>,
 }
@@ -230,7 +218,7 @@ impl<'a> Sampler<'a> {
         Self {
             params,
             eos,
-            rngs: reqs.iter().map(|r| SplitMix(r.seed)).collect(),
+            rngs: reqs.iter().map(|r| SplitMix64::new(r.seed)).collect(),
             out: reqs.iter().map(|_| Generation { tokens: vec![], logprob: 0.0, finish_reason: "length" }).collect(),
             done: vec![false; reqs.len()],
         }
@@ -404,7 +392,7 @@ mod tests {
     #[test]
     fn sampling_rules() {
         let logits = [0.0f32, 3.0, 1.0, 2.9];
-        let mut rng = SplitMix(1);
+        let mut rng = SplitMix64::new(1);
         let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
         assert_eq!(sample(&logits, &greedy, &mut rng).0, 1);
         let top1 = SamplingParams { top_k: 1, ..Default::default() };
@@ -422,5 +410,17 @@ mod tests {
         assert!((lp - (logits[t as usize] as f64 - lse)).abs() < 1e-9);
         assert_ne!(rollout_seed(1, 1, "a", 0), rollout_seed(1, 1, "a", 1));
         assert_ne!(rollout_seed(1, 1, "a", 0), rollout_seed(1, 2, "a", 0));
+    }
+
+    /// The sampling RNG's uniforms for a fixed seed, bit for bit (rollouts depend on them).
+    #[test]
+    fn sampling_uniforms_are_pinned() {
+        let mut rng = SplitMix64::new(42);
+        let got: Vec<u64> = (0..4).map(|_| rng.next_f64().to_bits()).collect();
+        assert_eq!(got, [0x3fe7_bae6_44c5_fd6d, 0x3fc4_77f1_99d9_3378, 0x3fd1_d499_d5c4_c3e6, 0x3fd6_0738_7fc3_92b8]);
+        // the same stream drawing 8 tokens from logits [0, 1, 2, 3] at temperature 1
+        let mut rng = SplitMix64::new(42);
+        let tokens: Vec<u32> = (0..8).map(|_| sample(&[0.0, 1.0, 2.0, 3.0], &SamplingParams::default(), &mut rng).0).collect();
+        assert_eq!(tokens, [3, 2, 2, 2, 1, 3, 2, 3]);
     }
 }

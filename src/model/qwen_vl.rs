@@ -378,17 +378,8 @@ impl Checkpoint {
     pub fn add_score_head(&mut self, seed: u64, trainable: bool) -> Result<()> {
         let e = self.model.text().embed.embeddings();
         let c = e.dim(1)?;
-        let mut rng = seed ^ 0x5c0e_4ead;
-        let w: Vec<f32> = (0..c)
-            .map(|_| {
-                rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = rng;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
-                ((2.0 * u - 1.0) / (c as f64).sqrt()) as f32
-            })
-            .collect();
+        let mut rng = crate::rng::SplitMix64::new(seed ^ 0x5c0e_4ead);
+        let w: Vec<f32> = (0..c).map(|_| ((2.0 * rng.next_f64() - 1.0) / (c as f64).sqrt()) as f32).collect();
         let w = Tensor::from_vec(w, (1, c), e.device())?.to_dtype(e.dtype())?;
         let b = Tensor::zeros(1, e.dtype(), e.device())?;
         self.set_score_head(w, b, trainable)

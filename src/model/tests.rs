@@ -458,7 +458,7 @@ fn digit_probe_on_the_vision_encoder() {
     let head = candle_nn::linear(v.hidden_size, 11, vb.pp("probe")).unwrap();
     if std::env::var("MSTAR_PROBE_INIT").as_deref() == Ok("policy") {
         // the policy's initialization (Policy::new_random): N(0, 0.02²) matrices, unit norms, zero biases
-        let mut rng = super::policy::Normal::new(11);
+        let mut rng = crate::rng::Normal::new(11);
         for (name, var) in varmap.data().lock().unwrap().iter() {
             let shape = var.shape().clone();
             if name.starts_with("vision.") && shape.rank() == 2 {

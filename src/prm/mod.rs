@@ -138,7 +138,7 @@ mod tests {
                     j.seeds
                         .iter()
                         .map(|&s| {
-                            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+                            let u = crate::rng::unit_f64(s);
                             if u < self.p[j.step_idx as usize] {
                                 "Answer: 12".to_string()
                             } else {

@@ -196,7 +196,8 @@ async fn per_prompt(ctx: &datafusion::prelude::SessionContext, tables: &[String]
     Ok(out)
 }
 
-fn metrics_schema() -> Arc<Schema> {
+/// The metrics table (schemas/metrics.json), for a run without one of its metrics stages.
+pub(crate) fn metrics_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("iteration", DataType::Int64, false),
         Field::new("split", DataType::Utf8, false),

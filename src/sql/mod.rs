@@ -4,8 +4,6 @@
 pub mod format;
 pub mod iteration_table;
 pub mod params;
-#[cfg(test)]
-mod prm_sql_tests;
 pub mod udf;
 
 use crate::store::manifest::OutputKind;

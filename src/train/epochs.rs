@@ -47,7 +47,7 @@ pub fn run_epochs<E, Er: From<Interrupted>>(
     let mut log = StepLog::default();
     for epoch in 0..epochs {
         let mut order: Vec<usize> = (0..examples.len()).collect();
-        crate::ops::train::shuffle(&mut order, state.rng.wrapping_add(epoch as u64));
+        crate::rng::SplitMix64::new(state.rng.wrapping_add(epoch as u64)).shuffle(&mut order);
         for chunk in order.chunks(per_step.max(1)) {
             if cancel.is_cancelled() {
                 return Err(Interrupted { step: log.losses.len(), total }.into());

@@ -419,6 +419,18 @@ mod tests {
         assert!(d < 1e-4, "merged logits differ by {d}");
     }
 
+    /// A fresh score head's weights for a fixed seed, bit for bit: U(±1/√64) over qwen3_vl's
+    /// 64 hidden units.
+    #[test]
+    fn score_head_init_is_pinned() {
+        let mut ck = Checkpoint::load_parts(&fixture("qwen3_vl"), None, Trainable::All, DType::F32, &Device::Cpu).unwrap();
+        ck.add_score_head(3, true).unwrap();
+        let w = ck.all_tensors()["score_head.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got: Vec<u32> = w[..4].iter().map(|x| x.to_bits()).collect();
+        // 0.014620478, 0.013592229, -0.031164754, 0.12049971
+        assert_eq!(got, [0x3c6f_8abb, 0x3c5e_b1f1, 0xbcff_4d3a, 0x3df6_c88d]);
+    }
+
     /// A PRM reads each step's score at the step's last token: the batched, padded scores equal
     /// the head applied to the model's own hidden states there; training on step labels lowers
     /// the binary cross-entropy and reaches the head and every weight; the head round-trips.

@@ -1,7 +1,8 @@
 //! Vision pretraining: the encoder alone learns a class per image region (e.g. each grid
 //! cell's digit), through a throwaway linear head over the mean feature of each region's patches.
 
-use crate::model::policy::{ModelError, Normal, Policy, Result};
+use crate::model::policy::{ModelError, Policy, Result};
+use crate::rng::Normal;
 use candle_core::{Tensor, Var, D};
 use candle_nn::Optimizer;
 

@@ -251,7 +251,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     fn randn(shape: &[usize], seed: u64) -> Var {
-        let mut rng = crate::model::policy::Normal::new(seed);
+        let mut rng = crate::rng::Normal::new(seed);
         let n: usize = shape.iter().product();
         Var::from_vec((0..n).map(|_| rng.sample()).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
     }

@@ -2,9 +2,10 @@
 //! then each sample decodes from a copy of that cache with its own seeded RNG.
 
 use super::text::Cache;
-use crate::model::generate::{sample, Generation, SamplingParams, SplitMix};
+use crate::model::generate::{sample, Generation, SamplingParams};
 use crate::model::layers::Mask;
 use crate::model::qwen_vl::QwenVl;
+use crate::rng::SplitMix64;
 use candle_core::{Result, Tensor};
 
 /// A rendered, tokenized prompt and its images' patches.
@@ -49,11 +50,11 @@ pub fn generate_many(model: &QwenVl, prompts: &[(&Prompt, &[u64])], params: &Sam
     let t_max = caches.iter().map(|c| c.len()).max().unwrap_or(0);
     // one row per (prompt, sample): its output slot, RNG, left pad and next position
     let mut slots = Vec::new();
-    let (mut rngs, mut pads, mut pos, mut logits): (Vec<SplitMix>, Vec<usize>, Vec<i64>, Vec<Vec<f32>>) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rngs, mut pads, mut pos, mut logits): (Vec<SplitMix64>, Vec<usize>, Vec<i64>, Vec<Vec<f32>>) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, (_, seeds)) in prompts.iter().enumerate() {
         for (k, &seed) in seeds.iter().enumerate() {
             slots.push((i, k));
-            rngs.push(SplitMix(seed));
+            rngs.push(SplitMix64::new(seed));
             pads.push(t_max - caches[i].len());
             pos.push(starts[i]);
             logits.push(firsts[i].clone());
