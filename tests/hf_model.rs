@@ -462,7 +462,8 @@ stages:
     let store = tmp.path().join("store");
     let store = store.to_str().unwrap();
     let (_, err) = ok(bin().arg("run").arg(&p).args(["--store", store]));
-    assert!(err.contains("prm_label: 12/12 prefixes"), "{err}");
+    // 12 prefixes, each continued twice
+    assert!(err.contains("prm_label: 24/24 completions"), "{err}");
     // 6 responses × 3 steps; the first two continued twice, the last judged as it stands
     let l = sql_csv(store, "SELECT step_idx, count(*), min(n), max(n), bool_and(soft BETWEEN 0 AND 1) FROM step_labels GROUP BY step_idx ORDER BY step_idx");
     assert_eq!(l.lines().skip(1).collect::<Vec<_>>(), vec!["0,6,2,2,true", "1,6,2,2,true", "2,6,1,1,true"], "{l}");

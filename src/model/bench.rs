@@ -148,7 +148,7 @@ pub fn bench_hf(
         png
     };
     let ck = Checkpoint::load(dir, dtype, dev).map_err(|e| bad(&e))?;
-    let prompt = crate::ops::generate_hf::encode_prompt(&ck, "Describe the picture in detail.", std::slice::from_ref(&img), dev).map_err(|e| bad(&e))?;
+    let prompt = ck.generation_prompt("Describe the picture in detail.", std::slice::from_ref(&img)).map_err(|e| bad(&e))?;
     let params = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: new_tokens };
     let seeds: Vec<u64> = (0..batch as u64).collect();
     hf_generate(&ck.model, &prompt, &seeds[..1], &SamplingParams { max_new_tokens: 2, ..params.clone() }, &[])?; // warm-up
@@ -165,7 +165,7 @@ pub fn bench_hf(
     } else {
         Checkpoint::load_parts(dir, None, Trainable::All, dtype, dev).map_err(|e| bad(&e))?
     };
-    let p = crate::ops::generate_hf::encode_prompt(&ck, "Describe the picture in detail.", std::slice::from_ref(&img), dev).map_err(|e| bad(&e))?;
+    let p = ck.generation_prompt("Describe the picture in detail.", std::slice::from_ref(&img)).map_err(|e| bad(&e))?;
     let pixels: Vec<f32> = p.pixels.as_ref().map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()).transpose()?.unwrap_or_default();
     // response tokens: the prompt's text tokens, shuffled by row
     let text_ids: Vec<u32> = p.ids.iter().copied().filter(|&t| t != ck.model.image_token_id()).collect();

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod generate;
 pub mod hf;
 pub mod layers;
+pub mod lm;
 pub mod policy;
 pub mod qwen2_5_vl;
 pub mod qwen3_vl;

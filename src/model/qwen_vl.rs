@@ -532,6 +532,26 @@ impl Checkpoint {
         Ok(PromptParts { ids, pixels, grids, text })
     }
 
+    /// Images' patches as the vision tower's input on the model's device and in its dtype
+    /// (rows × 3·temporal·patch²); `None` without images.
+    pub fn pixel_tensor(&self, values: &[f32], grids: &[[usize; 3]]) -> hf::Result<Option<Tensor>> {
+        if grids.is_empty() {
+            return Ok(None);
+        }
+        let emb = self.model.text().embed.embeddings();
+        let cols = 3 * self.processor.temporal_patch_size * self.processor.patch_size * self.processor.patch_size;
+        let rows = grids.iter().map(|g| g.iter().product::<usize>()).sum::<usize>();
+        Ok(Some(Tensor::from_vec(values.to_vec(), (rows, cols), emb.device())?.to_dtype(emb.dtype())?))
+    }
+
+    /// A question and its images as a prompt to sample from: the chat template's user turn
+    /// with the generation prompt, image placeholders expanded, tokenized; the patches on the
+    /// model's device.
+    pub fn generation_prompt(&self, question: &str, images: &[Vec<u8>]) -> hf::Result<super::qwen2_5_vl::generate::Prompt> {
+        let parts = self.prompt_parts(question, images)?;
+        Ok(super::qwen2_5_vl::generate::Prompt { pixels: self.pixel_tensor(&parts.pixels, &parts.grids)?, ids: parts.ids, grids: parts.grids })
+    }
+
     /// Token ids of `text` (special tokens parsed, none added), as the processor's tokenizer call.
     pub fn encode(&self, text: &str) -> hf::Result<Vec<u32>> {
         let enc = self.tokenizer.encode(text, false).map_err(|e| HfError::Template(format!("tokenizer: {e}")))?;

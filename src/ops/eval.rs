@@ -2,21 +2,14 @@
 //! temperature), judges every decode and, given a PRM, scores it → `eval_samples`; SQL turns
 //! those rows into metrics (`sql/eval_metrics.sql`) or a temperature choice (`pick_temperature`).
 
-use super::generate::{find_checkpoint, resolve_policy};
-use super::generate_hf::{all_images, encode_prompt, hf_source, load_for_inference};
-use super::prm_score::{scorable, score_batch};
-use super::train::first_image;
+use super::models::all_images;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::{extract_answer, AnswerType};
 use crate::data::synth::{QuestionMeta, Scene};
-use crate::model::checkpoint;
-use crate::model::generate::{generate, rollout_seed, Request, SamplingParams};
-use crate::model::qwen2_5_vl::generate::{generate_many as hf_generate_many, Prompt};
-use crate::model::qwen_vl::Checkpoint;
-use crate::model::tiny_vlm::image_patches;
+use crate::model::generate::{rollout_seed, SamplingParams};
+use crate::model::lm::{sample_all, LmError, Prompt, Work};
 use crate::prm::Gold;
 use crate::spec::{Pipeline, StageCheck, StageSpec};
-use crate::train::qwen::{encode_steps, score_steps, QwenExample};
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -94,28 +87,6 @@ pub struct EvalOp {
     model_dir: Option<String>,
 }
 
-/// The policy being evaluated: mstar's own, or a Hugging Face checkpoint and its end tokens.
-/// (One per stage: the variants' sizes do not matter.)
-#[allow(clippy::large_enum_variant)]
-enum Decoder {
-    Tiny(crate::model::policy::Policy),
-    Hf(Box<Checkpoint>, Vec<u32>),
-}
-
-/// The process reward model scoring the decodes.
-#[allow(clippy::large_enum_variant)]
-enum Scorer {
-    Tiny(crate::model::policy::Policy),
-    /// A Qwen-VL PRM and the token it pads batches with.
-    Hf(Box<Checkpoint>, u32),
-}
-
-/// A prompt as the decoder takes it.
-enum Encoded {
-    Tiny { prompt: Vec<u32>, patches: Vec<f32> },
-    Hf(Prompt),
-}
-
 impl EvalOp {
     pub fn new(pipeline: &crate::spec::Pipeline, spec: &EvalSpec) -> Self {
         Self { spec: spec.clone(), model_dir: spec.model.as_ref().map(|m| pipeline.resolve_path(&m.path)) }
@@ -142,9 +113,9 @@ pub fn eval_samples_schema() -> SchemaRef {
 struct Item {
     id: String,
     split: String,
-    enc: Encoded,
-    /// The question and its images, for a Qwen-VL PRM (empty otherwise).
-    raw: Option<(String, Vec<Vec<u8>>)>,
+    prompt: Prompt,
+    /// The prompt as the PRM reads it (with a PRM).
+    prm_prompt: Option<Prompt>,
     gold: Option<Gold>,
     synth: Option<(Scene, QuestionMeta)>,
 }
@@ -180,7 +151,7 @@ impl Operator for EvalOp {
     }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
-        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
+        async move { Ok(self.model_dir.as_deref().map(super::models::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
@@ -189,36 +160,9 @@ impl Operator for EvalOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            // a Hugging Face checkpoint of a policy stage, else the `model` folder, else mstar's own
-            let hf_dir = hf_source(ctx, &self.spec.policy, self.model_dir.as_deref()).await?;
-            let policy = match hf_dir {
-                Some(dir) => {
-                    let (ck, eos) = load_for_inference(&dir).await.map_err(|e| self.fail(e))?;
-                    Decoder::Hf(Box::new(ck), eos)
-                }
-                None => Decoder::Tiny(resolve_policy(ctx, &self.spec.policy).await?),
-            };
-            let prm = match find_checkpoint(ctx, &self.spec.prm) {
-                _ if self.spec.prm.is_empty() => None,
-                Some((name, m)) if checkpoint::is_hf(m) => {
-                    let dir = checkpoint::local_dir(ctx.store, m).await?;
-                    let (ck, eos) = load_for_inference(&dir).await.map_err(|e| self.fail(format!("checkpoint of `{name}`: {e}")))?;
-                    if !ck.is_prm() {
-                        return Err(self.fail(format!("the checkpoint of `{name}` is a policy, not a process reward model (train it with objective: prm)")));
-                    }
-                    Some(Scorer::Hf(Box::new(ck), eos[0]))
-                }
-                _ => {
-                    if matches!(policy, Decoder::Hf(..)) {
-                        return Err(self.fail("a PRM of mstar's own scores its own policies' responses only; give a Qwen-VL PRM (train with model: and objective: prm)"));
-                    }
-                    let prm = resolve_policy(ctx, &self.spec.prm).await?;
-                    if !prm.cfg.is_prm() {
-                        return Err(self.fail(format!("the checkpoint of {:?} is a policy, not a process reward model (train it with objective: prm)", self.spec.prm)));
-                    }
-                    Some(Scorer::Tiny(prm))
-                }
-            };
+            // a checkpoint of a policy stage (mstar's own or a Hugging Face folder), else the `model` folder
+            let lm = super::models::open(ctx, &self.spec.policy, self.model_dir.as_deref()).await?;
+            let prm = if self.spec.prm.is_empty() { None } else { Some(super::models::open_prm(ctx, &self.spec.prm).await?) };
             let p = &self.spec.prompts;
             let schema = ctx.input_schemas.iter().find(|(n, _)| n == p).map(|(_, s)| s.clone()).ok_or_else(|| self.fail(format!("prompts `{p}` has no rows")))?;
             let synth = schema.field_with_name("scene").is_ok() && schema.field_with_name("meta").is_ok();
@@ -264,129 +208,57 @@ impl Operator for EvalOp {
                         None
                     };
                     let gold = answers.is_valid(i).then(|| Gold { answer: answers.value(i).to_string(), answer_type, precision: prec.is_valid(i).then(|| prec.value(i)), choices: ch.filter(|c| !c.is_empty()) });
-                    let enc = match &policy {
-                        Decoder::Tiny(policy) => {
-                            let img = first_image(b.column(2), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
-                            let prompt = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                            let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                            Encoded::Tiny { prompt, patches }
-                        }
-                        Decoder::Hf(ck, _) => {
-                            let dev = ck.model.text().embed.embeddings().device().clone();
-                            Encoded::Hf(encode_prompt(ck, qs.value(i), &all_images(b.column(2), i), &dev).map_err(|e| self.fail(format!("prompt {id}: {e}")))?)
-                        }
+                    let images = all_images(b.column(2), i);
+                    let prompt = lm.encode_prompt(qs.value(i), &images).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                    let prm_prompt = match &prm {
+                        Some(prm) => Some(prm.encode_prompt(qs.value(i), &images).map_err(|e| self.fail(format!("prompt {id} (for the PRM): {e}")))?),
+                        None => None,
                     };
-                    let raw = matches!(prm, Some(Scorer::Hf(..))).then(|| (qs.value(i).to_string(), all_images(b.column(2), i)));
-                    items.push(Item { id, split: splits.value(i).to_string(), enc, raw, gold, synth });
+                    items.push(Item { id, split: splits.value(i).to_string(), prompt, prm_prompt, gold, synth });
                 }
             }
             if items.is_empty() {
                 return Err(self.fail(format!("no prompts in `{p}`")));
             }
-            let mut jobs: Vec<Job> = Vec::new();
-            for t in [None].into_iter().filter(|_| self.spec.greedy).chain(self.temperatures().into_iter().map(Some)) {
-                for item in 0..items.len() {
-                    match t {
-                        None => jobs.push(Job { item, greedy: true, temperature: 0.0, sample: 0 }),
-                        Some(temperature) => jobs.extend((0..self.spec.k).map(|sample| Job { item, greedy: false, temperature, sample })),
-                    }
-                }
+            // passes: greedy (temperature 0, sample 0's seed), then K samples at each temperature
+            let mut passes: Vec<(bool, f64, u32)> = Vec::new();
+            if self.spec.greedy {
+                passes.push((true, 0.0, 1));
             }
+            passes.extend(self.temperatures().into_iter().map(|t| (false, t, self.spec.k)));
             let (seed, iteration, bs) = (ctx.pipeline.seed, ctx.iteration, self.spec.batch_size.max(1));
             let sampling = self.spec.sampling.clone();
             let started = std::time::Instant::now();
-            let rows = tokio::task::spawn_blocking(move || -> std::result::Result<(Vec<Row>, Vec<Item>), String> {
-                // one bucket for the stage: results do not depend on batching
-                let bucket = items.iter().map(|x| if let Encoded::Tiny { prompt, .. } = &x.enc { prompt.len() } else { 0 }).max().unwrap_or(2);
-                let seed_of = |j: &Job| rollout_seed(seed, iteration, &items[j.item].id, j.sample);
-                let mut rows: Vec<Row> = Vec::with_capacity(jobs.len());
-                let mut i = 0;
-                while i < jobs.len() {
-                    // a chunk shares one temperature
-                    let t = jobs[i].temperature;
-                    let end = (i..jobs.len()).take(bs).take_while(|&j| jobs[j].temperature == t).last().unwrap_or(i) + 1;
-                    let chunk = &jobs[i..end];
-                    let params = SamplingParams { temperature: t, ..sampling.clone() };
-                    let decoded: Vec<(String, usize)> = match &policy {
-                        Decoder::Tiny(policy) => {
-                            let reqs: Vec<Request> = chunk
-                                .iter()
-                                .map(|j| match &items[j.item].enc {
-                                    Encoded::Tiny { prompt, patches } => Request { prompt: prompt.clone(), patches: patches.clone(), seed: seed_of(j) },
-                                    Encoded::Hf(_) => unreachable!("items are encoded for their decoder"),
-                                })
-                                .collect();
-                            generate(policy, &reqs, &params, bucket).map_err(|e| e.to_string())?.into_iter().map(|g| (policy.tokenizer.decode(&g.tokens).unwrap_or_default(), g.tokens.len())).collect()
+            let rows = tokio::task::spawn_blocking(move || -> std::result::Result<(Vec<Row>, Vec<Item>), LmError> {
+                let mut rows: Vec<Row> = Vec::new();
+                for (greedy, temperature, k) in passes {
+                    let seeds: Vec<Vec<u64>> = items.iter().map(|x| (0..k).map(|s| rollout_seed(seed, iteration, &x.id, s)).collect()).collect();
+                    let work: Vec<Work> = items.iter().zip(&seeds).map(|(x, s)| Work { id: &x.id, prompt: &x.prompt, seeds: s }).collect();
+                    let params = SamplingParams { temperature, ..sampling.clone() };
+                    let decoded = sample_all(lm.as_ref(), &work, &params, bs, &mut |_| {})?;
+                    for (item, samples) in decoded.into_iter().enumerate() {
+                        for (sample, s) in samples.into_iter().enumerate() {
+                            let x = &items[item];
+                            let response = s.text;
+                            let correct = x.gold.as_ref().is_some_and(|gold| gold.accepts(&response));
+                            let steps_ok = x.synth.as_ref().map(|(scene, meta)| crate::data::synth::judge(scene, meta, &response).steps_ok);
+                            let job = Job { item, greedy, temperature, sample: sample as u32 };
+                            rows.push(Row { job, pred: extract_answer(&response), num_tokens: s.num_tokens as i32, response, correct, steps_ok, score: None });
                         }
-                        Decoder::Hf(ck, eos) => {
-                            // consecutive jobs of one prompt share its prefill; all decode as one batch
-                            let mut groups: Vec<(usize, Vec<u64>)> = Vec::new();
-                            for j in chunk {
-                                match groups.last_mut() {
-                                    Some((item, seeds)) if *item == j.item => seeds.push(seed_of(j)),
-                                    _ => groups.push((j.item, vec![seed_of(j)])),
-                                }
-                            }
-                            let batch: Vec<(&Prompt, &[u64])> = groups
-                                .iter()
-                                .map(|(item, seeds)| match &items[*item].enc {
-                                    Encoded::Hf(p) => (p, seeds.as_slice()),
-                                    Encoded::Tiny { .. } => unreachable!("items are encoded for their decoder"),
-                                })
-                                .collect();
-                            hf_generate_many(&ck.model, &batch, &params, eos)
-                                .map_err(|e| format!("prompts {} to {}: {e}", items[chunk[0].item].id, items[chunk[chunk.len() - 1].item].id))?
-                                .into_iter()
-                                .flatten()
-                                .map(|g| (ck.tokenizer.decode(&g.tokens, true).unwrap_or_default(), g.tokens.len()))
-                                .collect()
-                        }
-                    };
-                    for (job, (response, n)) in chunk.iter().zip(decoded) {
-                        let item = &items[job.item];
-                        let correct = item.gold.as_ref().is_some_and(|gold| gold.accepts(&response));
-                        let steps_ok = item.synth.as_ref().map(|(scene, meta)| crate::data::synth::judge(scene, meta, &response).steps_ok);
-                        rows.push(Row { job: *job, pred: extract_answer(&response), num_tokens: n as i32, response, correct, steps_ok, score: None });
                     }
-                    i = end;
                 }
-                match &prm {
-                    Some(Scorer::Tiny(prm)) => {
-                        let mut scorables = Vec::new();
-                        for (r, row) in rows.iter().enumerate() {
-                            let item = &items[row.job.item];
-                            let Encoded::Tiny { prompt, patches } = &item.enc else { unreachable!("a PRM of mstar's own goes with its own policies") };
-                            if let Some(s) = scorable(prm, prompt, patches, &item.id, r as i32, &row.response).map_err(|e| format!("prompt {}: {e}", item.id))? {
-                                scorables.push(s);
-                            }
-                        }
-                        for row in rows.iter_mut() {
-                            row.score = Some(0.0); // no steps: the lowest score
-                        }
-                        for chunk in scorables.chunks(bs) {
-                            for (s, steps) in chunk.iter().zip(score_batch(prm, &chunk.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?) {
-                                rows[s.sample_idx as usize].score = Some(steps.into_iter().fold(f64::INFINITY, f64::min));
-                            }
-                        }
+                if let Some(prm) = &prm {
+                    // the lowest score for a response without steps
+                    let steps: Vec<Vec<String>> = rows.iter_mut().map(|r| {
+                        r.score = Some(0.0);
+                        crate::data::answer::split_steps(&r.response)
+                    }).collect();
+                    let scored: Vec<usize> = (0..rows.len()).filter(|&r| !steps[r].is_empty()).collect();
+                    let inputs: Vec<(&Prompt, &[String])> =
+                        scored.iter().map(|&r| (items[rows[r].job.item].prm_prompt.as_ref().expect("encoded for the PRM"), steps[r].as_slice())).collect();
+                    for (&r, s) in scored.iter().zip(prm.score_steps(&inputs, bs)?) {
+                        rows[r].score = Some(s.into_iter().fold(f64::INFINITY, f64::min));
                     }
-                    Some(Scorer::Hf(prm, pad)) => {
-                        let mut laid = Vec::new();
-                        for (r, row) in rows.iter_mut().enumerate() {
-                            row.score = Some(0.0); // no steps: the lowest score
-                            let item = &items[row.job.item];
-                            let steps = crate::data::answer::split_steps(&row.response);
-                            let Some((q, images)) = item.raw.as_ref().filter(|_| !steps.is_empty()) else { continue };
-                            laid.push((r, encode_steps(prm, q, images, &steps, None).map_err(|e| format!("prompt {}: {e}", item.id))?));
-                        }
-                        for chunk in laid.chunks(bs) {
-                            let ex: Vec<&QwenExample> = chunk.iter().map(|x| &x.1 .0).collect();
-                            let ends: Vec<&[usize]> = chunk.iter().map(|x| x.1 .1.as_slice()).collect();
-                            for (x, steps) in chunk.iter().zip(score_steps(prm, &ex, &ends, *pad).map_err(|e| e.to_string())?) {
-                                rows[x.0].score = Some(steps.into_iter().fold(f64::INFINITY, f64::min));
-                            }
-                        }
-                    }
-                    None => {}
                 }
                 // a short summary per split and temperature
                 let mut keys: Vec<(String, bool, u64)> = rows.iter().map(|r| (items[r.job.item].split.clone(), r.job.greedy, r.job.temperature.to_bits())).collect();

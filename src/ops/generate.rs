@@ -2,14 +2,11 @@
 //! batched with a KV cache; each rollout seeded from (run seed, iteration, prompt_id,
 //! sample_idx), so the table does not depend on batch size, threads or resumes.
 
-use super::train::first_image;
+use super::models::all_images;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
-use crate::model::checkpoint;
-use crate::model::generate::{generate, rollout_seed, Request};
-use crate::model::policy::Policy;
-use crate::model::tiny_vlm::image_patches;
+use crate::model::generate::rollout_seed;
+use crate::model::lm::{OpenAiBackend, Prompt, Sample, Work};
 use crate::spec::{Pipeline, StageCheck, StageSpec};
-use super::generate_openai::OpenAiBackend;
 use arrow::array::{Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -131,34 +128,6 @@ pub fn rollouts_schema() -> SchemaRef {
     ]))
 }
 
-/// The newest committed checkpoint of the first stage in `names` that has one (`x@prev`:
-/// earlier iterations), with that stage's name.
-pub fn find_checkpoint<'c>(ctx: &'c OpContext<'_>, names: &'c [String]) -> Option<(&'c str, &'c crate::store::Manifest)> {
-    names.iter().find_map(|raw| {
-        let name = raw.strip_suffix("@prev").unwrap_or(raw);
-        let ms = ctx.input_manifests.iter().find(|(n, _)| n == name).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
-        checkpoint::latest(ms).map(|m| (name, m))
-    })
-}
-
-/// The policy checkpoint of the first stage in `names` that has one (`x@prev`: earlier iterations).
-pub async fn resolve_policy(ctx: &OpContext<'_>, names: &[String]) -> Result<Policy> {
-    let Some((name, m)) = find_checkpoint(ctx, names) else {
-        return Err(OpError::Invalid(format!("none of the policy stages {names:?} has a committed checkpoint")));
-    };
-    if checkpoint::is_hf(m) {
-        return Err(OpError::Invalid(format!(
-            "the checkpoint of `{name}` is a Hugging Face model; this operator runs mstar's own policies only (generate runs both)"
-        )));
-    }
-    let files = checkpoint::read(ctx.store, m).await?;
-    let mut p = Policy::from_files(&files, &crate::model::device())
-        .map_err(|e| OpError::Invalid(format!("checkpoint of `{name}` (iteration {}): {e}", m.iteration)))?;
-    // sampling needs no gradients
-    p.model.use_inference_kernels(true).map_err(|e| OpError::Invalid(format!("policy `{name}`: {e}")))?;
-    Ok(p)
-}
-
 impl Operator for GenerateOp {
 
     /// 2: on the CPU, products of fewer than 4 rows are computed as 4 (`decode_cpu::matmul_t`),
@@ -171,7 +140,7 @@ impl Operator for GenerateOp {
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         // a checkpoint folder is an input: its files' names, sizes and mtimes
-        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
+        async move { Ok(self.model_dir.as_deref().map(super::models::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
@@ -180,20 +149,10 @@ impl Operator for GenerateOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            if let Some(o) = &self.spec.openai {
-                return super::generate_openai::execute(self, ctx, o).await;
-            }
-            // a Hugging Face checkpoint of a policy stage (e.g. a LoRA SFT), else the `model` folder
-            match (find_checkpoint(ctx, &self.spec.policy), &self.model_dir) {
-                (Some((name, m)), _) if checkpoint::is_hf(m) => {
-                    eprintln!("  generate: the checkpoint of `{name}` (iteration {})", m.iteration);
-                    let dir = checkpoint::local_dir(ctx.store, m).await?;
-                    return super::generate_hf::execute(self, ctx, &dir).await;
-                }
-                (None, Some(dir)) => return super::generate_hf::execute(self, ctx, std::path::Path::new(dir)).await,
-                _ => {}
-            }
-            let policy = resolve_policy(ctx, &self.spec.policy).await?;
+            let lm = match &self.spec.openai {
+                Some(o) => super::models::open_endpoint(o)?,
+                None => super::models::open(ctx, &self.spec.policy, self.model_dir.as_deref()).await?,
+            };
             let filter = ctx.this_iteration(&self.spec.prompts, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
             let q = format!(
                 "SELECT CAST(prompt_id AS VARCHAR) AS prompt_id, CAST(question AS VARCHAR) AS question, images FROM \"{}\"{filter} ORDER BY prompt_id",
@@ -204,84 +163,103 @@ impl Operator for GenerateOp {
                 .map_err(|e| self.fail(format!("prompts `{}` need prompt_id, question, images: {e}", self.spec.prompts)))?
                 .collect()
                 .await?;
-            let mut prompts: Vec<(String, Vec<u32>, Vec<f32>)> = Vec::new();
+            let (seed, iteration, k) = (ctx.pipeline.seed, ctx.iteration, self.spec.samples);
+            let mut prompts: Vec<(String, Prompt, Vec<u64>)> = Vec::new();
             for b in &batches {
                 let (ids, qs, imgs) = (super::strings(b.column(0))?, super::strings(b.column(1))?, b.column(2));
                 for i in 0..b.num_rows() {
                     let id = ids.value(i).to_string();
-                    let img = first_image(imgs, i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
-                    let tokens = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(e))?;
-                    let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                    prompts.push((id, tokens, patches));
+                    let prompt = lm.encode_prompt(qs.value(i), &all_images(imgs, i)).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                    let seeds = (0..k).map(|s| rollout_seed(seed, iteration, &id, s)).collect();
+                    prompts.push((id, prompt, seeds));
                 }
             }
-            // one bucket for the whole stage: results cannot depend on how prompts are batched
-            let bucket = prompts.iter().map(|p| p.1.len()).max().unwrap_or(2);
-            let k = self.spec.samples;
-            let mut work: Vec<(usize, u32)> = Vec::new();
-            for p in 0..prompts.len() {
-                for s in 0..k {
-                    work.push((p, s));
-                }
-            }
-            let total = work.len();
-            let seed = ctx.pipeline.seed;
-            let iteration = ctx.iteration;
             let params = self.sampling(ctx).await?;
-            let batch_size = self.spec.batch_size.max(1);
-            let tty = std::io::stderr().is_terminal();
-            let started = std::time::Instant::now();
-            let chunks: Vec<Vec<(usize, u32)>> = work.chunks(batch_size).map(|c| c.to_vec()).collect();
-            let prompts = Arc::new(prompts);
-            let policy = Arc::new(policy);
-            let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let stream = futures::stream::iter(chunks).then(move |chunk| {
-                let (prompts, policy, params, done) = (prompts.clone(), policy.clone(), params.clone(), done.clone());
-                async move {
-                    let reqs: Vec<Request> = chunk
-                        .iter()
-                        .map(|&(p, s)| Request {
-                            prompt: prompts[p].1.clone(),
-                            patches: prompts[p].2.clone(),
-                            seed: rollout_seed(seed, iteration, &prompts[p].0, s),
-                        })
-                        .collect();
-                    let policy2 = policy.clone();
-                    let params2 = params.clone();
-                    let gens = tokio::task::spawn_blocking(move || generate(&policy2, &reqs, &params2, bucket))
-                        .await
-                        .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?
-                        .map_err(|e| datafusion::error::DataFusionError::Execution(format!("generate: {e}")))?;
-                    let texts: Vec<String> = gens.iter().map(|g| policy.tokenizer.decode(&g.tokens).unwrap_or_default()).collect();
-                    let n = done.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed) + chunk.len();
+            let total = prompts.len() * k as usize;
+            if self.spec.openai.is_some() {
+                eprintln!("  generate: {total} requests to {}", lm.describe());
+            }
+            let (tx, rx) = futures::channel::mpsc::channel::<datafusion::error::Result<RecordBatch>>(2);
+            let (batch_size, side, tty) = (self.spec.batch_size.max(1), ctx.side.clone(), std::io::stderr().is_terminal());
+            let task = tokio::task::spawn_blocking(move || -> std::result::Result<usize, String> {
+                let started = std::time::Instant::now();
+                let work: Vec<Work> = prompts.iter().map(|(id, p, seeds)| Work { id, prompt: p, seeds }).collect();
+                let (mut done, mut failures, mut tx) = (0, Vec::new(), tx);
+                lm.sample(&work, &params, batch_size, &mut |batch| {
+                    let rows: Vec<(&str, i32, u64, Sample)> =
+                        batch.into_iter().map(|s| (work[s.work].id, s.seed as i32, work[s.work].seeds[s.seed], s.sample)).collect();
+                    failures.extend(rows.iter().filter_map(|r| r.3.failure.clone().map(|f| (r.0.to_string(), r.1, f))));
+                    let before = done;
+                    done += rows.len();
                     let secs = started.elapsed().as_secs_f64();
-                    let toks: usize = gens.iter().map(|g| g.tokens.len()).sum();
                     if tty {
-                        eprint!("\r  generate: {n}/{total} rollouts, {:.0} rollouts/s   ", n as f64 / secs.max(1e-9));
-                        if n == total {
+                        eprint!("\r  generate: {done}/{total} rollouts, {:.0} rollouts/s   ", done as f64 / secs.max(1e-9));
+                        if done == total {
                             eprintln!();
                         }
-                    } else if n == total || (n * 10 / total.max(1)) != ((n - chunk.len()) * 10 / total.max(1)) {
-                        eprintln!("  generate: {n}/{total} rollouts ({toks} tokens in the last batch), {secs:.1}s");
+                    } else if done == total || (done * 10 / total.max(1)) != (before * 10 / total.max(1)) {
+                        let toks: usize = rows.iter().map(|r| r.3.num_tokens).sum();
+                        eprintln!("  generate: {done}/{total} rollouts ({toks} tokens in the last batch), {secs:.1}s");
                     }
-                    let batch = RecordBatch::try_new(
-                        rollouts_schema(),
-                        vec![
-                            Arc::new(StringArray::from_iter_values(chunk.iter().map(|&(p, _)| prompts[p].0.clone()))),
-                            Arc::new(Int32Array::from_iter_values(chunk.iter().map(|&(_, s)| s as i32))),
-                            Arc::new(Float64Array::from(vec![params.temperature; chunk.len()])),
-                            Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|&(p, s)| rollout_seed(seed, iteration, &prompts[p].0, s)))),
-                            Arc::new(StringArray::from(texts)),
-                            Arc::new(Int32Array::from_iter_values(gens.iter().map(|g| g.tokens.len() as i32))),
-                            Arc::new(Float64Array::from_iter_values(gens.iter().map(|g| g.logprob))),
-                            Arc::new(StringArray::from_iter_values(gens.iter().map(|g| g.finish_reason))),
-                        ],
-                    )?;
-                    Ok(batch)
+                    futures::executor::block_on(futures::SinkExt::send(&mut tx, rollouts_batch(&rows, params.temperature))).is_ok()
+                })
+                .map_err(|e| format!("generate: {e}"))?;
+                if !failures.is_empty() {
+                    eprintln!("  generate: {done} rollouts in {:.1}s, {} failed", started.elapsed().as_secs_f64(), failures.len());
+                    eprintln!("  generate: first failure: {} sample {}: {}", failures[0].0, failures[0].1, failures[0].2 .1);
+                    side.push("generate_errors", errors_batch(&failures).map_err(|e| e.to_string())?);
                 }
+                Ok(done)
             });
-            Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(rollouts_schema(), stream))))
+            // the batches as they come, then the sampling's outcome: an error, or fewer rollouts
+            // than asked for, fails the stage instead of committing a partial table
+            let outcome = futures::stream::once(async move {
+                match task.await {
+                    Ok(Ok(n)) if n == total => None,
+                    Ok(Ok(n)) => Some(Err(datafusion::error::DataFusionError::Execution(format!("generate: {n} of {total} rollouts came back")))),
+                    Ok(Err(e)) => Some(Err(datafusion::error::DataFusionError::Execution(e))),
+                    Err(e) => Some(Err(datafusion::error::DataFusionError::Execution(format!("generate: {e}")))),
+                }
+            })
+            .filter_map(futures::future::ready);
+            Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(rollouts_schema(), rx.chain(outcome)))))
         }
         .boxed()
     }
+}
+
+/// Rows of the rollouts table: (prompt_id, sample_idx, seed, sample).
+fn rollouts_batch(rows: &[(&str, i32, u64, Sample)], temperature: f64) -> datafusion::error::Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        rollouts_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(Float64Array::from(vec![temperature; rows.len()])),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3.text.as_str()))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.3.num_tokens as i32))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3.logprob))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.3.finish_reason.as_str()))),
+        ],
+    )?)
+}
+
+/// The side table `generate_errors`: requests that failed after their retries.
+fn errors_batch(failures: &[(String, i32, (u32, String))]) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("prompt_id", DataType::Utf8, false),
+        Field::new("sample_idx", DataType::Int32, false),
+        Field::new("attempts", DataType::Int32, false),
+        Field::new("error", DataType::Utf8, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(failures.iter().map(|f| f.0.as_str()))),
+            Arc::new(Int32Array::from_iter_values(failures.iter().map(|f| f.1))),
+            Arc::new(Int32Array::from_iter_values(failures.iter().map(|f| f.2 .0 as i32))),
+            Arc::new(StringArray::from_iter_values(failures.iter().map(|f| f.2 .1.as_str()))),
+        ],
+    )
 }

@@ -1,8 +1,7 @@
 //! The operator contract: an operator turns its input tables (record-batch streams) into an
 //! output table or files. One operator per file; `build` makes them from stage specs.
 
-pub mod generate_hf;
-pub mod generate_openai;
+pub mod models;
 pub mod train_hf;
 
 /// Every operator: the name a stage's `op:` gives, its module, and its config type. A new

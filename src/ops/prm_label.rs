@@ -1,16 +1,11 @@
 //! The `prm_label` operator: Monte Carlo step labels for PRM training — every step prefix of
 //! each sampled response is continued N times by the policy and scored by the gold answer.
 
-use super::generate::resolve_policy;
-use super::generate_hf::{all_images, encode_prompt, hf_source, load_for_inference};
-use super::train::first_image;
+use super::models::all_images;
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::data::answer::AnswerType;
-use crate::model::generate::{generate, Request, SamplingParams};
-use crate::model::policy::Policy;
-use crate::model::qwen2_5_vl::generate::{generate as hf_generate, Prompt};
-use crate::model::qwen_vl::Checkpoint;
-use crate::model::tiny_vlm::image_patches;
+use crate::model::generate::SamplingParams;
+use crate::model::lm::{sample_all, LmError, Prompt, VisionLm, Work};
 use crate::prm::{mc_labels, Completer, CompletionJob, Gold, LabelTask};
 use crate::spec::{Pipeline, StageCheck, StageSpec};
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
@@ -86,74 +81,37 @@ pub fn step_labels_schema() -> SchemaRef {
     crate::schemas::operator_output("step_labels")
 }
 
-/// Completions sampled from the policy: prompt = the question's tokens, then the prefix's.
-struct PolicyCompleter<'a> {
-    policy: &'a Policy,
-    /// Prompt tokens and image patches by prompt_id.
-    prompts: &'a HashMap<String, (Vec<u32>, Arc<Vec<f32>>)>,
+/// Completions sampled from the policy: the prompt, then the prefix, continued once per seed;
+/// every completion of the stage in one call, so the model batches them as it does any sampling.
+struct LmCompleter<'a> {
+    lm: &'a dyn VisionLm,
+    /// The prompts by prompt_id.
+    prompts: &'a HashMap<String, Prompt>,
     params: SamplingParams,
     batch_size: usize,
 }
 
-impl Completer for PolicyCompleter<'_> {
-    type Error = String;
+impl Completer for LmCompleter<'_> {
+    type Error = LmError;
 
-    fn complete(&self, tasks: &[LabelTask], jobs: &[CompletionJob]) -> std::result::Result<Vec<Vec<String>>, String> {
-        let mut reqs: Vec<(usize, Request)> = Vec::new();
-        for (j, job) in jobs.iter().enumerate() {
-            let (tokens, patches) = &self.prompts[&tasks[job.task].prompt_id];
-            let mut prompt = tokens.clone();
-            prompt.extend(self.policy.tokenizer.encode(&job.prefix).map_err(|e| e.to_string())?);
-            for &seed in &job.seeds {
-                reqs.push((j, Request { prompt: prompt.clone(), patches: patches.as_ref().clone(), seed }));
-            }
-        }
-        // one bucket for the whole stage, so results do not depend on batching
-        let bucket = reqs.iter().map(|r| r.1.prompt.len()).max().unwrap_or(2);
-        let mut out: Vec<Vec<String>> = vec![Vec::new(); jobs.len()];
-        let (total, started) = (reqs.len(), std::time::Instant::now());
-        let mut done = 0;
-        for chunk in reqs.chunks(self.batch_size.max(1)) {
-            let batch: Vec<Request> = chunk.iter().map(|r| r.1.clone()).collect();
-            for ((j, _), g) in chunk.iter().zip(generate(self.policy, &batch, &self.params, bucket).map_err(|e| e.to_string())?) {
-                out[*j].push(self.policy.tokenizer.decode(&g.tokens).map_err(|e| e.to_string())?);
-            }
+    fn complete(&self, tasks: &[LabelTask], jobs: &[CompletionJob]) -> std::result::Result<Vec<Vec<String>>, LmError> {
+        let prompts = jobs
+            .iter()
+            .map(|job| {
+                let id = &tasks[job.task].prompt_id;
+                self.lm.continue_prompt(&self.prompts[id], &job.prefix).map_err(|e| LmError::Invalid(format!("prompt {id}: {e}")))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let work: Vec<Work> = jobs.iter().zip(&prompts).map(|(job, p)| Work { id: &tasks[job.task].prompt_id, prompt: p, seeds: &job.seeds }).collect();
+        let (total, started, mut done) = (jobs.iter().map(|j| j.seeds.len()).sum::<usize>(), std::time::Instant::now(), 0);
+        let samples = sample_all(self.lm, &work, &self.params, self.batch_size, &mut |n| {
             let before = done;
-            done += chunk.len();
+            done += n;
             if done == total || done * 10 / total != before * 10 / total {
                 eprintln!("  prm_label: {done}/{total} completions, {:.1}s", started.elapsed().as_secs_f64());
             }
-        }
-        Ok(out)
-    }
-}
-
-/// Completions sampled from a Qwen-VL checkpoint: the prompt's user turn with the generation
-/// prompt, then the prefix's tokens; each prefix prefilled once, its completions from copies.
-struct HfCompleter<'a> {
-    ck: &'a Checkpoint,
-    eos: &'a [u32],
-    prompts: &'a HashMap<String, Prompt>,
-    params: SamplingParams,
-}
-
-impl Completer for HfCompleter<'_> {
-    type Error = String;
-
-    fn complete(&self, tasks: &[LabelTask], jobs: &[CompletionJob]) -> std::result::Result<Vec<Vec<String>>, String> {
-        let started = std::time::Instant::now();
-        let mut out = Vec::with_capacity(jobs.len());
-        for (n, job) in jobs.iter().enumerate() {
-            let id = &tasks[job.task].prompt_id;
-            let mut prompt = self.prompts[id].clone();
-            prompt.ids.extend(self.ck.encode(&job.prefix).map_err(|e| e.to_string())?);
-            let gens = hf_generate(&self.ck.model, &prompt, &job.seeds, &self.params, self.eos).map_err(|e| format!("prompt {id}: {e}"))?;
-            out.push(gens.iter().map(|g| self.ck.tokenizer.decode(&g.tokens, true).unwrap_or_default()).collect());
-            if n + 1 == jobs.len() || (n + 1) * 10 / jobs.len() != n * 10 / jobs.len() {
-                eprintln!("  prm_label: {}/{} prefixes, {:.1}s", n + 1, jobs.len(), started.elapsed().as_secs_f64());
-            }
-        }
-        Ok(out)
+        })?;
+        Ok(samples.into_iter().map(|v| v.into_iter().map(|s| s.text).collect()).collect())
     }
 }
 
@@ -168,7 +126,7 @@ impl Operator for PrmLabelOp {
     }
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
-        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
+        async move { Ok(self.model_dir.as_deref().map(super::models::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {
@@ -177,18 +135,7 @@ impl Operator for PrmLabelOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            let hf_dir = hf_source(ctx, &self.spec.policy, self.model_dir.as_deref()).await?;
-            let hf = match hf_dir {
-                Some(dir) => {
-                    let (ck, eos) = load_for_inference(&dir).await.map_err(|e| self.fail(e))?;
-                    Some((ck, eos))
-                }
-                None => None,
-            };
-            let policy = match hf {
-                Some(_) => None,
-                None => Some(resolve_policy(ctx, &self.spec.policy).await?),
-            };
+            let lm = super::models::open(ctx, &self.spec.policy, self.model_dir.as_deref()).await?;
             let (r, p) = (&self.spec.rollouts, &self.spec.prompts);
             let mut filters: Vec<String> = [ctx.this_iteration(r, "r"), ctx.this_iteration(p, "p")].into_iter().flatten().collect();
             filters.push("p.answer IS NOT NULL".into());
@@ -205,8 +152,7 @@ impl Operator for PrmLabelOp {
                 .collect()
                 .await?;
             let mut tasks = Vec::new();
-            let mut prompts: HashMap<String, (Vec<u32>, Arc<Vec<f32>>)> = HashMap::new();
-            let mut hf_prompts: HashMap<String, Prompt> = HashMap::new();
+            let mut prompts: HashMap<String, Prompt> = HashMap::new();
             for b in &batches {
                 let s = |i: usize| super::strings(b.column(i));
                 let (ids, resp, qs, answers, kinds) = (s(0)?, s(2)?, s(3)?, s(5)?, s(6)?);
@@ -215,19 +161,9 @@ impl Operator for PrmLabelOp {
                 let choices = arrow::compute::cast(b.column(8), &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))))?;
                 for i in 0..b.num_rows() {
                     let id = ids.value(i).to_string();
-                    match (&policy, &hf) {
-                        (Some(policy), _) if !prompts.contains_key(&id) => {
-                            let img = first_image(b.column(4), i).ok_or_else(|| self.fail(format!("prompt {id} has no image")))?;
-                            let tokens = policy.encode_prompt(qs.value(i)).map_err(|e| self.fail(e))?;
-                            let patches = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                            prompts.insert(id.clone(), (tokens, Arc::new(patches)));
-                        }
-                        (None, Some((ck, _))) if !hf_prompts.contains_key(&id) => {
-                            let dev = ck.model.text().embed.embeddings().device().clone();
-                            let p = encode_prompt(ck, qs.value(i), &all_images(b.column(4), i), &dev).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
-                            hf_prompts.insert(id.clone(), p);
-                        }
-                        _ => {}
+                    if !prompts.contains_key(&id) {
+                        let p = lm.encode_prompt(qs.value(i), &all_images(b.column(4), i)).map_err(|e| self.fail(format!("prompt {id}: {e}")))?;
+                        prompts.insert(id.clone(), p);
                     }
                     let kind = if kinds.is_valid(i) { kinds.value(i) } else { "text" };
                     let answer_type = AnswerType::parse(kind).ok_or_else(|| self.fail(format!("prompt {id}: unknown answer_type `{kind}`")))?;
@@ -246,16 +182,9 @@ impl Operator for PrmLabelOp {
             let (n, seed, iteration) = (self.spec.completions, ctx.pipeline.seed, ctx.iteration);
             let params = self.spec.sampling.clone();
             let batch_size = self.spec.batch_size;
-            let labels = tokio::task::spawn_blocking(move || match (policy, hf) {
-                (Some(policy), _) => {
-                    let completer = PolicyCompleter { policy: &policy, prompts: &prompts, params, batch_size };
-                    mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
-                }
-                (None, Some((ck, eos))) => {
-                    let completer = HfCompleter { ck: &ck, eos: &eos, prompts: &hf_prompts, params };
-                    mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
-                }
-                (None, None) => unreachable!("one policy or the other"),
+            let labels = tokio::task::spawn_blocking(move || {
+                let completer = LmCompleter { lm: lm.as_ref(), prompts: &prompts, params, batch_size };
+                mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
             })
             .await
             .map_err(|e| self.fail(e))?

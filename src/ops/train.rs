@@ -212,7 +212,7 @@ impl Operator for TrainOp {
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
         // a checkpoint folder is an input: its files' names, sizes and mtimes
-        async move { Ok(self.model_dir.as_deref().map(super::generate_hf::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
+        async move { Ok(self.model_dir.as_deref().map(super::models::folder_fingerprint).unwrap_or_else(|| json!({}))) }.boxed()
     }
 
     fn output_schema<'a>(&'a self, _ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<Option<SchemaRef>>> {

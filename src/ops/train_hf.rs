@@ -69,7 +69,7 @@ pub async fn execute(op: &TrainOp, ctx: &OpContext<'_>, base_dir: &str) -> Resul
             if qs.is_null(i) || rs.is_null(i) {
                 continue;
             }
-            let images = super::generate_hf::all_images(b.column(1), i);
+            let images = super::models::all_images(b.column(1), i);
             let at = |e: &dyn std::fmt::Display| op.fail(format!("data `{}`, row {} (question {:?}): {e}", spec.data, examples.len(), qs.value(i)));
             let e = match &ls {
                 None => encode(&ck, qs.value(i), &images, rs.value(i)).map_err(|e| at(&e))?,

@@ -47,8 +47,20 @@ pub fn encode_steps<S: AsRef<str>>(
     steps: &[S],
     labels: Option<&[f32]>,
 ) -> hf::Result<(QwenExample, Vec<usize>)> {
-    let PromptParts { mut ids, pixels, grids, .. } = ck.prompt_parts(question, images)?;
+    let PromptParts { ids, pixels, grids, .. } = ck.prompt_parts(question, images)?;
     let prompt_len = ids.len();
+    let (ids, ends) = append_steps(ck, ids, steps)?;
+    let labels = match labels {
+        Some(l) if l.len() != ends.len() => return Err(HfError::Template(format!("{} labels for {} steps", l.len(), ends.len()))),
+        Some(l) => ends.iter().copied().zip(l.iter().copied()).collect(),
+        None => vec![],
+    };
+    Ok((QwenExample { ids, prompt_len, pixels, grids, labels }, ends))
+}
+
+/// `ids` followed by the steps' tokens joined by the tokens of a newline, and the index of each
+/// step's last token.
+pub fn append_steps<S: AsRef<str>>(ck: &Checkpoint, mut ids: Vec<u32>, steps: &[S]) -> hf::Result<(Vec<u32>, Vec<usize>)> {
     let newline = ck.encode("\n")?;
     let mut ends = Vec::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
@@ -62,12 +74,7 @@ pub fn encode_steps<S: AsRef<str>>(
         ids.extend(t);
         ends.push(ids.len() - 1);
     }
-    let labels = match labels {
-        Some(l) if l.len() != ends.len() => return Err(HfError::Template(format!("{} labels for {} steps", l.len(), ends.len()))),
-        Some(l) => ends.iter().copied().zip(l.iter().copied()).collect(),
-        None => vec![],
-    };
-    Ok((QwenExample { ids, prompt_len, pixels, grids, labels }, ends))
+    Ok((ids, ends))
 }
 
 /// Renders a row as the checkpoint's chat template does: the user turn (images, then the
@@ -514,8 +521,8 @@ mod bf16 {
         let img = std::fs::read(dir.join("b.png"))?;
         let bad = |e: &dyn std::fmt::Display| ModelError::Invalid(format!("{name}: {e}"));
         let ck = Checkpoint::load(&dir, dt, &dev).map_err(|e| bad(&e))?;
-        let p1: Prompt = crate::ops::generate_hf::encode_prompt(&ck, "How many?", std::slice::from_ref(&img), &dev).map_err(|e| bad(&e))?;
-        let p2: Prompt = crate::ops::generate_hf::encode_prompt(&ck, "Say something longer, please.", &[], &dev).map_err(|e| bad(&e))?;
+        let p1: Prompt = ck.generation_prompt("How many?", std::slice::from_ref(&img)).map_err(|e| bad(&e))?;
+        let p2: Prompt = ck.generation_prompt("Say something longer, please.", &[]).map_err(|e| bad(&e))?;
         let params = crate::model::generate::SamplingParams { temperature: 1.0, max_new_tokens: 4, ..Default::default() };
         let g = generate_many(&ck.model, &[(&p1, &[1, 2]), (&p2, &[3])], &params, &[])?;
         assert_eq!(g.iter().flatten().map(|x| x.tokens.len()).sum::<usize>(), 12);

@@ -187,7 +187,7 @@ mod tests {
                 (vec![img("a.png"), img("c.png")], "Compare the two pictures."),
             ]
             .iter()
-            .map(|(images, q)| crate::ops::generate_hf::encode_prompt(&ck, q, images, &Device::Cpu).unwrap())
+            .map(|(images, q)| ck.generation_prompt(q, images).unwrap())
             .collect();
             let lens: std::collections::BTreeSet<usize> = prompts.iter().map(|p| p.ids.len()).collect();
             assert_eq!(lens.len(), 3, "{name}: prompt lengths {lens:?}");
