@@ -35,6 +35,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("stage {stage} (iteration {iteration}) failed: {error}")]
     Stage { stage: String, iteration: u32, error: Box<Error> },
+    #[error(transparent)]
+    Param(#[from] sql::params::ParamError),
     #[error("{0}")]
     Usage(String),
     #[error("interrupted; the lock was released and committed stages are kept")]

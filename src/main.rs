@@ -300,12 +300,38 @@ macro_rules! out {
     ($($arg:tt)*) => { write!(Stdout, $($arg)*)? };
 }
 
+/// The environment switches, read once here and passed down as arguments (the library reads
+/// none of them).
+struct Settings {
+    /// `MSTAR_MEMORY_LIMIT_MB`: the memory pool of every DataFusion session, unless `mstar sql
+    /// --memory-mb` says otherwise (unset or not a number: 2048).
+    memory_mb: Option<usize>,
+    /// `MSTAR_FAULT_PAUSE_MS=stage:ms[,stage:ms]`: the crash tests' pause after each file a
+    /// stage writes.
+    fault_pause: std::collections::BTreeMap<String, std::time::Duration>,
+    /// `MSTAR_TRAIN_AUTOGRAD=1`: train the tiny VLM on the CPU through candle's autograd.
+    train_autograd: bool,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok();
+        Self {
+            memory_mb: var("MSTAR_MEMORY_LIMIT_MB").and_then(|v| v.parse().ok()),
+            fault_pause: runner::parse_fault_pause(&var("MSTAR_FAULT_PAUSE_MS").unwrap_or_default()),
+            train_autograd: var("MSTAR_TRAIN_AUTOGRAD").is_some_and(|v| v == "1"),
+        }
+    }
+}
+
 fn main() {
     mstar::model::keep_freed_memory();
     mstar::model::parallelize_above_candle();
+    let settings = Settings::from_env();
+    mstar::train::force_autograd(settings.train_autograd);
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let code = match rt.block_on(dispatch(cli)) {
+    let code = match rt.block_on(dispatch(cli, &settings)) {
         Ok(code) => code,
         // the reader stopped reading (`| head`): nothing to report
         Err(_) if STDOUT_CLOSED.load(Ordering::SeqCst) => 0,
@@ -344,7 +370,7 @@ fn output(out: &Option<PathBuf>, format: OutputFormat) -> Result<Box<dyn Write +
     })
 }
 
-async fn dispatch(cli: Cli) -> Result<i32> {
+async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
     match cli.cmd {
         Cmd::Validate { pipeline, set, store } => {
             let Some(p) = load(&pipeline, &set, &store)? else { return Ok(2) };
@@ -369,8 +395,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 (None, None) => p.base_dir.join("runs").join(&p.name).to_string_lossy().into_owned(),
             };
             let rs = RunStore::open(&location)?;
-            let from = from.map(|f| runner::parse_from(&f)).transpose().map_err(anyhow::Error::msg)?;
-            let mut report = runner::run(&p, &rs, &RunOptions { from, allow_other_pipeline }).await?;
+            let from = from.map(|f| runner::parse_from(&f)).transpose()?;
+            let mut report =
+                runner::run(&p, &rs, &RunOptions { from, allow_other_pipeline, memory_mb: settings.memory_mb, fault_pause: settings.fault_pause.clone() })
+                    .await?;
             if let Some(batches) = report.summary.take() {
                 let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
                 let stream =
@@ -446,7 +474,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 q => q,
             };
             // `FROM 'file.parquet'` reads files directly, besides the run's tables
-            let ctx = mstar::sql::new_session_with(memory_mb).enable_url_table();
+            let ctx = mstar::sql::new_session_with(memory_mb.or(settings.memory_mb)).enable_url_table();
             let mut tables = Vec::new();
             if let Some(s) = &store {
                 let rs = RunStore::open_existing(s)?;
@@ -479,7 +507,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 None => interactive(&ctx, format, &out).await,
             }
         }
-        Cmd::Data { cmd } => data(cmd).await,
+        Cmd::Data { cmd } => data(cmd, settings).await,
         Cmd::Serve { dir, host, port, name, max_body_mb, max_prompt_tokens, max_images, max_image_pixels, max_n, read_timeout_secs } => {
             anyhow::ensure!(read_timeout_secs > 0, "--read-timeout-secs must be at least 1");
             let dev = mstar::model::device();
@@ -531,7 +559,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Report { stores, out, explain } => {
-            let r = mstar::report::report(&stores, &out).await?;
+            let r = mstar::report::report(&stores, &out, settings.memory_mb).await?;
             if explain {
                 for q in &r.queries {
                     outln!("{}\n", q.trim_end());
@@ -623,7 +651,7 @@ async fn interactive(ctx: &datafusion::prelude::SessionContext, format: OutputFo
     Ok(if failed && !tty { 1 } else { 0 })
 }
 
-async fn data(cmd: DataCmd) -> Result<i32> {
+async fn data(cmd: DataCmd, settings: &Settings) -> Result<i32> {
     use mstar::data::synth_dataset;
     match cmd {
         DataCmd::Synth { out, seed, train, cot, unlabeled, val, test, test_hard, examples } => {
@@ -641,7 +669,7 @@ async fn data(cmd: DataCmd) -> Result<i32> {
                 eprintln!("wrote example images to {}", dir.display());
             }
             // statistics per split, by SQL over the files just written
-            let ctx = mstar::sql::new_session();
+            let ctx = mstar::sql::new_session_with(settings.memory_mb);
             ctx.register_parquet("synth", out.to_string_lossy().as_ref(), Default::default()).await?;
             for q in
                 [include_str!("../sql/synth_stats_splits.sql"), include_str!("../sql/synth_stats_qtypes.sql"), include_str!("../sql/synth_stats_answers.sql")]

@@ -27,6 +27,12 @@ pub struct RunOptions {
     pub from: Option<(u32, String)>,
     /// Allow running on a store that holds a run of a differently named pipeline.
     pub allow_other_pipeline: bool,
+    /// The memory pool of every stage's DataFusion session and of the summary query, in MB
+    /// (None: [`crate::sql::DEFAULT_MEMORY_LIMIT_MB`]); the CLI's `MSTAR_MEMORY_LIMIT_MB`.
+    pub memory_mb: Option<usize>,
+    /// Test hook: a pause after each file the named stages write, so a crash test can kill the
+    /// run mid-stage; the CLI's `MSTAR_FAULT_PAUSE_MS` ([`parse_fault_pause`]).
+    pub fault_pause: BTreeMap<String, Duration>,
 }
 
 /// run.json: who the store belongs to and which specs ran on it.
@@ -122,10 +128,19 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// A `--from` value that is not `ITER/STAGE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FromError {
+    #[error("--from {0}: expected ITER/STAGE, e.g. 2/selected or setup/prompts")]
+    NoSlash(String),
+    #[error("--from {given}: `{iteration}` is not an iteration number")]
+    BadIteration { given: String, iteration: String },
+}
+
 /// Parses `ITER/STAGE` (ITER may be `setup`).
-pub fn parse_from(s: &str) -> Result<(u32, String), String> {
-    let (it, stage) = s.split_once('/').ok_or_else(|| format!("--from {s}: expected ITER/STAGE, e.g. 2/selected or setup/prompts"))?;
-    let it = if it == "setup" { 0 } else { it.parse::<u32>().map_err(|_| format!("--from {s}: `{it}` is not an iteration number"))? };
+pub fn parse_from(s: &str) -> Result<(u32, String), FromError> {
+    let (it, stage) = s.split_once('/').ok_or_else(|| FromError::NoSlash(s.to_string()))?;
+    let it = if it == "setup" { 0 } else { it.parse::<u32>().map_err(|_| FromError::BadIteration { given: s.to_string(), iteration: it.to_string() })? };
     Ok((it, stage.to_string()))
 }
 
@@ -195,7 +210,6 @@ async fn run_locked(
     store.write_json(PLAN_FILE, plan).await?;
 
     let mut committed: BTreeMap<(String, u32), Manifest> = store.manifests().await?.into_iter().map(|m| ((m.stage.clone(), m.iteration), m)).collect();
-    let pause = fault_pause();
     let mut report = RunReport::default();
     // which stage runs to compute: not committed with the planned fingerprint, or forced by
     // --from (directly or through an input)
@@ -237,7 +251,7 @@ async fn run_locked(
         }
         let si = p.stages.iter().position(|s| s.id == inst.stage).expect("planned stage");
         let started = Instant::now();
-        let m = execute(p, store, &*ops[si], inst, &committed, current, pause.get(&inst.stage).copied(), cancel).await.map_err(|e| Error::Stage {
+        let m = execute(p, store, &*ops[si], inst, &committed, current, opts, cancel).await.map_err(|e| Error::Stage {
             stage: inst.stage.clone(),
             iteration: inst.iteration,
             error: Box::new(e),
@@ -255,20 +269,19 @@ async fn run_locked(
         report.stages.push((inst.iteration, inst.stage.clone(), Some(Outcome::Computed)));
     }
     if let Some(q) = &p.summary {
-        let ctx = crate::sql::new_session();
+        let ctx = crate::sql::new_session_with(opts.memory_mb);
         crate::sql::register_run(&ctx, store).await?;
-        let q = crate::sql::params::substitute(q, &p.params_for(None, p.iterations)).map_err(Error::Usage)?;
+        let q = crate::sql::params::substitute(q, &p.params_for(None, p.iterations))?;
         let batches = crate::sql::query(&ctx, &q).await?.collect().await?;
         report.summary = Some(batches);
     }
     Ok(report)
 }
 
-/// Test hook: `MSTAR_FAULT_PAUSE_MS=stage:ms[,stage:ms]` pauses after each file a stage writes.
-fn fault_pause() -> BTreeMap<String, Duration> {
-    std::env::var("MSTAR_FAULT_PAUSE_MS")
-        .unwrap_or_default()
-        .split(',')
+/// The test hook's `stage:ms[,stage:ms]` (`MSTAR_FAULT_PAUSE_MS`) as a pause by stage; an entry
+/// that is not `stage:ms` is ignored.
+pub fn parse_fault_pause(text: &str) -> BTreeMap<String, Duration> {
+    text.split(',')
         .filter_map(|kv| {
             let (s, ms) = kv.split_once(':')?;
             Some((s.to_string(), Duration::from_millis(ms.parse().ok()?)))
@@ -315,16 +328,17 @@ async fn execute(
     inst: &Instance,
     committed: &BTreeMap<(String, u32), Manifest>,
     current: Option<&Manifest>,
-    pause: Option<Duration>,
+    opts: &RunOptions,
     cancel: &CancelToken,
 ) -> Result<Manifest, Error> {
+    let pause = opts.fault_pause.get(&inst.stage).copied();
     let started_at = chrono::Utc::now();
     let clock = Instant::now();
     // Leftovers of attempts that crashed before committing.
     for stale in store.uncommitted_files(&inst.stage, inst.iteration, current).await? {
         store.delete(&stale.location).await?;
     }
-    let session = crate::sql::new_session();
+    let session = crate::sql::new_session_with(opts.memory_mb);
     crate::sql::attach_store(&session, store, true);
     let mut input_schemas = Vec::new();
     let mut input_manifests = Vec::new();
@@ -393,7 +407,7 @@ async fn execute(
     for (name, (schema, batches)) in ctx.side.take() {
         let target = with_iteration(&schema);
         let it = inst.iteration as i64;
-        let batches: Vec<Result<RecordBatch, String>> = batches.iter().map(|b| add_iteration(&target, b, it).map_err(|e| e.to_string())).collect();
+        let batches: Vec<Result<RecordBatch, arrow::error::ArrowError>> = batches.iter().map(|b| add_iteration(&target, b, it)).collect();
         let w = writer::write_table(
             store,
             &RunStore::table_dir(&inst.stage, inst.iteration),
@@ -479,6 +493,22 @@ pub fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_is_iter_slash_stage() {
+        assert_eq!(parse_from("2/selected"), Ok((2, "selected".to_string())));
+        assert_eq!(parse_from("setup/prompts"), Ok((0, "prompts".to_string())));
+        assert_eq!(parse_from("x").unwrap_err().to_string(), "--from x: expected ITER/STAGE, e.g. 2/selected or setup/prompts");
+        assert_eq!(parse_from("two/a").unwrap_err(), FromError::BadIteration { given: "two/a".into(), iteration: "two".into() });
+        assert_eq!(parse_from("two/a").unwrap_err().to_string(), "--from two/a: `two` is not an iteration number");
+    }
+
+    #[test]
+    fn fault_pauses_by_stage() {
+        let p = parse_fault_pause("rollouts:250,train:x,bad,sql:0");
+        assert_eq!(p.into_iter().collect::<Vec<_>>(), vec![("rollouts".to_string(), Duration::from_millis(250)), ("sql".to_string(), Duration::ZERO)]);
+        assert!(parse_fault_pause("").is_empty());
+    }
 
     #[test]
     fn durations_read_like_a_clock() {

@@ -29,10 +29,19 @@ struct ColumnDoc {
     nullable: bool,
 }
 
+/// A schema file that does not parse, named by its path.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("schemas/{table}.json: {err}")]
+    Json { table: String, err: serde_json::Error },
+    #[error("schemas/{table}.json: column {column}: {err}")]
+    Type { table: String, column: String, err: arrow_schema::ArrowError },
+}
+
 /// The Arrow schema of a core table, or None for an unknown name.
-pub fn table(name: &str) -> Option<Result<Schema, String>> {
+pub fn table(name: &str) -> Option<Result<Schema, SchemaError>> {
     let (_, text) = TABLES.iter().find(|(n, _)| *n == name)?;
-    Some(parse(text))
+    Some(parse(name, text))
 }
 
 /// A core table's schema as an operator produces it: without the `iteration` column, which
@@ -42,15 +51,18 @@ pub fn operator_output(name: &str) -> arrow_schema::SchemaRef {
     std::sync::Arc::new(Schema::new(s.fields().iter().filter(|f| f.name() != "iteration").cloned().collect::<Vec<_>>()))
 }
 
-fn parse(text: &str) -> Result<Schema, String> {
-    let doc: TableDoc = serde_json::from_str(text).map_err(|e| e.to_string())?;
+/// `name`: the file's name under `schemas/`, without `.json`.
+fn parse(name: &str, text: &str) -> Result<Schema, SchemaError> {
+    let doc: TableDoc = serde_json::from_str(text).map_err(|err| SchemaError::Json { table: name.to_string(), err })?;
     let fields = doc
         .columns
         .iter()
         .map(|c| {
-            DataType::from_str(&c.data_type)
-                .map(|t| Field::new(&c.name, t, c.nullable))
-                .map_err(|e| format!("schemas/{}.json: column {}: {e}", doc.table, c.name))
+            DataType::from_str(&c.data_type).map(|t| Field::new(&c.name, t, c.nullable)).map_err(|err| SchemaError::Type {
+                table: doc.table.clone(),
+                column: c.name.clone(),
+                err,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Schema::new(fields))
@@ -90,6 +102,9 @@ mod tests {
             assert!(!s.fields().is_empty(), "{name}");
         }
         let p = super::table("prompts").unwrap().unwrap();
+        let e = super::parse("x", r#"{"table": "x", "columns": [{"name": "c", "type": "Nope", "nullable": true}]}"#).unwrap_err();
+        assert!(e.to_string().starts_with("schemas/x.json: column c: "), "{e}");
+        assert!(super::parse("y", "{").unwrap_err().to_string().starts_with("schemas/y.json: "));
         assert!(matches!(p.field_with_name("images").unwrap().data_type(), arrow_schema::DataType::List(_)));
     }
 }

@@ -4,14 +4,15 @@
 
 use super::answer::extract_answer;
 use super::prompts::{
-    infer_answer_type, letter_to_choice, resolve_below, safe_relative, split_choices, validate_image_within, Image, PromptRow, PromptsBuilder, Quarantined,
-    DEFAULT_MAX_IMAGE_PIXELS,
+    infer_answer_type, letter_to_choice, resolve_below, safe_relative, split_choices, validate_image_within, Image, ImageError, ImagePathError, PromptRow,
+    PromptsBuilder, Quarantined, DEFAULT_MAX_IMAGE_PIXELS,
 };
-use crate::store::Location;
+use crate::store::{Location, StoreError};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
 use arrow_schema::DataType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -102,9 +103,72 @@ pub(crate) fn truncate(s: String) -> String {
     }
 }
 
+/// Why a dataset cannot be imported at all (a bad row is quarantined instead, with its
+/// [`RowError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Location(#[from] StoreError),
+    /// The dataset file (or one of its Parquet files) could not be read.
+    #[error("{path}: {err}")]
+    Read { path: String, err: object_store::Error },
+    /// `format`: MathVista or MathV360K.
+    #[error("{format} JSON: {err}")]
+    Json { format: &'static str, err: serde_json::Error },
+    #[error("{format} JSON: expected {expected}")]
+    Shape { format: &'static str, expected: &'static str },
+    #[error("image folder: {0}")]
+    ImageFolder(ImageRootError),
+    #[error("{0}: no .parquet files")]
+    NoParquet(String),
+    /// The Parquet files' schema could not be read.
+    #[error("{path}: {err}")]
+    Schema { path: String, err: DataFusionError },
+    #[error("{0}")]
+    DataFusion(DataFusionError),
+    /// hf: a `columns:` role names a column the data does not have.
+    #[error("columns.{role}: the data has no column `{name}`")]
+    MissingColumn { role: String, name: String },
+    #[error("verl data has no `prompt` column")]
+    NoVerlPrompt,
+}
+
+/// Why the folder image paths are relative to cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageRootError {
+    #[error(transparent)]
+    Location(#[from] StoreError),
+    #[error("{}: {err}", path.display())]
+    Canonicalize { path: std::path::PathBuf, err: std::io::Error },
+}
+
+/// Why a source row is quarantined; displayed, its `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("missing question")]
+    MissingQuestion,
+    #[error("missing answer")]
+    MissingAnswer,
+    #[error("missing image")]
+    MissingImage,
+    /// An image path that escapes the folder, is missing or cannot be read from a local folder.
+    #[error(transparent)]
+    ImagePath(#[from] ImagePathError),
+    #[error("image `{0}` is a path but no image folder is readable")]
+    NoImageFolder(String),
+    /// An image path that cannot be read from an object store.
+    #[error("image `{path}`: {err}")]
+    ImageStore { path: String, err: object_store::Error },
+    /// An image that is not usable, with its dataset-relative path when it has one.
+    #[error("{err}{}", path.as_ref().map(|p| format!(" (`{p}`)")).unwrap_or_default())]
+    Image { err: ImageError, path: Option<String> },
+    #[error("unknown answer_type `{0}` (text, integer, float or list)")]
+    AnswerType(String),
+}
+
 /// Streams the prompts table of a dataset; bad rows are pushed to `quarantine`. Default
 /// [`ImportLimits`].
-pub async fn import(opts: ImportOptions, quarantine: QuarantineSink) -> Result<SendableRecordBatchStream, String> {
+pub async fn import(opts: ImportOptions, quarantine: QuarantineSink) -> Result<SendableRecordBatchStream, ImportError> {
     import_with_limits(opts, ImportLimits::default(), quarantine).await
 }
 
@@ -116,10 +180,10 @@ struct ImageRoot {
 }
 
 impl ImageRoot {
-    fn open(spec: &str) -> Result<Self, String> {
-        let loc = Location::open_existing(spec).map_err(|e| e.to_string())?;
+    fn open(spec: &str) -> Result<Self, ImageRootError> {
+        let loc = Location::open_existing(spec)?;
         let local = match loc.local_root() {
-            Some(p) => Some(std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display()))?),
+            Some(p) => Some(std::fs::canonicalize(&p).map_err(|err| ImageRootError::Canonicalize { path: p, err })?),
             None => None,
         };
         Ok(Self { loc, local })
@@ -127,15 +191,16 @@ impl ImageRoot {
 }
 
 /// [`import`] with a dataset's limits.
-pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quarantine: QuarantineSink) -> Result<SendableRecordBatchStream, String> {
+pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quarantine: QuarantineSink) -> Result<SendableRecordBatchStream, ImportError> {
     let split = opts.split.clone().unwrap_or_else(|| if opts.format == Format::MathVista { "test" } else { "train" }.to_string());
     let images_root = opts.images.clone().unwrap_or_else(|| parent(&opts.path));
     match opts.format {
         Format::MathVista | Format::MathV360K => {
-            let loc = Location::open_existing(&opts.path).map_err(|e| e.to_string())?;
-            let bytes = loc.store.get(&loc.prefix).await.map_err(|e| format!("{}: {e}", opts.path))?.bytes().await.map_err(|e| e.to_string())?;
+            let loc = Location::open_existing(&opts.path)?;
+            let read = |err| ImportError::Read { path: opts.path.clone(), err };
+            let bytes = loc.store.get(&loc.prefix).await.map_err(read)?.bytes().await.map_err(read)?;
             let entries = if opts.format == Format::MathVista { mathvista_entries(&bytes)? } else { mathv360k_entries(&bytes)? };
-            let root = ImageRoot::open(&images_root).map_err(|e| format!("image folder: {e}"))?;
+            let root = ImageRoot::open(&images_root).map_err(ImportError::ImageFolder)?;
             let ctx = Arc::new(RowContext { root: Some(root), split, source: opts.source.clone(), quarantine, limits });
             let chunks: Vec<Vec<Entry>> = chunk(entries);
             let stream = futures::stream::iter(chunks).then(move |c| {
@@ -145,26 +210,27 @@ pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quara
             Ok(Box::pin(RecordBatchStreamAdapter::new(super::prompts::prompts_schema(), stream)))
         }
         Format::Hf | Format::Verl => {
-            let loc = Location::open_existing(&opts.path).map_err(|e| e.to_string())?;
+            let loc = Location::open_existing(&opts.path)?;
             let single = loc.store.head(&loc.prefix).await.is_ok();
             let files: Vec<_> = if single {
-                vec![loc.store.head(&loc.prefix).await.map_err(|e| e.to_string())?]
+                vec![loc.store.head(&loc.prefix).await.map_err(|err| ImportError::Read { path: opts.path.clone(), err })?]
             } else {
-                loc.list("").await.map_err(|e| e.to_string())?.into_iter().filter(|m| m.location.as_ref().ends_with(".parquet")).collect()
+                loc.list("").await?.into_iter().filter(|m| m.location.as_ref().ends_with(".parquet")).collect()
             };
             if files.is_empty() {
-                return Err(format!("{}: no .parquet files", opts.path));
+                return Err(ImportError::NoParquet(opts.path.clone()));
             }
             let sctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
             sctx.register_object_store(&loc.url_root, loc.store.clone());
-            let urls = files.iter().map(|m| ListingTableUrl::parse(loc.object_url(&m.location))).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+            let urls =
+                files.iter().map(|m| ListingTableUrl::parse(loc.object_url(&m.location))).collect::<Result<Vec<_>, _>>().map_err(ImportError::DataFusion)?;
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(""))
                 .infer_schema(&sctx.state())
                 .await
-                .map_err(|e| format!("{}: {e}", opts.path))?;
-            let table = ListingTable::try_new(config).map_err(|e| e.to_string())?;
-            let input = sctx.read_table(Arc::new(table)).map_err(|e| e.to_string())?.execute_stream().await.map_err(|e| e.to_string())?;
+                .map_err(|err| ImportError::Schema { path: opts.path.clone(), err })?;
+            let table = ListingTable::try_new(config).map_err(ImportError::DataFusion)?;
+            let input = sctx.read_table(Arc::new(table)).map_err(ImportError::DataFusion)?.execute_stream().await.map_err(ImportError::DataFusion)?;
             let root = ImageRoot::open(&images_root).ok();
             let ctx = Arc::new(RowContext { root, split, source: opts.source.clone(), quarantine, limits });
             let format = opts.format;
@@ -181,7 +247,7 @@ pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quara
                         Format::Verl => verl_entries(&batch, start),
                         _ => hf_entries(&batch, start, &columns),
                     }
-                    .map_err(datafusion::error::DataFusionError::Execution)?;
+                    .map_err(|e| DataFusionError::Execution(e.to_string()))?;
                     Ok(ctx.build(entries).await)
                 }
             });
@@ -220,22 +286,25 @@ impl RowContext {
             let (row, record) = (e.row.clone(), e.record.clone());
             match self.check(e).await {
                 Ok(r) => b.push(&r),
-                Err(reason) => {
-                    self.quarantine.lock().expect("quarantine").push(Quarantined { source: self.source.clone(), row, reason, record: truncate(record) })
-                }
+                Err(why) => self.quarantine.lock().expect("quarantine").push(Quarantined {
+                    source: self.source.clone(),
+                    row,
+                    reason: why.to_string(),
+                    record: truncate(record),
+                }),
             }
         }
         b.finish()
     }
 
-    async fn check(&self, e: Entry) -> Result<PromptRow, String> {
-        let question = e.question.filter(|q| !q.trim().is_empty()).ok_or("missing question")?;
+    async fn check(&self, e: Entry) -> Result<PromptRow, RowError> {
+        let question = e.question.filter(|q| !q.trim().is_empty()).ok_or(RowError::MissingQuestion)?;
         let answer = e.answer.filter(|a| !a.trim().is_empty());
         if answer.is_none() && self.split != "unlabeled" {
-            return Err("missing answer".into());
+            return Err(RowError::MissingAnswer);
         }
         if e.images.is_empty() {
-            return Err("missing image".into());
+            return Err(RowError::MissingImage);
         }
         let mut images = Vec::new();
         for img in e.images {
@@ -243,26 +312,25 @@ impl RowContext {
                 ImgRef::Bytes(b, p) => (b, p),
                 ImgRef::Path(p) => {
                     let rel = safe_relative(&p)?;
-                    let root = self.root.as_ref().ok_or_else(|| format!("image `{p}` is a path but no image folder is readable"))?;
+                    let root = self.root.as_ref().ok_or_else(|| RowError::NoImageFolder(p.clone()))?;
                     let bytes = match &root.local {
                         // a local folder: symlinks resolved, and the file must stay below the root
                         Some(dir) => {
-                            let file = resolve_below(dir, &rel, &p).map_err(|e| e.to_string())?;
-                            tokio::fs::read(&file).await.map_err(|e| format!("image `{p}`: {e}"))?
+                            let file = resolve_below(dir, &rel, &p)?;
+                            tokio::fs::read(&file).await.map_err(|error| ImagePathError::Io { path: p.clone(), error })?
                         }
                         None => match root.loc.store.get(&root.loc.path(&rel)).await {
-                            Ok(r) => r.bytes().await.map_err(|e| format!("image `{p}`: {e}"))?.to_vec(),
-                            Err(object_store::Error::NotFound { .. }) => return Err(format!("missing image file `{p}`")),
-                            Err(e) => return Err(format!("image `{p}`: {e}")),
+                            Ok(r) => r.bytes().await.map_err(|err| RowError::ImageStore { path: p.clone(), err })?.to_vec(),
+                            Err(object_store::Error::NotFound { .. }) => return Err(ImagePathError::Missing(p).into()),
+                            Err(err) => return Err(RowError::ImageStore { path: p, err }),
                         },
                     };
                     (bytes, Some(rel))
                 }
             };
-            validate_image_within(&bytes, self.limits.max_image_pixels).map_err(|m| match &path {
-                Some(p) => format!("{m} (`{p}`)"),
-                None => m.to_string(),
-            })?;
+            if let Err(err) = validate_image_within(&bytes, self.limits.max_image_pixels) {
+                return Err(RowError::Image { err, path });
+            }
             images.push(Image { bytes, path });
         }
         let (answer_type, precision) = match (&e.answer_type, &answer) {
@@ -274,7 +342,7 @@ impl RowContext {
             _ => ("text".to_string(), e.precision),
         };
         if crate::data::answer::AnswerType::parse(&answer_type).is_none() {
-            return Err(format!("unknown answer_type `{answer_type}` (text, integer, float or list)"));
+            return Err(RowError::AnswerType(answer_type));
         }
         Ok(PromptRow {
             prompt_id: e.id.unwrap_or(e.row),
@@ -336,12 +404,12 @@ pub fn mathvista_query(
 }
 
 /// MathVista `testmini.json`: a mapping pid → problem (a list of problems is accepted too).
-fn mathvista_entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("MathVista JSON: {e}"))?;
+fn mathvista_entries(bytes: &[u8]) -> Result<Vec<Entry>, ImportError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|err| ImportError::Json { format: "MathVista", err })?;
     let items: Vec<(String, Value)> = match v {
         Value::Object(m) => m.into_iter().collect(),
         Value::Array(a) => a.into_iter().enumerate().map(|(i, x)| (i.to_string(), x)).collect(),
-        _ => return Err("MathVista JSON: expected an object keyed by pid".into()),
+        _ => return Err(ImportError::Shape { format: "MathVista", expected: "an object keyed by pid" }),
     };
     Ok(items
         .into_iter()
@@ -380,9 +448,9 @@ fn mathvista_entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
 }
 
 /// MathV360K: a list of `{id, image, conversations: [{from: human, value}, {from: gpt, value}]}`.
-fn mathv360k_entries(bytes: &[u8]) -> Result<Vec<Entry>, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("MathV360K JSON: {e}"))?;
-    let Value::Array(items) = v else { return Err("MathV360K JSON: expected a list of conversations".into()) };
+fn mathv360k_entries(bytes: &[u8]) -> Result<Vec<Entry>, ImportError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|err| ImportError::Json { format: "MathV360K", err })?;
+    let Value::Array(items) = v else { return Err(ImportError::Shape { format: "MathV360K", expected: "a list of conversations" }) };
     Ok(items
         .into_iter()
         .enumerate()
@@ -495,7 +563,7 @@ fn record_of(batch: &RecordBatch, i: usize) -> String {
 
 /// Hugging Face `datasets` Parquet. Columns by name (override with `columns:`): id/pid,
 /// question/query/problem, answer, image/images/decoded_image, choices, answer_type, precision.
-fn hf_entries(batch: &RecordBatch, start: usize, cols: &BTreeMap<String, String>) -> Result<Vec<Entry>, String> {
+fn hf_entries(batch: &RecordBatch, start: usize, cols: &BTreeMap<String, String>) -> Result<Vec<Entry>, ImportError> {
     let pick = |role: &str, defaults: &[&str]| -> Option<&ArrayRef> {
         match cols.get(role) {
             Some(name) => batch.column_by_name(name),
@@ -504,7 +572,7 @@ fn hf_entries(batch: &RecordBatch, start: usize, cols: &BTreeMap<String, String>
     };
     for (role, name) in cols {
         if batch.column_by_name(name).is_none() {
-            return Err(format!("columns.{role}: the data has no column `{name}`"));
+            return Err(ImportError::MissingColumn { role: role.clone(), name: name.clone() });
         }
     }
     let id = pick("id", &["id", "pid", "prompt_id"]);
@@ -538,8 +606,8 @@ fn hf_entries(batch: &RecordBatch, start: usize, cols: &BTreeMap<String, String>
 
 /// verl Parquet: `prompt` (chat messages with `<image>` placeholders), `images`,
 /// `reward_model.ground_truth`, `data_source`, `extra_info.index`.
-fn verl_entries(batch: &RecordBatch, start: usize) -> Result<Vec<Entry>, String> {
-    let prompt = batch.column_by_name("prompt").ok_or("verl data has no `prompt` column")?;
+fn verl_entries(batch: &RecordBatch, start: usize) -> Result<Vec<Entry>, ImportError> {
+    let prompt = batch.column_by_name("prompt").ok_or(ImportError::NoVerlPrompt)?;
     let images = batch.column_by_name("images");
     let reward = batch.column_by_name("reward_model");
     let source = batch.column_by_name("data_source");
@@ -579,4 +647,29 @@ fn verl_entries(batch: &RecordBatch, start: usize) -> Result<Vec<Entry>, String>
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quarantine's `reason` is a row error as displayed.
+    #[test]
+    fn row_errors_read_as_quarantine_reasons() {
+        assert_eq!(RowError::MissingQuestion.to_string(), "missing question");
+        assert_eq!(RowError::from(ImagePathError::Missing("a.png".into())).to_string(), "missing image file `a.png`");
+        let too_large = || ImageError::TooLarge { width: 10, height: 10, pixels: 100, limit: 1 };
+        let with_path = RowError::Image { err: too_large(), path: Some("img/a.png".into()) };
+        assert_eq!(with_path.to_string(), "image is 10x10 = 100 pixels, above the limit of 1 (max_image_pixels) (`img/a.png`)");
+        assert_eq!(RowError::Image { err: too_large(), path: None }.to_string(), "image is 10x10 = 100 pixels, above the limit of 1 (max_image_pixels)");
+        assert_eq!(RowError::AnswerType("bool".into()).to_string(), "unknown answer_type `bool` (text, integer, float or list)");
+    }
+
+    #[test]
+    fn a_bad_dataset_file_is_named() {
+        let e = mathvista_entries(b"[1").err().unwrap();
+        assert!(e.to_string().starts_with("MathVista JSON: "), "{e}");
+        assert_eq!(mathv360k_entries(b"{}").err().unwrap().to_string(), "MathV360K JSON: expected a list of conversations");
+        assert_eq!(mathvista_entries(b"3").err().unwrap().to_string(), "MathVista JSON: expected an object keyed by pid");
+    }
 }

@@ -79,8 +79,8 @@ pub enum ImageError {
 
 /// Decodes an image fully, to be sure it is usable; returns (width, height). Images above
 /// [`DEFAULT_MAX_IMAGE_PIXELS`] are refused (see [`validate_image_within`]).
-pub fn validate_image(bytes: &[u8]) -> Result<(u32, u32), String> {
-    validate_image_within(bytes, DEFAULT_MAX_IMAGE_PIXELS).map_err(|e| e.to_string())
+pub fn validate_image(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    validate_image_within(bytes, DEFAULT_MAX_IMAGE_PIXELS)
 }
 
 /// Checks an image's size from its header (refusing more than `max_pixels` pixels without
@@ -99,9 +99,16 @@ pub fn validate_image_within(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32)
     Ok((img.width(), img.height()))
 }
 
-/// Why a dataset-relative image path cannot be read from a local folder.
+/// Why a dataset-relative image path is refused ([`safe_relative`]) or cannot be read from a
+/// local folder ([`resolve_below`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ImagePathError {
+    #[error("image path `{0}` escapes the dataset root (absolute path)")]
+    Absolute(String),
+    #[error("image path `{0}` escapes the dataset root")]
+    Above(String),
+    #[error("image path `{0}` names no file")]
+    NoFile(String),
     #[error("missing image file `{0}`")]
     Missing(String),
     #[error("image path `{path}` escapes the dataset root (it resolves to `{target}`, outside `{root}`)")]
@@ -127,10 +134,10 @@ pub fn resolve_below(root: &std::path::Path, rel: &str, shown: &str) -> Result<s
 
 /// Joins a dataset-relative path to a root, refusing absolute paths and any `..` that would
 /// leave the root.
-pub fn safe_relative(rel: &str) -> Result<String, String> {
+pub fn safe_relative(rel: &str) -> Result<String, ImagePathError> {
     let rel = rel.replace('\\', "/");
     if rel.starts_with('/') || rel.contains(':') && rel.split('/').next().is_some_and(|s| s.ends_with(':')) {
-        return Err(format!("image path `{rel}` escapes the dataset root (absolute path)"));
+        return Err(ImagePathError::Absolute(rel));
     }
     let mut parts: Vec<&str> = Vec::new();
     for p in rel.split('/') {
@@ -138,14 +145,14 @@ pub fn safe_relative(rel: &str) -> Result<String, String> {
             "" | "." => {}
             ".." => {
                 if parts.pop().is_none() {
-                    return Err(format!("image path `{rel}` escapes the dataset root"));
+                    return Err(ImagePathError::Above(rel));
                 }
             }
             p => parts.push(p),
         }
     }
     if parts.is_empty() {
-        return Err(format!("image path `{rel}` names no file"));
+        return Err(ImagePathError::NoFile(rel));
     }
     Ok(parts.join("/"))
 }
@@ -320,7 +327,10 @@ mod tests {
     fn path_safety() {
         assert_eq!(safe_relative("images/1.png").unwrap(), "images/1.png");
         assert_eq!(safe_relative("./a/../b.png").unwrap(), "b.png");
-        assert!(safe_relative("../x.png").is_err());
+        assert!(matches!(safe_relative("../x.png"), Err(ImagePathError::Above(_))));
+        assert_eq!(safe_relative("a\\..\\..\\x.png").unwrap_err().to_string(), "image path `a/../../x.png` escapes the dataset root");
+        assert_eq!(safe_relative("C:/x.png").unwrap_err().to_string(), "image path `C:/x.png` escapes the dataset root (absolute path)");
+        assert_eq!(safe_relative("./").unwrap_err().to_string(), "image path `./` names no file");
         assert!(safe_relative("a/../../x.png").is_err());
         assert!(safe_relative("/etc/passwd").is_err());
         assert!(safe_relative("C:/x.png").is_err());
@@ -349,7 +359,7 @@ mod tests {
         assert_eq!(validate_image_within(&png_claiming(1, 1), 1).unwrap(), (1, 1));
         let err = validate_image_within(&png_claiming(20_000, 20_000), DEFAULT_MAX_IMAGE_PIXELS).unwrap_err();
         assert!(matches!(err, ImageError::TooLarge { width: 20_000, height: 20_000, pixels: 400_000_000, .. }), "{err}");
-        assert!(validate_image(&png_claiming(20_000, 20_000)).unwrap_err().contains("max_image_pixels"));
+        assert!(validate_image(&png_claiming(20_000, 20_000)).unwrap_err().to_string().contains("max_image_pixels"));
         // a configurable limit
         assert!(matches!(validate_image_within(&png_claiming(2, 2), 3), Err(ImageError::TooLarge { .. })));
         assert!(matches!(validate_image_within(b"", 3), Err(ImageError::Empty)));

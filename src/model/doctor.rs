@@ -11,7 +11,7 @@ pub struct Doctor {
     /// `name: value` lines, in print order.
     pub lines: Vec<(String, String)>,
     /// The smoke test's error, if it failed.
-    pub failure: Option<String>,
+    pub failure: Option<SmokeError>,
 }
 
 impl Doctor {
@@ -112,26 +112,45 @@ fn cuda_error() -> String {
     String::new()
 }
 
+/// Why the smoke test failed: a step that errs, or a loss or gradient that is not as it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    #[error(transparent)]
+    Tokenizer(#[from] super::tokenizer::TokenizerError),
+    #[error("no tiny preset")]
+    NoPreset,
+    #[error(transparent)]
+    Model(#[from] super::policy::ModelError),
+    #[error("{0}")]
+    Image(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("the loss is {0}")]
+    NonFiniteLoss(f32),
+    #[error("no finite non-zero gradient for {}", .0.join(", "))]
+    NoGradient(Vec<String>),
+}
+
 /// The SFT loss and its gradients for a tiny random policy on a synthetic example: the loss is
 /// finite and every weight gets a finite, non-zero gradient.
-fn smoke(dev: &Device) -> Result<String, String> {
+fn smoke(dev: &Device) -> Result<String, SmokeError> {
     let t0 = std::time::Instant::now();
     let ex = crate::data::synth::generate(0, "doctor", 0, false);
     let texts = [ex.question.clone(), ex.gold_cot.clone()];
-    let tok = TextTokenizer::train(texts.iter(), 300).map_err(|e| e.to_string())?;
-    let mut cfg = super::tiny_vlm::Config::preset("tiny", tok.vocab_size()).ok_or("no tiny preset")?;
+    let tok = TextTokenizer::train(texts.iter(), 300)?;
+    let mut cfg = super::tiny_vlm::Config::preset("tiny", tok.vocab_size()).ok_or(SmokeError::NoPreset)?;
     cfg.num_hidden_layers = 2;
-    let policy = Policy::new_random(&cfg, tok, 1, dev).map_err(|e| e.to_string())?;
-    let prompt = policy.encode_prompt(&ex.question).map_err(|e| e.to_string())?;
-    let response = policy.encode_response(&ex.gold_cot).map_err(|e| e.to_string())?;
-    let patches = super::tiny_vlm::image_patches(&ex.image_png, &cfg.vision_config).map_err(|e| e.to_string())?;
+    let policy = Policy::new_random(&cfg, tok, 1, dev)?;
+    let prompt = policy.encode_prompt(&ex.question)?;
+    let response = policy.encode_response(&ex.gold_cot)?;
+    let patches = super::tiny_vlm::image_patches(&ex.image_png, &cfg.vision_config).map_err(SmokeError::Image)?;
     let example = crate::train::Example { prompt, response, patches: patches.into(), features: None, labels: vec![] };
-    let (loss, _) = crate::train::batch_loss(&policy, &[&example]).map_err(|e| e.to_string())?;
-    let l = loss.to_scalar::<f32>().map_err(|e| e.to_string())?;
+    let (loss, _) = crate::train::batch_loss(&policy, &[&example])?;
+    let l = loss.to_scalar::<f32>()?;
     if !l.is_finite() {
-        return Err(format!("the loss is {l}"));
+        return Err(SmokeError::NonFiniteLoss(l));
     }
-    let grads = loss.backward().map_err(|e| e.to_string())?;
+    let grads = loss.backward()?;
     let vars = policy.named_vars();
     let mut missing = Vec::new();
     for (name, var) in &vars {
@@ -141,7 +160,7 @@ fn smoke(dev: &Device) -> Result<String, String> {
         }
     }
     if !missing.is_empty() {
-        return Err(format!("no finite non-zero gradient for {}", missing.join(", ")));
+        return Err(SmokeError::NoGradient(missing));
     }
     Ok(format!(
         "ok — SFT loss and gradients of a {}-parameter policy, loss {l:.3}, all {} weights got gradients, {:.0} ms",

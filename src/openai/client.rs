@@ -13,7 +13,22 @@ pub struct Client {
     retries: u32,
 }
 
-/// Why a request finally failed, and after how many attempts.
+/// The HTTP client could not be built (TLS backend, settings).
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP client: {0}")]
+pub struct ClientError(reqwest::Error);
+
+/// A success response whose body is not a chat completion.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    #[error("response is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("response has no `choices`")]
+    NoChoices,
+}
+
+/// Why a request finally failed, and after how many attempts: a row of the `generate` stage's
+/// `generate_errors` side table (its `error` text is data, not an error value).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     pub error: String,
@@ -22,8 +37,8 @@ pub struct Failure {
 
 impl Client {
     /// `base_url` as OpenAI SDKs take it (e.g. `http://127.0.0.1:8000/v1`).
-    pub fn new(base_url: &str, api_key: Option<String>, retries: u32, timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder().timeout(timeout).build().map_err(|e| format!("HTTP client: {e}"))?;
+    pub fn new(base_url: &str, api_key: Option<String>, retries: u32, timeout: Duration) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder().timeout(timeout).build().map_err(ClientError)?;
         Ok(Self { http, url: format!("{}/chat/completions", base_url.trim_end_matches('/')), api_key, retries })
     }
 
@@ -42,7 +57,7 @@ impl Client {
                     let status = resp.status();
                     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                     if status.is_success() {
-                        return parse(&body).map_err(|error| Failure { error, attempts: attempt });
+                        return parse(&body).map_err(|e| Failure { error: e.to_string(), attempts: attempt });
                     }
                     let msg = serde_json::from_slice::<Value>(&body)
                         .ok()
@@ -62,9 +77,9 @@ impl Client {
 
 /// The choices of a response body: text, finish reason, and log-probs if present (mstar's
 /// `{"sum", "tokens"}` or OpenAI's per-token `content` list).
-pub fn parse(body: &[u8]) -> Result<Vec<Choice>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("response is not JSON: {e}"))?;
-    let choices = v.get("choices").and_then(|c| c.as_array()).ok_or("response has no `choices`")?;
+pub fn parse(body: &[u8]) -> Result<Vec<Choice>, ResponseError> {
+    let v: Value = serde_json::from_slice(body).map_err(ResponseError::NotJson)?;
+    let choices = v.get("choices").and_then(|c| c.as_array()).ok_or(ResponseError::NoChoices)?;
     let usage = v.get("usage").and_then(|u| u.get("completion_tokens")).and_then(|t| t.as_u64());
     choices
         .iter()
@@ -82,4 +97,17 @@ pub fn parse(body: &[u8]) -> Result<Vec<Choice>, String> {
             Ok(Choice { text, finish_reason, logprob, tokens })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_is_not_a_completion_says_why() {
+        assert!(matches!(parse(b"<html>"), Err(ResponseError::NotJson(_))));
+        assert_eq!(parse(b"{}").unwrap_err().to_string(), "response has no `choices`");
+        let c = parse(br#"{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}"#).unwrap();
+        assert_eq!((c[0].text.as_str(), c[0].finish_reason.as_str()), ("hi", "stop"));
+    }
 }

@@ -57,13 +57,39 @@ pub fn data_url(bytes: &[u8]) -> String {
     format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
+/// An image URL the server cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataUrlError {
+    /// The URL's first 40 characters.
+    #[error("image URL `{0}…` is not a data: URL (this server cannot fetch URLs)")]
+    NotData(String),
+    #[error("data: URL without ;base64,")]
+    NotBase64,
+    #[error("bad base64 in data: URL: {0}")]
+    Base64(base64::DecodeError),
+}
+
+/// OpenAI messages a chat template cannot take, named by their place in the request.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("messages[{0}] has no role")]
+    NoRole(usize),
+    #[error("messages[{message}].content[{part}]: image_url without url")]
+    NoUrl { message: usize, part: usize },
+    #[error("messages[{message}].content[{part}]: {err}")]
+    Image { message: usize, part: usize, err: DataUrlError },
+    /// `kind`: the part's `type`, if it has one.
+    #[error("messages[{message}].content[{part}]: part type {kind:?} is not supported (text, image_url are)")]
+    PartType { message: usize, part: usize, kind: Option<String> },
+    #[error("messages[{message}].content must be a string or a list of parts, got {got}")]
+    Content { message: usize, got: Value },
+}
+
 /// The bytes of a base64 `data:` URL (the only kind a server without network can read).
-pub fn decode_data_url(url: &str) -> Result<Vec<u8>, String> {
-    let rest = url
-        .strip_prefix("data:")
-        .ok_or_else(|| format!("image URL `{}…` is not a data: URL (this server cannot fetch URLs)", url.chars().take(40).collect::<String>()))?;
-    let (_, b64) = rest.split_once(";base64,").ok_or("data: URL without ;base64,")?;
-    base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("bad base64 in data: URL: {e}"))
+pub fn decode_data_url(url: &str) -> Result<Vec<u8>, DataUrlError> {
+    let rest = url.strip_prefix("data:").ok_or_else(|| DataUrlError::NotData(url.chars().take(40).collect()))?;
+    let (_, b64) = rest.split_once(";base64,").ok_or(DataUrlError::NotBase64)?;
+    base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(DataUrlError::Base64)
 }
 
 /// The user message of a prompt: its images as data URLs, then the question.
@@ -75,11 +101,11 @@ pub fn user_message(images: &[Vec<u8>], question: &str) -> Value {
 
 /// OpenAI messages → the messages a Hugging Face chat template expects (image parts become
 /// `{"type": "image"}`) and the images' bytes in order.
-pub fn template_messages(messages: &[Value]) -> Result<(Value, Vec<Vec<u8>>), String> {
+pub fn template_messages(messages: &[Value]) -> Result<(Value, Vec<Vec<u8>>), MessageError> {
     let mut images = Vec::new();
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(|r| r.as_str()).ok_or(format!("messages[{i}] has no role"))?;
+        let role = m.get("role").and_then(|r| r.as_str()).ok_or(MessageError::NoRole(i))?;
         let content = match m.get("content") {
             Some(Value::String(s)) => Value::String(s.clone()),
             Some(Value::Array(parts)) => {
@@ -92,17 +118,17 @@ pub fn template_messages(messages: &[Value]) -> Result<(Value, Vec<Vec<u8>>), St
                                 .get("image_url")
                                 .and_then(|u| u.get("url").or(Some(u)))
                                 .and_then(|u| u.as_str())
-                                .ok_or(format!("messages[{i}].content[{j}]: image_url without url"))?;
-                            images.push(decode_data_url(url).map_err(|e| format!("messages[{i}].content[{j}]: {e}"))?);
+                                .ok_or(MessageError::NoUrl { message: i, part: j })?;
+                            images.push(decode_data_url(url).map_err(|err| MessageError::Image { message: i, part: j, err })?);
                             conv.push(json!({"type": "image"}));
                         }
-                        other => return Err(format!("messages[{i}].content[{j}]: part type {other:?} is not supported (text, image_url are)")),
+                        other => return Err(MessageError::PartType { message: i, part: j, kind: other.map(str::to_string) }),
                     }
                 }
                 Value::Array(conv)
             }
             Some(Value::Null) | None => Value::String(String::new()),
-            Some(other) => return Err(format!("messages[{i}].content must be a string or a list of parts, got {other}")),
+            Some(other) => return Err(MessageError::Content { message: i, got: other.clone() }),
         };
         out.push(json!({"role": role, "content": content}));
     }
@@ -119,11 +145,16 @@ mod tests {
         let url = data_url(&png);
         assert!(url.starts_with("data:image/png;base64,"));
         assert_eq!(decode_data_url(&url).unwrap(), png);
-        assert!(decode_data_url("https://x/y.png").unwrap_err().contains("not a data: URL"));
+        assert!(decode_data_url("https://x/y.png").unwrap_err().to_string().contains("not a data: URL"));
+        assert_eq!(decode_data_url("data:image/png,xyz").unwrap_err().to_string(), "data: URL without ;base64,");
         let (m, imgs) = template_messages(&[json!({"role": "system", "content": "s"}), user_message(&[png.to_vec()], "q?")]).unwrap();
         assert_eq!(imgs, vec![png.to_vec()]);
         assert_eq!(m[1]["content"], json!([{"type": "image"}, {"type": "text", "text": "q?"}]));
         let err = template_messages(&[json!({"role": "user", "content": [{"type": "audio"}]})]).unwrap_err();
-        assert!(err.contains("messages[0].content[0]"), "{err}");
+        assert_eq!(err.to_string(), "messages[0].content[0]: part type Some(\"audio\") is not supported (text, image_url are)");
+        let err = template_messages(&[json!({"role": "user", "content": 3})]).unwrap_err();
+        assert_eq!(err.to_string(), "messages[0].content must be a string or a list of parts, got 3");
+        let err = template_messages(&[json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x;base64,!!"}}]})]).unwrap_err();
+        assert!(err.to_string().starts_with("messages[0].content[0]: bad base64 in data: URL: "), "{err}");
     }
 }

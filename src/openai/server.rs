@@ -196,7 +196,7 @@ impl Server {
         if count > lim.max_images {
             return Err(bad(format!("{count} images exceed the limit of {} images a request (--max-images)", lim.max_images)));
         }
-        let (messages, images) = template_messages(&req.messages).map_err(bad)?;
+        let (messages, images) = template_messages(&req.messages).map_err(|e| bad(e.to_string()))?;
         let ck = &self.ck;
         let mut values = Vec::new();
         let mut grids = Vec::new();

@@ -176,7 +176,7 @@ impl ImportOp {
     async fn jsonl_schema(&self, f: &Files) -> Result<SchemaRef> {
         let mut lines = JsonlLines::new(f);
         let mut records = Vec::new();
-        let mut first_bad: Option<(Line, String)> = None;
+        let mut first_bad: Option<(Line, LineError)> = None;
         while records.len() < JSONL_INFER_RECORDS {
             let Some(line) = lines.next().await.map_err(|e| self.fail(e))? else { break };
             match parse_line(&line) {
@@ -204,8 +204,18 @@ struct Line {
     text: Vec<u8>,
 }
 
-/// A JSONL line as a JSON object: None for a blank line, Err(reason) for a broken one.
-fn parse_line(line: &Line) -> Option<std::result::Result<Value, String>> {
+/// Why a JSONL line is not a record; displayed, the `reason` of its quarantine row.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    #[error("line {line}: not a JSON object")]
+    NotAnObject { line: usize },
+    /// `message`: serde_json's, without its own "at line L column C".
+    #[error("line {line}: invalid JSON at column {column}: {message}")]
+    InvalidJson { line: usize, column: usize, message: String },
+}
+
+/// A JSONL line as a JSON object: None for a blank line, Err(why) for a broken one.
+fn parse_line(line: &Line) -> Option<std::result::Result<Value, LineError>> {
     let text = line.text.strip_suffix(b"\r").unwrap_or(&line.text);
     // a byte order mark at the start of a file
     let text = if line.number == 1 { text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text) } else { text };
@@ -215,13 +225,22 @@ fn parse_line(line: &Line) -> Option<std::result::Result<Value, String>> {
     let n = line.number;
     Some(match serde_json::from_slice::<Value>(text) {
         Ok(v) if v.is_object() => Ok(v),
-        Ok(_) => Err(format!("line {n}: not a JSON object")),
+        Ok(_) => Err(LineError::NotAnObject { line: n }),
         Err(e) => {
             let full = e.to_string();
-            let msg = full.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&full);
-            Err(format!("line {n}: invalid JSON at column {}: {msg}", e.column()))
+            let message = full.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&full).to_string();
+            Err(LineError::InvalidJson { line: n, column: e.column(), message })
         }
     })
+}
+
+/// A JSONL file of the dataset that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {err}")]
+struct ReadError {
+    file: Arc<str>,
+    // `err`, not `source`: the message already says it
+    err: object_store::Error,
 }
 
 /// The lines of a dataset's JSONL files in order, each file read as a stream of chunks (a
@@ -257,11 +276,11 @@ impl JsonlLines {
         Self { store: f.loc.store.clone(), files: files.into_iter(), current: None }
     }
 
-    async fn next(&mut self) -> std::result::Result<Option<Line>, String> {
+    async fn next(&mut self) -> std::result::Result<Option<Line>, ReadError> {
         loop {
             let Some(cur) = self.current.as_mut() else {
                 let Some((name, path)) = self.files.next() else { return Ok(None) };
-                let chunks = self.store.get(&path).await.map_err(|e| format!("{name}: {e}"))?.into_stream();
+                let chunks = self.store.get(&path).await.map_err(|err| ReadError { file: name.clone(), err })?.into_stream();
                 self.current = Some(OpenFile { name, chunks, buf: Vec::new(), pos: 0, scanned: 0, line: 0, eof: false });
                 continue;
             };
@@ -292,7 +311,7 @@ impl JsonlLines {
             }
             match cur.chunks.next().await {
                 Some(Ok(b)) => cur.buf.extend_from_slice(&b),
-                Some(Err(e)) => return Err(format!("{}: {e}", cur.name)),
+                Some(Err(err)) => return Err(ReadError { file: cur.name.clone(), err }),
                 None => cur.eof = true,
             }
         }
@@ -326,14 +345,14 @@ impl JsonlBatches {
     async fn next_batch(&mut self) -> datafusion::error::Result<Option<RecordBatch>> {
         let (mut at, mut values): (Vec<(Arc<str>, usize)>, Vec<Value>) = (Vec::new(), Vec::new());
         while values.len() < JSONL_BATCH_ROWS {
-            let Some(line) = self.lines.next().await.map_err(datafusion::error::DataFusionError::Execution)? else { break };
+            let Some(line) = self.lines.next().await.map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))? else { break };
             match parse_line(&line) {
                 None => {}
                 Some(Ok(v)) => {
                     at.push((line.file, line.number));
                     values.push(v);
                 }
-                Some(Err(reason)) => self.quarantine(&line.file, line.number, reason, String::from_utf8_lossy(&line.text).into_owned()),
+                Some(Err(why)) => self.quarantine(&line.file, line.number, why.to_string(), String::from_utf8_lossy(&line.text).into_owned()),
             }
         }
         if values.is_empty() {

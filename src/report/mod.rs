@@ -207,8 +207,9 @@ pub(crate) fn metrics_schema() -> Arc<Schema> {
 }
 
 /// Reads every store, compares the pipelines and writes report.md plus one PNG and one SVG
-/// per chart into `out`.
-pub async fn report(stores: &[String], out: &Path) -> Result<Report, Error> {
+/// per chart into `out`. `memory_mb`: the memory pool of its SQL sessions
+/// ([`crate::sql::new_session_with`]).
+pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>) -> Result<Report, Error> {
     if stores.is_empty() {
         return Err(Error::Usage("name at least one run store".into()));
     }
@@ -229,7 +230,7 @@ pub async fn report(stores: &[String], out: &Path) -> Result<Report, Error> {
     for s in stores {
         let rs = RunStore::open_existing(s)?;
         let info: RunInfo = rs.read_json(RUN_FILE).await?.ok_or_else(|| Error::Usage(format!("{s}: no run.json — not a run store")))?;
-        let ctx = crate::sql::new_session();
+        let ctx = crate::sql::new_session_with(memory_mb);
         let tables = crate::sql::register_run(&ctx, &rs).await?;
         if !tables.iter().any(|t| t == "eval_metrics") {
             return Err(Error::Usage(format!("{s}: the run has no `eval_metrics` table (report reads M-STAR runs: pipelines/mstar.yaml and what extends it)")));
@@ -267,7 +268,7 @@ pub async fn report(stores: &[String], out: &Path) -> Result<Report, Error> {
     }
     // runs in store order, so that the order of the arguments does not change an interval
     prompts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    let ctx = crate::sql::new_session();
+    let ctx = crate::sql::new_session_with(memory_mb);
     ctx.register_table("runs", Arc::new(MemTable::try_new(runs_schema, vec![parts])?))?;
     let batches = crate::sql::query(&ctx, COMPARE_SQL).await?.collect().await?;
     let mut figures = Vec::new();

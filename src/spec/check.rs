@@ -145,7 +145,10 @@ impl StageCheck<'_, '_> {
         for (k, v) in &self.params {
             ps.insert(k, v.to_string());
         }
-        let parsed = substitute(text, &ps).and_then(|q| crate::sql::referenced_tables(&q));
+        let parsed = match substitute(text, &ps) {
+            Ok(q) => crate::sql::referenced_tables(&q).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match parsed {
             Ok(t) => Some(t),
             Err(e) => {
@@ -172,7 +175,7 @@ pub fn read_sql(base_dir: &Path, src: &SqlSource) -> Result<String, (&'static st
         (None, None) => Err(("", "missing `sql: NAME` (for sql/NAME.sql) or `query: …` (inline SQL)".into())),
         (None, Some(q)) => Ok(q.clone()),
         (Some(name), None) => {
-            let path = find_sql_file(base_dir, name).map_err(|m| ("sql", m))?;
+            let path = find_sql_file(base_dir, name).map_err(|e| ("sql", e.to_string()))?;
             std::fs::read_to_string(&path).map_err(|e| ("sql", format!("cannot read {}: {e}", path.display())))
         }
     }

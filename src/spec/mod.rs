@@ -385,8 +385,8 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path, overrides: &[String]) -
         let Some((key, value)) = ov.split_once('=') else {
             return Err(fail(ov, Origin::Override(ov.clone()), "expected KEY=VALUE".into()));
         };
-        let node = yaml::parse_override_value(value, ov).map_err(|m| fail(key, Origin::Override(ov.clone()), m))?;
-        root.set_path(key.trim(), node).map_err(|m| fail(key, Origin::Override(ov.clone()), m))?;
+        let node = yaml::parse_override_value(value, ov).map_err(|e| fail(key, Origin::Override(ov.clone()), e.to_string()))?;
+        root.set_path(key.trim(), node).map_err(|e| fail(key, Origin::Override(ov.clone()), e.to_string()))?;
     }
     let mut v = Validator { dec: Decoder::new(&root), base_dir: base_dir.to_path_buf() };
     let pipeline = v.validate(&root, file);
@@ -422,38 +422,52 @@ fn resolve_extends(root: YNode, base_dir: &Path, seen: &mut Vec<String>) -> Resu
     let yaml::YValue::Map(items) = &root.value else { unreachable!("a map has `extends`") };
     for (k, v) in items.iter().filter(|(k, _)| k != "extends" && k != "set") {
         if k == "stages" {
-            merge_stages(&mut base, v).map_err(|m| (k.clone(), v.origin.clone(), m))?;
+            merge_stages(&mut base, v).map_err(|e| (k.clone(), v.origin.clone(), e.to_string()))?;
             continue;
         }
-        base.set_path(k, v.clone()).map_err(|m| (k.clone(), v.origin.clone(), m))?;
+        base.set_path(k, v.clone()).map_err(|e| (k.clone(), v.origin.clone(), e.to_string()))?;
     }
     if let Some(set) = root.get("set") {
         let yaml::YValue::Map(entries) = &set.value else {
             return Err(("set".into(), set.origin.clone(), "set is a mapping of dotted paths to values (like --set)".into()));
         };
         for (k, v) in entries {
-            base.set_path(k, v.clone()).map_err(|m| (format!("set.{k}"), v.origin.clone(), m.replace("--set ", "set: ")))?;
+            // in `set:`'s words, not the command line's
+            base.set_path(k, v.clone()).map_err(|e| (format!("set.{k}"), v.origin.clone(), format!("set: {}: {}", e.path, e.kind)))?;
         }
     }
     Ok(base)
 }
 
+/// Why an `extends:` file's `stages:` cannot be merged into its base's.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeStagesError {
+    #[error("stages is a list of stages")]
+    NotAList,
+    #[error("the base spec is not a mapping")]
+    BaseNotAMapping,
+    #[error("the base's stages is not a list")]
+    BaseStagesNotAList,
+    #[error(transparent)]
+    SetPath(#[from] yaml::SetPathError),
+}
+
 /// A child's `stages:` merged into its base's: a stage with a base stage's id replaces it,
 /// the others are appended.
-fn merge_stages(base: &mut YNode, child: &YNode) -> Result<(), String> {
+fn merge_stages(base: &mut YNode, child: &YNode) -> Result<(), MergeStagesError> {
     let yaml::YValue::Seq(new) = &child.value else {
-        return Err("stages is a list of stages".into());
+        return Err(MergeStagesError::NotAList);
     };
     let id_of = |n: &YNode| match n.get("id") {
         Some(YNode { value: yaml::YValue::Str(s), .. }) => Some(s.clone()),
         _ => None,
     };
     if base.get("stages").is_none() {
-        return base.set_path("stages", child.clone());
+        return Ok(base.set_path("stages", child.clone())?);
     }
-    let yaml::YValue::Map(items) = &mut base.value else { return Err("the base spec is not a mapping".into()) };
+    let yaml::YValue::Map(items) = &mut base.value else { return Err(MergeStagesError::BaseNotAMapping) };
     let Some((_, stages)) = items.iter_mut().find(|(k, _)| k == "stages") else { unreachable!("checked above") };
-    let yaml::YValue::Seq(old) = &mut stages.value else { return Err("the base's stages is not a list".into()) };
+    let yaml::YValue::Seq(old) = &mut stages.value else { return Err(MergeStagesError::BaseStagesNotAList) };
     for stage in new {
         match id_of(stage).and_then(|id| old.iter().position(|o| id_of(o).as_deref() == Some(id.as_str()))) {
             Some(i) => old[i] = stage.clone(),
@@ -630,10 +644,10 @@ impl Validator<'_> {
             match substitute(&text, &ps) {
                 Ok(q) => {
                     if let Err(e) = crate::sql::referenced_tables(&q) {
-                        self.dec.error(&[key("summary")], e);
+                        self.dec.error(&[key("summary")], e.to_string());
                     }
                 }
-                Err(e) => self.dec.error(&[key("summary")], e),
+                Err(e) => self.dec.error(&[key("summary")], e.to_string()),
             }
             Some(text)
         });
@@ -726,10 +740,20 @@ pub(crate) fn list_or_none(items: &[&str]) -> String {
     }
 }
 
+/// An SQL file name that is refused or found nowhere.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SqlFileError {
+    #[error("sql name `{0}` must be a plain name under sql/ (no .. or /)")]
+    NotPlain(String),
+    /// `tried`: the paths looked at, nearest first.
+    #[error("no SQL file `{file}` (looked for {})", tried.join(", "))]
+    NotFound { file: String, tried: Vec<String> },
+}
+
 /// Finds `sql/NAME.sql` in the pipeline's folder or the nearest ancestor that has it.
-pub fn find_sql_file(base: &Path, name: &str) -> Result<PathBuf, String> {
+pub fn find_sql_file(base: &Path, name: &str) -> Result<PathBuf, SqlFileError> {
     if name.contains("..") || name.starts_with('/') {
-        return Err(format!("sql name `{name}` must be a plain name under sql/ (no .. or /)"));
+        return Err(SqlFileError::NotPlain(name.to_string()));
     }
     let file = if name.ends_with(".sql") { name.to_string() } else { format!("{name}.sql") };
     let start = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
@@ -744,7 +768,7 @@ pub fn find_sql_file(base: &Path, name: &str) -> Result<PathBuf, String> {
             break;
         }
     }
-    Err(format!("no SQL file `{file}` (looked for {})", tried.join(", ")))
+    Err(SqlFileError::NotFound { file, tried })
 }
 
 #[cfg(test)]

@@ -67,9 +67,19 @@ pub fn parse(text: &str) -> Result<YNode, (String, Origin)> {
     }
 }
 
+/// A `--set key=value` override whose value is not YAML.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("--set {label}: {message}")]
+pub struct OverrideValueError {
+    /// The override as given, `key=value`.
+    pub label: String,
+    /// The YAML parser's message (its first line).
+    pub message: String,
+}
+
 /// Parses the value of a `--set key=value` override as a YAML scalar or flow collection.
-pub fn parse_override_value(text: &str, label: &str) -> Result<YNode, String> {
-    let mut node = parse(text).map_err(|(m, _)| format!("--set {label}: {m}"))?;
+pub fn parse_override_value(text: &str, label: &str) -> Result<YNode, OverrideValueError> {
+    let mut node = parse(text).map_err(|(message, _)| OverrideValueError { label: label.to_string(), message })?;
     if text.trim().is_empty() {
         node.value = YValue::Str(String::new());
     }
@@ -84,6 +94,27 @@ fn set_origin(node: &mut YNode, origin: &Origin) {
         YValue::Map(items) => items.iter_mut().for_each(|(_, n)| set_origin(n, origin)),
         _ => {}
     }
+}
+
+/// A dotted path [`YNode::set_path`] cannot set; displayed as on the command line,
+/// `--set PATH: why`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("--set {path}: {kind}")]
+pub struct SetPathError {
+    /// The dotted path as given.
+    pub path: String,
+    pub kind: SetPathErrorKind,
+}
+
+/// Why a dotted path cannot be set; `at` is the path of the node where it failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SetPathErrorKind {
+    #[error("empty path segment")]
+    EmptySegment,
+    #[error("`{at}` has no item with id `{id}`")]
+    NoItem { at: String, id: String },
+    #[error("`{at}` is a scalar, it has no field `{field}`")]
+    Scalar { at: String, field: String },
 }
 
 impl YNode {
@@ -131,10 +162,11 @@ impl YNode {
 
     /// Sets the value at a dotted path. Map keys are created when missing; in a sequence of
     /// maps a segment selects the item whose `id` equals it, or an item by its index.
-    pub fn set_path(&mut self, dotted: &str, value: YNode) -> Result<(), String> {
+    pub fn set_path(&mut self, dotted: &str, value: YNode) -> Result<(), SetPathError> {
+        let fail = |kind| SetPathError { path: dotted.to_string(), kind };
         let parts: Vec<&str> = dotted.split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
-            return Err(format!("--set {dotted}: empty path segment"));
+            return Err(fail(SetPathErrorKind::EmptySegment));
         }
         let mut node = self;
         for (i, part) in parts.iter().enumerate() {
@@ -165,7 +197,7 @@ impl YNode {
                         .position(|n| matches!(n.get("id"), Some(YNode { value: YValue::Str(s), .. }) if s == part))
                         .or_else(|| part.parse::<usize>().ok().filter(|i| *i < items.len()));
                     let Some(pos) = pos else {
-                        return Err(format!("--set {dotted}: `{here}` has no item with id `{part}`"));
+                        return Err(fail(SetPathErrorKind::NoItem { at: here, id: part.to_string() }));
                     };
                     if last {
                         items[pos] = value;
@@ -173,7 +205,7 @@ impl YNode {
                     }
                     node = &mut items[pos];
                 }
-                _ => return Err(format!("--set {dotted}: `{here}` is a scalar, it has no field `{part}`")),
+                _ => return Err(fail(SetPathErrorKind::Scalar { at: here, field: part.to_string() })),
             }
         }
         unreachable!("loop returns on the last segment")
@@ -322,7 +354,12 @@ mod tests {
         doc.set_path("seed", parse_override_value("7", "seed=7").unwrap()).unwrap();
         assert_eq!(doc.to_json()["stages"][0]["n"], 8);
         assert_eq!(doc.to_json()["seed"], 7);
-        assert!(doc.set_path("stages.b.n", parse_override_value("1", "x").unwrap()).is_err());
+        let e = doc.set_path("stages.b.n", parse_override_value("1", "x").unwrap()).unwrap_err();
+        assert_eq!(e.to_string(), "--set stages.b.n: `stages` has no item with id `b`");
+        let e = doc.set_path("seed.x", parse_override_value("1", "x").unwrap()).unwrap_err();
+        assert_eq!(e.kind, SetPathErrorKind::Scalar { at: "seed".into(), field: "x".into() });
+        assert_eq!(doc.set_path("a..b", parse_override_value("1", "x").unwrap()).unwrap_err().to_string(), "--set a..b: empty path segment");
+        assert!(parse_override_value("[1", "k=[1").unwrap_err().to_string().starts_with("--set k=[1: "));
     }
 
     #[test]

@@ -24,15 +24,20 @@ use std::sync::Arc;
 /// Table functions DataFusion provides; a query may read them besides stage tables.
 const TABLE_FUNCTIONS: &[&str] = &["range", "generate_series"];
 
+/// The memory pool of a session, in MB, when none is given.
+pub const DEFAULT_MEMORY_LIMIT_MB: usize = 2048;
+
 /// A DataFusion session with mstar's settings: a memory pool that spills to disk, so sorts and
-/// aggregations over large stages stream instead of holding everything.
+/// aggregations over large stages stream instead of holding everything. The pool is
+/// [`DEFAULT_MEMORY_LIMIT_MB`].
 pub fn new_session() -> SessionContext {
     new_session_with(None)
 }
 
-/// `new_session` with a memory pool of `memory_mb` (default: `MSTAR_MEMORY_LIMIT_MB`, else 2048).
+/// `new_session` with a memory pool of `memory_mb` (None: [`DEFAULT_MEMORY_LIMIT_MB`]). The CLI
+/// passes `--memory-mb`, else `MSTAR_MEMORY_LIMIT_MB`; the library reads no environment.
 pub fn new_session_with(memory_mb: Option<usize>) -> SessionContext {
-    let limit = memory_mb.or_else(|| std::env::var("MSTAR_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse::<usize>().ok())).unwrap_or(2048) * 1024 * 1024;
+    let limit = memory_mb.unwrap_or(DEFAULT_MEMORY_LIMIT_MB) * 1024 * 1024;
     let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limit))).build_arc().expect("runtime env");
     let config = SessionConfig::new().with_information_schema(true);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -50,19 +55,32 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
     ctx.sql_with_options(sql, read_only_options()).await
 }
 
+/// Why SQL text is not one query whose tables can be named.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryTextError {
+    #[error("SQL: {}", strip_df(.0))]
+    Parse(DataFusionError),
+    #[error("expected exactly one SQL statement, found {0}")]
+    Statements(usize),
+    #[error("a stage's SQL must be one query (SELECT, WITH … SELECT or VALUES)")]
+    NotAQuery,
+    #[error("{}", strip_df(.0))]
+    References(DataFusionError),
+}
+
 /// Parses one query and returns the names of the tables it reads (CTEs and table
 /// functions excluded), lower-cased as DataFusion normalizes them.
-pub fn referenced_tables(sql: &str) -> std::result::Result<Vec<String>, String> {
-    let mut stmts = DFParser::parse_sql(sql).map_err(|e| format!("SQL: {}", strip_df(&e)))?;
+pub fn referenced_tables(sql: &str) -> std::result::Result<Vec<String>, QueryTextError> {
+    let mut stmts = DFParser::parse_sql(sql).map_err(QueryTextError::Parse)?;
     if stmts.len() != 1 {
-        return Err(format!("expected exactly one SQL statement, found {}", stmts.len()));
+        return Err(QueryTextError::Statements(stmts.len()));
     }
     let stmt = stmts.pop_front().expect("one statement");
     let is_query = matches!(&stmt, Statement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)));
     if !is_query {
-        return Err("a stage's SQL must be one query (SELECT, WITH … SELECT or VALUES)".into());
+        return Err(QueryTextError::NotAQuery);
     }
-    let (refs, ctes) = resolve_table_references(&stmt, true).map_err(|e| strip_df(&e))?;
+    let (refs, ctes) = resolve_table_references(&stmt, true).map_err(QueryTextError::References)?;
     let ctes: Vec<String> = ctes.iter().map(|c| c.table().to_string()).collect();
     let mut out: Vec<String> = refs
         .iter()
@@ -149,8 +167,8 @@ mod tests {
     fn finds_tables_but_not_ctes() {
         let t = referenced_tables("WITH x AS (SELECT * FROM a) SELECT * FROM x JOIN B ON true, range(3)").unwrap();
         assert_eq!(t, vec!["a".to_string(), "b".to_string()]);
-        assert!(referenced_tables("SELECT 1; SELECT 2").is_err());
-        assert!(referenced_tables("DROP TABLE a").is_err());
-        assert!(referenced_tables("SELEC 1").is_err());
+        assert!(matches!(referenced_tables("SELECT 1; SELECT 2"), Err(QueryTextError::Statements(2))));
+        assert!(matches!(referenced_tables("DROP TABLE a"), Err(QueryTextError::NotAQuery)));
+        assert!(referenced_tables("SELEC 1").unwrap_err().to_string().starts_with("SQL: "));
     }
 }

@@ -16,9 +16,20 @@ impl ParamSet {
     }
 }
 
+/// Why SQL text's `${…}` parameters could not be substituted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("unclosed `${{` in SQL")]
+    Unclosed,
+    /// `missing`: the unknown names as written, `` `${name}` ``, in order of appearance;
+    /// `known`: the names that were set.
+    #[error("unknown SQL parameter {} (known: {})", missing.join(", "), if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    Unknown { missing: Vec<String>, known: Vec<String> },
+}
+
 /// Replaces every `${name}`; unknown names (all of them, listed in order of appearance) or an
 /// unclosed `${` are an error.
-pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
+pub fn substitute(text: &str, params: &ParamSet) -> Result<String, ParamError> {
     let mut out = String::with_capacity(text.len());
     let mut missing: Vec<String> = Vec::new();
     let mut rest = text;
@@ -31,7 +42,7 @@ pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
         } else if let Some(tail) = after.strip_prefix("${") {
             let Some(end) = tail.find('}') else {
                 if missing.is_empty() {
-                    return Err("unclosed `${` in SQL".to_string());
+                    return Err(ParamError::Unclosed);
                 }
                 break;
             };
@@ -52,8 +63,7 @@ pub fn substitute(text: &str, params: &ParamSet) -> Result<String, String> {
         }
     }
     if !missing.is_empty() {
-        let known: Vec<&str> = params.0.keys().map(String::as_str).collect();
-        return Err(format!("unknown SQL parameter {} (known: {})", missing.join(", "), if known.is_empty() { "none".to_string() } else { known.join(", ") }));
+        return Err(ParamError::Unknown { missing, known: params.0.keys().cloned().collect() });
     }
     out.push_str(rest);
     Ok(out)
@@ -68,9 +78,11 @@ mod tests {
         let mut p = ParamSet::new();
         p.insert("iteration", "3".into());
         assert_eq!(substitute("a = ${iteration} and b = '$${x}' and $1", &p).unwrap(), "a = 3 and b = '${x}' and $1");
-        assert!(substitute("${nope}", &p).unwrap_err().contains("nope"));
+        assert!(substitute("${nope}", &p).unwrap_err().to_string().contains("nope"));
         let e = substitute("${a} $${b} ${iteration} ${c} ${a}", &p).unwrap_err();
-        assert_eq!(e, "unknown SQL parameter `${a}`, `${c}` (known: iteration)");
-        assert!(substitute("${iteration", &p).is_err());
+        assert_eq!(e.to_string(), "unknown SQL parameter `${a}`, `${c}` (known: iteration)");
+        assert_eq!(substitute("${iteration", &p), Err(ParamError::Unclosed));
+        assert_eq!(ParamError::Unclosed.to_string(), "unclosed `${` in SQL");
+        assert_eq!(substitute("${x}", &ParamSet::new()).unwrap_err().to_string(), "unknown SQL parameter `${x}` (known: none)");
     }
 }

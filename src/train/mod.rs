@@ -373,10 +373,21 @@ pub fn train_step(policy: &Policy, opt: &mut AdamW, state: &mut TrainerState, mi
     })
 }
 
-/// `MSTAR_TRAIN_AUTOGRAD=1` trains the tiny VLM on the CPU through candle's autograd, as on a
-/// GPU, instead of the hand-written decoder backward (for comparisons and benchmarks).
+/// Whether the tiny VLM trains on the CPU through candle's autograd; see [`force_autograd`].
+static AUTOGRAD_FORCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Trains the tiny VLM on the CPU through candle's autograd, as on a GPU, instead of the
+/// hand-written decoder backward (for comparisons and benchmarks), for the rest of the process.
+/// The CLI sets it at start-up from `MSTAR_TRAIN_AUTOGRAD=1`; the library reads no environment.
+/// A process-wide switch, not an argument, because the trainers that call [`train_step`] take
+/// none for it.
+pub fn force_autograd(on: bool) {
+    AUTOGRAD_FORCED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`force_autograd`] is on.
 pub fn autograd_forced() -> bool {
-    std::env::var("MSTAR_TRAIN_AUTOGRAD").is_ok_and(|v| v == "1")
+    AUTOGRAD_FORCED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Gradients of one sub-batch: candle's gradient store, gradients by variable name, or both.

@@ -72,15 +72,24 @@ impl Pixels {
     }
 }
 
+/// An image [`smart_resize`] cannot size, in transformers' words.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResizeError {
+    #[error("empty image ({width}×{height})")]
+    Empty { width: usize, height: usize },
+    #[error("absolute aspect ratio must be smaller than 200, got {0}")]
+    AspectRatio(f64),
+}
+
 /// transformers' `smart_resize`: (height, width) rounded to multiples of `factor` (Python's
 /// round-half-to-even), then scaled into [min_pixels, max_pixels] keeping the aspect ratio.
-pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> std::result::Result<(usize, usize), String> {
+pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> std::result::Result<(usize, usize), ResizeError> {
     if height == 0 || width == 0 {
-        return Err(format!("empty image ({width}×{height})"));
+        return Err(ResizeError::Empty { width, height });
     }
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     if h.max(w) / h.min(w) > 200.0 {
-        return Err(format!("absolute aspect ratio must be smaller than 200, got {}", h.max(w) / h.min(w)));
+        return Err(ResizeError::AspectRatio(h.max(w) / h.min(w)));
     }
     let mut hb = (h / f).round_ties_even() * f;
     let mut wb = (w / f).round_ties_even() * f;
@@ -210,7 +219,8 @@ impl ImageProcessor {
     /// Interleaved RGB8 pixels (w × h) → patches.
     pub fn preprocess_rgb8(&self, rgb: &[u8], w: usize, h: usize) -> Result<Pixels> {
         let factor = self.patch_size * self.merge_size;
-        let (rh, rw) = if self.do_resize { smart_resize(h, w, factor, self.min_pixels, self.max_pixels).map_err(HfError::Image)? } else { (h, w) };
+        let (rh, rw) =
+            if self.do_resize { smart_resize(h, w, factor, self.min_pixels, self.max_pixels).map_err(|e| HfError::Image(e.to_string()))? } else { (h, w) };
         if rh % factor != 0 || rw % factor != 0 {
             return Err(HfError::Image(format!("a {w}×{h} image is not a multiple of {factor} pixels and do_resize is off")));
         }
@@ -323,6 +333,8 @@ mod tests {
         assert_eq!(smart_resize(30, 40, 28, 3136, 7056).unwrap(), (56, 84));
         // 70/28 = 2.5 rounds to even
         assert_eq!(smart_resize(70, 100, 28, 56 * 56, 28 * 28 * 1280).unwrap(), (56, 112));
-        assert!(smart_resize(1, 300, 28, 3136, 7056).unwrap_err().contains("aspect ratio"));
+        assert_eq!(smart_resize(1, 300, 28, 3136, 7056), Err(ResizeError::AspectRatio(300.0)));
+        assert_eq!(smart_resize(1, 300, 28, 3136, 7056).unwrap_err().to_string(), "absolute aspect ratio must be smaller than 200, got 300");
+        assert_eq!(smart_resize(0, 5, 28, 3136, 7056).unwrap_err().to_string(), "empty image (5×0)");
     }
 }

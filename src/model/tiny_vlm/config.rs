@@ -7,6 +7,31 @@ pub const ARCHITECTURE: &str = "MstarTinyVlm";
 /// The process reward model: the same network with a scalar `score_head` on the hidden states.
 pub const PRM_ARCHITECTURE: &str = "MstarTinyVlmPrm";
 
+/// A config the model code cannot run: keys that do not decode, or a broken invariant (named by
+/// its keys).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unknown key or wrong type (serde's message names the key).
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("hidden_size must split into an even head_dim per attention head")]
+    HeadDim,
+    #[error("vision_config.hidden_size must be divisible by its num_attention_heads")]
+    VisionHeads,
+    #[error("vision_config.image_size must be a multiple of patch_size")]
+    ImageSize,
+    #[error("vision_config.stem_channels must be at least 1")]
+    StemChannels,
+    #[error("vision_config.merge_size {merge_size} must divide the {grid} patches per side")]
+    MergeSize { merge_size: usize, grid: usize },
+    #[error("vision_config.pool_grid and merge_size > 1 cannot be combined")]
+    PoolGridWithMerge,
+    #[error("vision_config.pool_grid {pool_grid}: every one of the {pool_grid}×{pool_grid} regions needs a patch centre ({grid} patches per side)")]
+    PoolGrid { pool_grid: usize, grid: usize },
+    #[error("special token id {id} ≥ vocab_size {vocab_size}")]
+    SpecialToken { id: u32, vocab_size: usize },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisionConfig {
@@ -128,7 +153,7 @@ impl Config {
     }
 
     /// This config with `over`'s keys merged in (objects key by key), checked like a file.
-    pub fn with_overrides(&self, over: &serde_json::Value) -> Result<Config, String> {
+    pub fn with_overrides(&self, over: &serde_json::Value) -> Result<Config, ConfigError> {
         fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
             match (base, over) {
                 (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
@@ -139,9 +164,9 @@ impl Config {
                 (b, o) => *b = o.clone(),
             }
         }
-        let mut v = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        let mut v = serde_json::to_value(self)?;
         merge(&mut v, over);
-        let cfg: Config = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        let cfg: Config = serde_json::from_value(v)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -156,35 +181,35 @@ impl Config {
     }
 
     /// Checks the invariants the model code relies on.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let v = &self.vision_config;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) || !self.head_dim().is_multiple_of(2) {
-            return Err("hidden_size must split into an even head_dim per attention head".into());
+            return Err(ConfigError::HeadDim);
         }
         if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
-            return Err("vision_config.hidden_size must be divisible by its num_attention_heads".into());
+            return Err(ConfigError::VisionHeads);
         }
         if !v.image_size.is_multiple_of(v.patch_size) {
-            return Err("vision_config.image_size must be a multiple of patch_size".into());
+            return Err(ConfigError::ImageSize);
         }
         if v.stem_channels == Some(0) {
-            return Err("vision_config.stem_channels must be at least 1".into());
+            return Err(ConfigError::StemChannels);
         }
         if v.merge_size == 0 || !v.grid().is_multiple_of(v.merge_size) {
-            return Err(format!("vision_config.merge_size {} must divide the {} patches per side", v.merge_size, v.grid()));
+            return Err(ConfigError::MergeSize { merge_size: v.merge_size, grid: v.grid() });
         }
         if let Some(g) = v.pool_grid {
             if v.merge_size != 1 {
-                return Err("vision_config.pool_grid and merge_size > 1 cannot be combined".into());
+                return Err(ConfigError::PoolGridWithMerge);
             }
             let regions = if g == 0 { vec![] } else { v.patch_regions(g) };
             if g == 0 || (0..g * g).any(|r| !regions.contains(&r)) {
-                return Err(format!("vision_config.pool_grid {g}: every one of the {g}×{g} regions needs a patch centre ({} patches per side)", v.grid()));
+                return Err(ConfigError::PoolGrid { pool_grid: g, grid: v.grid() });
             }
         }
         for id in [self.bos_token_id, self.eos_token_id, self.pad_token_id, self.image_token_id] {
             if id as usize >= self.vocab_size {
-                return Err(format!("special token id {id} ≥ vocab_size {}", self.vocab_size));
+                return Err(ConfigError::SpecialToken { id, vocab_size: self.vocab_size });
             }
         }
         Ok(())
@@ -200,16 +225,18 @@ mod tests {
         let c = Config::preset("tiny", 384).unwrap();
         let o = c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 4}, "num_hidden_layers": 2})).unwrap();
         assert_eq!((o.vision_config.patch_size, o.vision_config.hidden_size, o.num_hidden_layers), (4, c.vision_config.hidden_size, 2));
-        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch": 4}})).unwrap_err().contains("patch"));
-        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 5}})).unwrap_err().contains("multiple"));
-        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"merge_size": 2}})).unwrap_err().contains("merge_size 2 must divide the 7"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch": 4}})).unwrap_err().to_string().contains("patch"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 5}})).unwrap_err().to_string().contains("multiple"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"merge_size": 2}})).unwrap_err().to_string().contains("merge_size 2 must divide the 7"));
+        assert!(matches!(c.with_overrides(&serde_json::json!({"vision_config": {"merge_size": 2}})), Err(ConfigError::MergeSize { merge_size: 2, grid: 7 })));
+        assert!(matches!(c.with_overrides(&serde_json::json!({"vision_config": {"patch": 4}})), Err(ConfigError::Json(_))));
         let m = c.with_overrides(&serde_json::json!({"vision_config": {"patch_size": 4, "merge_size": 2}})).unwrap();
         assert_eq!((m.vision_config.num_patches(), m.vision_config.image_tokens()), (196, 49));
         let p = c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 3}})).unwrap();
         assert_eq!((p.vision_config.num_patches(), p.vision_config.image_tokens()), (49, 9));
         // 7 patches of 8 px over 3 regions of 56/3 px: centres 4, 12 | 20, 28, 36 | 44, 52
         assert_eq!(&p.vision_config.patch_regions(3)[..7], &[0, 0, 1, 1, 1, 2, 2]);
-        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 8}})).unwrap_err().contains("needs a patch centre"));
-        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 0}})).unwrap_err().contains("pool_grid 0"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 8}})).unwrap_err().to_string().contains("needs a patch centre"));
+        assert!(c.with_overrides(&serde_json::json!({"vision_config": {"pool_grid": 0}})).unwrap_err().to_string().contains("pool_grid 0"));
     }
 }
