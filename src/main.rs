@@ -311,6 +311,8 @@ struct Settings {
     fault_pause: std::collections::BTreeMap<String, std::time::Duration>,
     /// `MSTAR_TRAIN_AUTOGRAD=1`: train the tiny VLM on the CPU through candle's autograd.
     train_autograd: bool,
+    /// `MSTAR_DEVICE=cpu|auto`, `MSTAR_DTYPE=bf16|f32`: where models run.
+    device: Result<mstar::model::DeviceChoice, String>,
 }
 
 impl Settings {
@@ -320,6 +322,7 @@ impl Settings {
             memory_mb: var("MSTAR_MEMORY_LIMIT_MB").and_then(|v| v.parse().ok()),
             fault_pause: runner::parse_fault_pause(&var("MSTAR_FAULT_PAUSE_MS").unwrap_or_default()),
             train_autograd: var("MSTAR_TRAIN_AUTOGRAD").is_some_and(|v| v == "1"),
+            device: mstar::model::DeviceChoice::parse(var("MSTAR_DEVICE").as_deref(), var("MSTAR_DTYPE").as_deref()),
         }
     }
 }
@@ -329,6 +332,13 @@ fn main() {
     mstar::model::parallelize_above_candle();
     let settings = Settings::from_env();
     mstar::train::force_autograd(settings.train_autograd);
+    match &settings.device {
+        Ok(choice) => mstar::model::choose_device(*choice),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = match rt.block_on(dispatch(cli, &settings)) {

@@ -255,6 +255,11 @@ fn doctor_names_the_device_and_its_smoke_test_passes() {
     let (out, _) = ok(bin().arg("doctor").env("MSTAR_DEVICE", "cpu"));
     assert!(out.contains("device") && out.contains("cpu (MSTAR_DEVICE=cpu)"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("smoke test") && l.contains("ok")), "{out}");
+    // a value it does not know is an error, not silently the default
+    let o = bin().arg("doctor").env("MSTAR_DTYPE", "fp16").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("MSTAR_DTYPE=fp16: give `bf16` or `f32`"), "{err}");
 }
 
 /// A relative `--store` means the same folder to `run`, `status` and `sql`: relative to the

@@ -60,10 +60,9 @@ pub fn doctor() -> Doctor {
         "build",
         format!("{} profile, cuda feature {}", if cfg!(debug_assertions) { "debug" } else { "release" }, if cfg!(feature = "cuda") { "on" } else { "off" }),
     );
-    let env_device = std::env::var("MSTAR_DEVICE").ok();
     let dev = super::device();
-    let why = match (&env_device, cfg!(feature = "cuda"), dev.is_cuda()) {
-        (Some(v), _, false) if v == "cpu" => "MSTAR_DEVICE=cpu".to_string(),
+    let why = match (super::device_choice().force_cpu, cfg!(feature = "cuda"), dev.is_cuda()) {
+        (true, _, false) => "MSTAR_DEVICE=cpu".to_string(),
         (_, false, _) => "built without the cuda feature".to_string(),
         (_, true, true) => "the first CUDA GPU".to_string(),
         (_, true, false) => format!("no usable CUDA device: {}", cuda_error()),

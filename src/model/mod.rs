@@ -54,10 +54,52 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Where models run, as the CLI chose it at start-up (`MSTAR_DEVICE`, `MSTAR_DTYPE`); the
+/// library reads no environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DeviceChoice {
+    /// Run on the CPU even when a GPU is there.
+    pub force_cpu: bool,
+    /// The dtype of Hugging Face checkpoints (default: bf16 on a GPU, f32 on the CPU).
+    pub hf_dtype: Option<candle_core::DType>,
+}
+
+impl DeviceChoice {
+    /// From the values of `MSTAR_DEVICE` (`cpu` or `auto`) and `MSTAR_DTYPE` (`bf16` or `f32`);
+    /// unset or empty: the defaults.
+    pub fn parse(device: Option<&str>, dtype: Option<&str>) -> Result<Self, String> {
+        let force_cpu = match device.unwrap_or("") {
+            "" | "auto" => false,
+            "cpu" => true,
+            v => return Err(format!("MSTAR_DEVICE={v}: give `cpu` (force the CPU) or `auto` (a GPU when there is one)")),
+        };
+        let hf_dtype = match dtype.unwrap_or("") {
+            "" => None,
+            "bf16" => Some(candle_core::DType::BF16),
+            "f32" => Some(candle_core::DType::F32),
+            v => return Err(format!("MSTAR_DTYPE={v}: give `bf16` or `f32`")),
+        };
+        Ok(Self { force_cpu, hf_dtype })
+    }
+}
+
+static DEVICE_CHOICE: OnceLock<DeviceChoice> = OnceLock::new();
+
+/// Sets where models run for the rest of the process (once, at start-up; later calls are
+/// ignored). Unset: a GPU when there is one, the default dtypes.
+pub fn choose_device(choice: DeviceChoice) {
+    let _ = DEVICE_CHOICE.set(choice);
+}
+
+/// The choice [`choose_device`] made.
+pub fn device_choice() -> DeviceChoice {
+    DEVICE_CHOICE.get().copied().unwrap_or_default()
+}
+
 /// The device models run on: CUDA when built with the `cuda` feature and a GPU is present
-/// (and `MSTAR_DEVICE` is not `cpu`), else the CPU.
+/// (unless [`DeviceChoice::force_cpu`]), else the CPU.
 pub fn device() -> Device {
-    if std::env::var("MSTAR_DEVICE").as_deref() == Ok("cpu") {
+    if device_choice().force_cpu {
         return Device::Cpu;
     }
     #[cfg(feature = "cuda")]
@@ -67,14 +109,13 @@ pub fn device() -> Device {
     Device::Cpu
 }
 
-/// The dtype Hugging Face checkpoints run in on `dev`: bf16 on a GPU, f32 on the CPU;
-/// `MSTAR_DTYPE=bf16|f32` overrides (e.g. to try the GPU's bf16 path on the CPU).
+/// The dtype Hugging Face checkpoints run in on `dev`: bf16 on a GPU, f32 on the CPU, unless
+/// [`DeviceChoice::hf_dtype`] says otherwise (e.g. to try the GPU's bf16 path on the CPU).
 pub fn hf_dtype(dev: &Device) -> candle_core::DType {
-    match std::env::var("MSTAR_DTYPE").as_deref() {
-        Ok("bf16") => candle_core::DType::BF16,
-        Ok("f32") => candle_core::DType::F32,
-        _ if dev.is_cpu() => candle_core::DType::F32,
-        _ => candle_core::DType::BF16,
+    match device_choice().hf_dtype {
+        Some(d) => d,
+        None if dev.is_cpu() => candle_core::DType::F32,
+        None => candle_core::DType::BF16,
     }
 }
 

@@ -763,3 +763,18 @@ fn a_training_pass_does_not_depend_on_the_reused_buffers() {
     let _ = run(6);
     assert!(run(2) == first, "a pass changed after a longer one");
 }
+
+/// `MSTAR_DEVICE` and `MSTAR_DTYPE` as the CLI parses them: the defaults when unset, a clear
+/// error naming the variable and the accepted values otherwise.
+#[test]
+fn device_choice_parses_its_variables() {
+    use super::DeviceChoice;
+    assert_eq!(DeviceChoice::parse(None, None).unwrap(), DeviceChoice::default());
+    let c = DeviceChoice::parse(Some("cpu"), Some("bf16")).unwrap();
+    assert!(c.force_cpu && c.hf_dtype == Some(candle_core::DType::BF16));
+    assert!(!DeviceChoice::parse(Some("auto"), Some("f32")).unwrap().force_cpu);
+    let e = DeviceChoice::parse(Some("gpu"), None).unwrap_err();
+    assert!(e.contains("MSTAR_DEVICE=gpu") && e.contains("`cpu`"), "{e}");
+    let e = DeviceChoice::parse(None, Some("fp16")).unwrap_err();
+    assert!(e.contains("MSTAR_DTYPE=fp16") && e.contains("`bf16` or `f32`"), "{e}");
+}
