@@ -424,7 +424,15 @@ async fn execute(
         duration_ms: clock.elapsed().as_millis() as u64,
         mstar_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    store.commit(&m, current).await?;
+    if let Err(e) = store.commit(&m, current).await {
+        if matches!(e, crate::store::StoreError::Conflict(_)) {
+            // this attempt's files are unique to it and will never be committed
+            for f in m.all_files() {
+                let _ = store.delete(&store.loc.path(&f.path)).await;
+            }
+        }
+        return Err(e.into());
+    }
     Ok(m)
 }
 

@@ -184,3 +184,71 @@ fn s3_outage_mid_stage_wrong_credentials_and_a_missing_bucket() {
     assert!(!out.status.success());
     assert!(err.contains("no such bucket") && err.contains("nobucket") && !err.contains("<?xml"), "{err}");
 }
+
+/// Manifest commits on S3 are conditional puts (`If-None-Match: *`, `If-Match: <e_tag>`), which
+/// s3s-fs honours: a second first commit and a stale replacing commit both lose with a conflict
+/// naming the stage and iteration, and a put at a version read before another writer's put is
+/// refused.
+#[test]
+fn manifest_commits_are_conditional_puts_on_s3() {
+    use mstar::store::{manifest, FileEntry, Location, Manifest, RunStore};
+    let Some(srv) = start() else { return };
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("bucket")
+        .with_endpoint(format!("http://127.0.0.1:{}", srv.port))
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .with_region("us-east-1")
+        .with_access_key_id("mstar")
+        .with_secret_access_key("mstarsecret")
+        .build()
+        .unwrap();
+    let store = RunStore {
+        loc: Location {
+            store: std::sync::Arc::new(s3),
+            prefix: object_store::path::Path::from("runs/cas"),
+            url_root: url::Url::parse("s3://bucket").unwrap(),
+            display: "s3://bucket/runs/cas".into(),
+        },
+    };
+    let m = |attempt: &str| Manifest {
+        format: manifest::MANIFEST_FORMAT,
+        stage: "rollouts".into(),
+        iteration: 3,
+        op: "generate".into(),
+        fingerprint: "f".into(),
+        attempt: attempt.into(),
+        kind: manifest::OutputKind::Table,
+        files: vec![FileEntry { path: format!("tables/rollouts/iteration=3/part-{attempt}-00000.parquet"), bytes: 1, rows: Some(1) }],
+        rows: 1,
+        bytes: 1,
+        schema: None,
+        inputs: vec![],
+        side: vec![],
+        started_at: String::new(),
+        finished_at: String::new(),
+        duration_ms: 0,
+        mstar_version: String::new(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (a, b, c) = (m("aaaa"), m("bbbb"), m("cccc"));
+        store.commit(&a, None).await.unwrap();
+        let e = store.commit(&b, None).await.unwrap_err().to_string();
+        assert!(e.contains("stage rollouts at iteration 3: another writer committed it first"), "{e}");
+        store.commit(&c, Some(&a)).await.unwrap();
+        let e = store.commit(&b, Some(&a)).await.unwrap_err().to_string();
+        assert!(e.contains("is attempt cccc, this commit expected attempt aaaa"), "{e}");
+        // the puts themselves: Create on an existing object, Update at a stale e_tag
+        let rel = "_manifests/iteration=3/rollouts.json";
+        let (_, v) = store.read_versioned::<Manifest>(rel).await.unwrap().unwrap();
+        assert!(v.e_tag.is_some(), "s3s-fs returns e_tags");
+        store.write_json(rel, &b).await.unwrap();
+        assert!(!store.put_if(rel, b"{}".to_vec(), Some(&v)).await.unwrap(), "a stale If-Match put must be refused");
+        assert!(!store.put_if(rel, b"{}".to_vec(), None).await.unwrap(), "If-None-Match on an existing object must be refused");
+        assert_eq!(store.manifest("rollouts", 3).await.unwrap().unwrap().attempt, "bbbb");
+        let (_, v) = store.read_versioned::<Manifest>(rel).await.unwrap().unwrap();
+        assert!(store.put_if(rel, serde_json::to_vec(&a).unwrap(), Some(&v)).await.unwrap());
+        assert_eq!(store.manifest("rollouts", 3).await.unwrap().unwrap().attempt, "aaaa");
+    });
+}
