@@ -1,0 +1,179 @@
+//! Sharded stages with the local executor: `mstar run --shards 4` (and `shards:` in a spec)
+//! computes every row-parallel stage as worker processes over a partition of its prompts, and
+//! its tables equal those of one shard row for row; bad shard
+//! settings are spec errors; a worker without a job says so.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// pipelines/prm.yaml at micro size: generate (label_samples, rollouts), prm_label, the PRM
+/// trained on the labels, verify and prm_score; with the SQL it reads.
+fn prm_pipeline(dir: &Path) -> std::path::PathBuf {
+    let f = dir.join("p.yaml");
+    std::fs::write(&f, std::fs::read_to_string(repo().join("pipelines/prm.yaml")).unwrap()).unwrap();
+    let sql = dir.join("sql");
+    std::fs::create_dir_all(&sql).unwrap();
+    for e in std::fs::read_dir(repo().join("sql")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), sql.join(e.file_name())).unwrap();
+    }
+    f
+}
+
+const MICRO: &[&str] = &[
+    "datasets.train.synth={split: train, count: 24, cot: 16, seed: 5}",
+    "datasets.test.synth={split: test, count: 6, seed: 5}",
+    "stages.init.vocab_size=320",
+    "stages.warmup.epochs=2",
+    "stages.label_prompts.query=SELECT * FROM train_prompts WHERE gold_cot IS NULL ORDER BY prompt_id",
+    "stages.label_samples.samples=2",
+    "stages.label_samples.sampling={temperature: 1.0, max_new_tokens: 24}",
+    "stages.step_labels.completions=3",
+    "stages.step_labels.sampling={temperature: 1.0, max_new_tokens: 24}",
+    "stages.prm.epochs=2",
+    "stages.rollouts.samples=4",
+    "stages.rollouts.sampling={temperature: 1.0, max_new_tokens: 40}",
+];
+
+/// The tables of the sharded stages and of everything downstream of them.
+const PRM_TABLES: &[&str] =
+    &["label_samples", "step_labels", "prm_data", "rollouts", "verified", "step_scores", "scored", "selected", "prm_metrics", "prm_report"];
+
+fn run_prm(f: &Path, store: &str, extra: &[&str]) -> std::process::Output {
+    let mut c = bin();
+    c.arg("run").arg(f).args(["--store", store]);
+    for s in MICRO {
+        c.args(["--set", s]);
+    }
+    c.args(extra);
+    c.output().unwrap()
+}
+
+/// Columns whose last bits depend on which prompts a stage computes together (reported, not
+/// changed here): generate's `logprob` (the stage's prompt bucket, its longest prompt, sets
+/// the padded attention length; `model/generate.rs`) and, through it, verify's and the scores
+/// SQL's; prm_score's `score` (its micro-batches of right-padded responses). A shard computes
+/// its own prompts, so these agree to ~1e-8 relative, not to the bit; every other column
+/// (responses, tokens, seeds, labels, verdicts, metrics) is equal.
+const LAST_BITS: &[&str] = &["logprob", "logprob_mean", "score", "score_min", "score_mean", "score_last"];
+
+/// Every row of every table in `tables`, as JSON objects, in a total order.
+fn dump(store: &str, tables: &[&str]) -> Vec<(String, Vec<serde_json::Map<String, serde_json::Value>>)> {
+    tables
+        .iter()
+        .map(|t| {
+            let json = ok(bin().args(["sql", "--store", store, "--format", "json", &format!("SELECT * FROM {t}")])).0;
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{t}: {e}: {json}"));
+            let mut rows: Vec<_> = rows.into_iter().map(|r| r.as_object().unwrap().clone()).collect();
+            let exact = |r: &serde_json::Map<String, serde_json::Value>| {
+                r.iter().filter(|(k, _)| !LAST_BITS.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            };
+            rows.sort_by_key(|r| exact(r));
+            (t.to_string(), rows)
+        })
+        .collect()
+}
+
+/// The first difference between two dumps: any column but `LAST_BITS` must be equal, those
+/// within `rel` relative; None when they agree.
+fn difference(
+    a: &[(String, Vec<serde_json::Map<String, serde_json::Value>>)],
+    b: &[(String, Vec<serde_json::Map<String, serde_json::Value>>)],
+    rel: f64,
+) -> Option<String> {
+    for ((t, ra), (_, rb)) in a.iter().zip(b) {
+        if ra.len() != rb.len() {
+            return Some(format!("{t}: {} rows vs {}", ra.len(), rb.len()));
+        }
+        for (x, y) in ra.iter().zip(rb) {
+            for (k, v) in x {
+                let w = &y[k];
+                let same = match (LAST_BITS.contains(&k.as_str()), v.as_f64(), w.as_f64()) {
+                    (true, Some(p), Some(q)) => (p - q).abs() <= rel * p.abs().max(1.0),
+                    _ => v == w,
+                };
+                if !same {
+                    return Some(format!(
+                        "{t}.{k}: {v} vs {w}\n  row {}\n  row {}",
+                        serde_json::Value::Object(x.clone()),
+                        serde_json::Value::Object(y.clone())
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn local_4_shards_equal_1_shard() {
+    let d = tempfile::tempdir().unwrap();
+    let f = prm_pipeline(d.path());
+    let store = |n: &str| d.path().join(n).to_string_lossy().into_owned();
+    let t = std::time::Instant::now();
+    let out = run_prm(&f, &store("one"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let one_secs = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let out = run_prm(&f, &store("four"), &["--shards", "4"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let four_secs = t.elapsed().as_secs_f64();
+    eprintln!("prm micro pipeline: 1 shard {one_secs:.1}s, 4 shards {four_secs:.1}s");
+    // the four row-parallel stages ran as 4 workers each; the others in the run's process
+    assert_eq!(err.matches(": 4 shards (worker processes").count(), 5, "{err}");
+    for s in ["label_samples", "step_labels", "rollouts", "verified", "step_scores"] {
+        assert!(err.contains(&format!("  {s}: 4 shards")), "{s} not sharded: {err}");
+        assert!(err.contains(&format!("[shard 3/4] mstar worker: shard 3/4 of stage {s}")), "{err}");
+    }
+    let (a, b) = (dump(&store("one"), PRM_TABLES), dump(&store("four"), PRM_TABLES));
+    if let Some(d) = difference(&a, &b, 1e-6) {
+        panic!("4 shards differ from 1: {d}");
+    }
+    // each shard wrote its own file; the manifest lists them all, the job folder is gone
+    let files = sql_csv(&store("four"), "SELECT count(*) AS n FROM rollouts");
+    assert_eq!(files, sql_csv(&store("one"), "SELECT count(*) AS n FROM rollouts"));
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("four/_manifests/iteration=1/rollouts.json")).unwrap()).unwrap();
+    assert_eq!(m["files"].as_array().unwrap().len(), 4, "{m}");
+    assert!(!d.path().join("four/_shards").exists(), "the shard jobs and markers are removed after the commits");
+    let (st, _) = ok(bin().args(["status", &store("four")]));
+    assert!(st.contains("no orphaned files"), "{st}");
+    // the fingerprints do not depend on the shards: 1 shard over the 4-shard store skips all
+    let out = run_prm(&f, &store("four"), &[]);
+    assert!(out.status.success());
+    assert!(outcomes(&text(&out.stderr), "computed").is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn shard_settings_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let f = prm_pipeline(d.path());
+    let (_, _, err) = fails(bin().arg("validate").arg(&f).args(["--set", "stages.rollouts.shards=0", "--set", "stages.scored.shards=2"]));
+    assert!(err.contains("stages.rollouts.shards: shards must be at least 1"), "{err}");
+    assert!(
+        err.contains(
+            "stages.scored.shards: `shards: 2` applies to row-parallel operators (verify, generate, eval, prm_label, prm_score); `scored` is a `sql` stage"
+        ),
+        "{err}"
+    );
+    ok(bin().arg("validate").arg(&f).args(["--set", "stages.rollouts.shards=3"]));
+    let (_, _, err) = fails(bin().args(["run", "--shards", "0"]).arg(&f));
+    assert!(err.contains("--shards"), "{err}");
+    // a memory store cannot be shared with worker processes
+    let mut c = bin();
+    c.arg("run").arg(&f).args(["--store", "memory://shards/run", "--shards", "2"]);
+    for s in MICRO {
+        c.args(["--set", s]);
+    }
+    let (_, _, err) = fails(&mut c);
+    assert!(
+        err.contains("stage label_samples (iteration 0) failed: stage label_samples runs as 2 shards, but worker processes cannot open the in-process store"),
+        "{err}"
+    );
+    // a worker with no job to do
+    let store = d.path().join("s");
+    std::fs::create_dir_all(&store).unwrap();
+    let (_, _, err) = fails(bin().args(["worker", "--store"]).arg(&store).args(["--stage", "rollouts", "--iteration", "1", "--shard", "0/2"]));
+    assert!(err.contains("no sharded job for stage rollouts at iteration 1 in") && err.contains("_shards/iteration=1/rollouts/job.json"), "{err}");
+}
