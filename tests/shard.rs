@@ -1,6 +1,6 @@
 //! Sharded stages with the local executor: `mstar run --shards 4` (and `shards:` in a spec)
 //! computes every row-parallel stage as worker processes over a partition of its prompts, and
-//! its tables equal those of one shard row for row; bad shard
+//! its tables equal those of one shard row for row; a killed worker is rerun alone; bad shard
 //! settings are spec errors; a worker without a job says so.
 
 mod common;
@@ -143,6 +143,59 @@ fn local_4_shards_equal_1_shard() {
     let out = run_prm(&f, &store("four"), &[]);
     assert!(out.status.success());
     assert!(outcomes(&text(&out.stderr), "computed").is_empty(), "{}", text(&out.stderr));
+}
+
+/// A worker killed before its marker (MSTAR_FAULT_SHARD_EXIT) is rerun alone and the result
+/// equals one shard's; without retries the stage fails uncommitted, and the next run completes.
+#[test]
+fn a_killed_worker_is_rerun_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let f = prm_pipeline(d.path());
+    let store = |n: &str| d.path().join(n).to_string_lossy().into_owned();
+    let out = run_prm(&f, &store("one"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut c = bin();
+    c.env("MSTAR_FAULT_SHARD_EXIT", "rollouts:2");
+    let out = {
+        c.arg("run").arg(&f).args(["--store", &store("killed"), "--shards", "3"]);
+        for s in MICRO {
+            c.args(["--set", s]);
+        }
+        c.output().unwrap()
+    };
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("rollouts: shard 2/3 failed (killed by signal 9") && err.contains("rerunning it alone (retry 1 of 1)"), "{err}");
+    // only shard 2 ran twice
+    assert_eq!(err.matches("mstar worker: shard 2/3 of stage rollouts").count(), 1, "{err}");
+    assert_eq!(err.matches("mstar worker: shard 0/3 of stage rollouts").count(), 1, "{err}");
+    // a shard's rows do not depend on its process: equal to the bit to an uninterrupted 3-shard run
+    let out = run_prm(&f, &store("three"), &["--shards", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (a, b) = (dump(&store("three"), PRM_TABLES), dump(&store("killed"), PRM_TABLES));
+    if let Some(d) = difference(&a, &b, 0.0) {
+        panic!("a rerun shard changed the tables: {d}");
+    }
+    assert!(difference(&dump(&store("one"), PRM_TABLES), &b, 1e-6).is_none());
+    let (st, _) = ok(bin().args(["status", &store("killed")]));
+    assert!(st.contains("no orphaned files"), "the dead worker's files were left: {st}");
+
+    // no retries: the stage fails, names the shard, commits nothing; the next run completes it
+    let mut c = bin();
+    c.env("MSTAR_FAULT_SHARD_EXIT", "step_labels:0");
+    c.arg("run").arg(&f).args(["--store", &store("noretry"), "--shards", "2", "--shard-retries", "0"]);
+    for s in MICRO {
+        c.args(["--set", s]);
+    }
+    let (_, _, err) = fails(&mut c);
+    assert!(err.contains("stage step_labels (iteration 0) failed: 1 of 2 shards failed") && err.contains("shard 0/2: killed by signal 9"), "{err}");
+    assert!(!d.path().join("noretry/_manifests/iteration=0/step_labels.json").exists());
+    let out = run_prm(&f, &store("noretry"), &["--shards", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    if let Some(d) = difference(&dump(&store("one"), PRM_TABLES), &dump(&store("noretry"), PRM_TABLES), 1e-6) {
+        panic!("{d}");
+    }
 }
 
 #[test]
