@@ -252,3 +252,38 @@ fn manifest_commits_are_conditional_puts_on_s3() {
         assert_eq!(store.manifest("rollouts", 3).await.unwrap().unwrap().attempt, "aaaa");
     });
 }
+
+/// A sharded stage on S3: three `mstar worker` processes (the run's AWS_* settings inherited)
+/// write their files and markers to the bucket; the committed table equals one shard's and no
+/// shard job or marker is left.
+#[test]
+fn a_sharded_stage_on_s3() {
+    let Some(srv) = start() else { return };
+    let p = project();
+    let pipeline = p.path().join("pipelines/sharded.yaml");
+    std::fs::write(
+        &pipeline,
+        "extends: recorded.yaml\nstages:\n  - {id: vprompts, op: sql, scope: setup, query: \"SELECT *, CAST(NULL AS INT) AS precision, CAST(NULL AS VARCHAR[]) AS choices FROM prompts\"}\n  - {id: verified, op: verify, rollouts: rollouts, prompts: vprompts, shards: 3}\n",
+    )
+    .unwrap();
+    let store = "s3://bucket/runs/sharded";
+    let (_, err) = ok(s3(bin().arg("run").arg(&pipeline).args(["--store", store]), &srv));
+    assert_eq!(err.matches("verified: 3 shards").count(), 3, "{err}");
+    let local = p.path().join("one").to_string_lossy().into_owned();
+    ok(bin().arg("run").arg(&pipeline).args(["--store", &local, "--shards", "1"]));
+    let q = "SELECT * FROM verified ORDER BY iteration, prompt_id, sample_idx";
+    let (sharded, _) = ok(s3(bin().args(["sql", "--store", store, "--format", "csv", q]), &srv));
+    assert_eq!(sharded, sql_csv(&local, q));
+    let (n, _) = ok(s3(bin().args(["sql", "--store", store, "--format", "csv", "SELECT count(*) AS n FROM verified"]), &srv));
+    assert_eq!(n, "n\n960\n", "3 iterations of 320 rollouts");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(srv.root.path().join("bucket/runs/sharded/_manifests/iteration=2/verified.json")).unwrap()).unwrap();
+    assert_eq!(m["files"].as_array().unwrap().len(), 3, "{m}");
+    let mut left = vec![srv.root.path().join("bucket/runs/sharded/_shards")];
+    while let Some(d) = left.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            assert!(e.path().is_dir(), "left over: {}", e.path().display());
+            left.push(e.path());
+        }
+    }
+}
