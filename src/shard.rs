@@ -408,6 +408,13 @@ async fn clear_job(store: &RunStore, stage: &str, it: u32) -> Result<(), Error> 
     Ok(())
 }
 
+/// The GPU of worker `shard` when the run sees several (`CUDA_VISIBLE_DEVICES=0,1,2,3`): the
+/// shards go round the list, one device each; None leaves the variable as it is.
+pub fn gpu_for(visible: Option<&str>, shard: u32) -> Option<String> {
+    let devices: Vec<&str> = visible?.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    (devices.len() > 1).then(|| devices[shard as usize % devices.len()].to_string())
+}
+
 /// Runs one worker process per shard in `shards` at once and waits for them; the shards that
 /// failed, with why (exit status and the last line of their error output).
 async fn run_workers(store: &RunStore, stage: &str, it: u32, n: u32, shards: &[u32], threads: usize, first_round: bool) -> Result<Vec<(u32, String)>, Error> {
@@ -424,6 +431,18 @@ async fn run_workers(store: &RunStore, stage: &str, it: u32, n: u32, shards: &[u
             .kill_on_drop(true);
         if !first_round {
             cmd.env_remove("MSTAR_FAULT_SHARD_EXIT");
+        }
+        if let Some(dev) = gpu_for(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(), i) {
+            cmd.env("CUDA_VISIBLE_DEVICES", dev);
+        }
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the worker when
+        // the thread that started it (a runtime thread, alive until the run ends) dies, so a
+        // coordinator killed with SIGKILL leaves no workers behind
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().map_err(|e| Error::Usage(format!("cannot start worker {i}/{n} ({}): {e}", exe.display())))?;
         let stderr = child.stderr.take().expect("piped");
@@ -486,6 +505,17 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 200), "{counts:?}");
         assert_eq!([shard_of("a", 4), shard_of("synth-train-00000", 4), shard_of("synth-train-00001", 7)], [0, 3, 2]);
         assert!(ids.iter().all(|id| shard_of(id, 1) == 0));
+    }
+
+    #[test]
+    fn workers_go_round_the_visible_gpus() {
+        assert_eq!(gpu_for(Some("0,1,2,3"), 5).as_deref(), Some("1"));
+        assert_eq!(gpu_for(Some("2, 5"), 0).as_deref(), Some("2"));
+        assert_eq!(gpu_for(Some("GPU-abc,GPU-def"), 3).as_deref(), Some("GPU-def"));
+        // one device or none: the workers share what the run sees
+        assert_eq!(gpu_for(Some("3"), 1), None);
+        assert_eq!(gpu_for(Some(""), 1), None);
+        assert_eq!(gpu_for(None, 1), None);
     }
 
     #[test]

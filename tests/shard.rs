@@ -230,3 +230,50 @@ fn shard_settings_are_checked() {
     let (_, _, err) = fails(bin().args(["worker", "--store"]).arg(&store).args(["--stage", "rollouts", "--iteration", "1", "--shard", "0/2"]));
     assert!(err.contains("no sharded job for stage rollouts at iteration 1 in") && err.contains("_shards/iteration=1/rollouts/job.json"), "{err}");
 }
+
+/// The pids of running `mstar worker` processes of `store`.
+fn workers_of(store: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let zombie = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
+        if !zombie && args.iter().any(|a| a == "worker") && args.iter().any(|a| a == store) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A coordinator killed with SIGKILL takes its workers with it (PR_SET_PDEATHSIG).
+#[test]
+fn workers_die_with_their_coordinator() {
+    let d = tempfile::tempdir().unwrap();
+    let f = prm_pipeline(d.path());
+    let store = d.path().join("s").to_string_lossy().into_owned();
+    let mut c = bin();
+    c.env("MSTAR_FAULT_PAUSE_MS", "label_samples:60000").arg("run").arg(&f).args(["--store", &store, "--shards", "2", "--set", "rows_per_file=2"]);
+    for s in MICRO {
+        c.args(["--set", s]);
+    }
+    let mut run = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    let mut workers = workers_of(&store);
+    while workers.len() < 2 {
+        assert!(start.elapsed().as_secs() < 120, "no workers started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        workers = workers_of(&store);
+    }
+    // paused a minute after their first file
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(workers_of(&store), workers, "the workers should be paused");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let start = std::time::Instant::now();
+    while !workers_of(&store).is_empty() {
+        assert!(start.elapsed().as_secs() < 10, "workers outlived their coordinator: {:?}", workers_of(&store));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
