@@ -215,12 +215,16 @@ pub async fn run_worker(store: &RunStore, stage: &str, iteration: u32, shard_arg
     let files_attempt = format!("{}-s{:05}-{worker}", job.attempt, sh.index);
     let cancel = CancelToken::default();
     let raise = cancel.clone();
-    let watcher = tokio::spawn(async move {
+    let mut watcher = tokio::spawn(async move {
         runner::shutdown_signal().await;
         raise.cancel();
     });
     let pause = runner::fault_pause().get(stage).copied();
-    let computed = runner::compute(&p, store, &*ops[si], inst, &committed, pause, &cancel, &files_attempt, Some(sh)).await;
+    // Ctrl-C / SIGTERM stops the worker at once (as `mstar run`), its files uncommitted
+    let computed = tokio::select! {
+        r = runner::compute(&p, store, &*ops[si], inst, &committed, pause, &cancel, &files_attempt, Some(sh)) => r,
+        _ = &mut watcher => Err(Error::Interrupted),
+    };
     watcher.abort();
     let c = computed?;
     if c.kind != OutputKind::Table {

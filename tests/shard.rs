@@ -276,4 +276,40 @@ fn workers_die_with_their_coordinator() {
         assert!(start.elapsed().as_secs() < 10, "workers outlived their coordinator: {:?}", workers_of(&store));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // a worker stops at SIGTERM, also in the middle of its stage
+    let mut c = bin();
+    c.env("MSTAR_FAULT_PAUSE_MS", "label_samples:60000").args(["worker", "--store", &store, "--stage", "label_samples", "--iteration", "0", "--shard", "0/2"]);
+    std::fs::create_dir_all(d.path().join("s/_shards/iteration=0/label_samples")).unwrap();
+    let job = serde_json::json!({"stage": "label_samples", "iteration": 0, "fingerprint": plan_fingerprint(&store, "label_samples"), "shards": 2,
+        "attempt": "t", "pipeline_dir": d.path(), "created_at": ""});
+    std::fs::write(d.path().join("s/_shards/iteration=0/label_samples/job.json"), job.to_string()).unwrap();
+    let mut w = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while workers_of(&store).is_empty() {
+        assert!(start.elapsed().as_secs() < 60, "the worker did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    sigterm(w.id());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed().as_secs() < 10, "the worker ignored SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut w.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success() && err.contains("interrupted"), "{status:?}: {err}");
+}
+
+fn plan_fingerprint(store: &str, stage: &str) -> String {
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(store).join("plan.json")).unwrap()).unwrap();
+    plan["instances"].as_array().unwrap().iter().find(|i| i["stage"] == stage).unwrap()["fingerprint"].as_str().unwrap().to_string()
+}
+
+fn sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(ok.success());
 }
