@@ -12,6 +12,7 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod schemas;
+pub mod shard;
 pub mod spec;
 pub mod sql;
 pub mod status;

@@ -34,9 +34,33 @@ enum Cmd {
         /// Run even if the store holds a run of a differently named pipeline
         #[arg(long)]
         allow_other_pipeline: bool,
+        /// Compute every row-parallel stage (generate, verify, eval, prm_label, prm_score) as N
+        /// shards, one `mstar worker` process each (overrides the stages' `shards:`)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        shards: Option<u32>,
+        /// How many times a failed shard is rerun alone before its stage fails
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        shard_retries: u32,
         /// How to print the summary query's result
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+    },
+    /// Compute one shard of a sharded stage of a running `mstar run` (which starts its workers
+    /// itself; run it by hand, or as a Slurm array task or a Kubernetes Indexed Job).
+    Worker {
+        /// The run store (path, file://, s3://bucket/prefix)
+        #[arg(long)]
+        store: String,
+        /// The stage's id
+        #[arg(long)]
+        stage: String,
+        /// The iteration (0 for a setup stage)
+        #[arg(long)]
+        iteration: u32,
+        /// i/N: shard i (0-based) of N; /N or nothing: i from SLURM_ARRAY_TASK_ID or
+        /// JOB_COMPLETION_INDEX, N from the coordinator's job
+        #[arg(long, value_name = "i/N")]
+        shard: Option<String>,
     },
     /// Check a pipeline spec and print every error with its YAML path and position.
     Validate {
@@ -395,7 +419,7 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Run { pipeline, set, store, from, allow_other_pipeline, format } => {
+        Cmd::Run { pipeline, set, store, from, allow_other_pipeline, shards, shard_retries, format } => {
             let Some(p) = load(&pipeline, &set, &store)? else { return Ok(2) };
             // a path on the command line is relative to the working directory (as in `sql`,
             // `status`, every CLI); one written in the pipeline file, to the file's folder
@@ -406,9 +430,15 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
             };
             let rs = RunStore::open(&location)?;
             let from = from.map(|f| runner::parse_from(&f)).transpose()?;
-            let mut report =
-                runner::run(&p, &rs, &RunOptions { from, allow_other_pipeline, memory_mb: settings.memory_mb, fault_pause: settings.fault_pause.clone() })
-                    .await?;
+            let opts = RunOptions {
+                from,
+                allow_other_pipeline,
+                memory_mb: settings.memory_mb,
+                fault_pause: settings.fault_pause.clone(),
+                shards,
+                shard_retries: Some(shard_retries),
+            };
+            let mut report = runner::run(&p, &rs, &opts).await?;
             if let Some(batches) = report.summary.take() {
                 let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
                 let stream =
@@ -416,6 +446,19 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
                 write_stream(stream, format, stdout()).await?;
             }
             eprintln!("mstar: {} · store {}", report.totals(), rs.display());
+            Ok(0)
+        }
+        Cmd::Worker { store, stage, iteration, shard } => {
+            let rs = RunStore::open_existing(&store)?;
+            let m = mstar::shard::run_worker(&rs, &stage, iteration, shard.as_deref(), settings.memory_mb, &settings.fault_pause).await?;
+            eprintln!(
+                "mstar worker: shard {}/{} of stage {stage} at iteration {iteration}: {} rows in {} files, {:.2}s",
+                m.shard,
+                m.shards,
+                m.rows,
+                m.files.len(),
+                m.duration_ms as f64 / 1000.0
+            );
             Ok(0)
         }
         Cmd::Status { store, store_flag, format } => {

@@ -33,6 +33,10 @@ pub struct RunOptions {
     /// Test hook: a pause after each file the named stages write, so a crash test can kill the
     /// run mid-stage; the CLI's `MSTAR_FAULT_PAUSE_MS` ([`parse_fault_pause`]).
     pub fault_pause: BTreeMap<String, Duration>,
+    /// `--shards N`: every row-parallel stage is computed as N shards (overrides `shards:`).
+    pub shards: Option<u32>,
+    /// How many times a failed shard is rerun alone before the stage fails (default 1).
+    pub shard_retries: Option<u32>,
 }
 
 /// run.json: who the store belongs to and which specs ran on it.
@@ -190,7 +194,7 @@ pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<Ru
     result.map(|report| RunReport { elapsed: started.elapsed(), ..report })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -251,11 +255,13 @@ async fn run_locked(
         }
         let si = p.stages.iter().position(|s| s.id == inst.stage).expect("planned stage");
         let started = Instant::now();
-        let m = execute(p, store, &*ops[si], inst, &committed, current, opts, cancel).await.map_err(|e| Error::Stage {
-            stage: inst.stage.clone(),
-            iteration: inst.iteration,
-            error: Box::new(e),
-        })?;
+        let shards = crate::shard::shards_for(&p.stages[si], opts.shards);
+        let m = if shards > 1 {
+            crate::shard::coordinate(p, store, inst, &committed, current, shards, opts.shard_retries.unwrap_or(1)).await
+        } else {
+            execute(p, store, &*ops[si], inst, &committed, current, opts, cancel).await
+        }
+        .map_err(|e| Error::Stage { stage: inst.stage.clone(), iteration: inst.iteration, error: Box::new(e) })?;
         let secs = started.elapsed().as_secs_f64();
         eta.record(&inst.stage, secs);
         let left: Vec<&str> = plan.instances.iter().zip(&todo).skip(k + 1).filter(|(_, t)| **t).map(|(i, _)| i.stage.as_str()).collect();
@@ -331,18 +337,84 @@ async fn execute(
     opts: &RunOptions,
     cancel: &CancelToken,
 ) -> Result<Manifest, Error> {
-    let pause = opts.fault_pause.get(&inst.stage).copied();
     let started_at = chrono::Utc::now();
     let clock = Instant::now();
     // Leftovers of attempts that crashed before committing.
     for stale in store.uncommitted_files(&inst.stage, inst.iteration, current).await? {
         store.delete(&stale.location).await?;
     }
-    let session = crate::sql::new_session_with(opts.memory_mb);
+    let attempt = attempt_id();
+    let c = compute(p, store, op, inst, committed, opts.fault_pause.get(&inst.stage).copied(), opts.memory_mb, cancel, &attempt, None).await?;
+    let m = Manifest {
+        format: MANIFEST_FORMAT,
+        stage: inst.stage.clone(),
+        iteration: inst.iteration,
+        op: inst.op.clone(),
+        fingerprint: inst.fingerprint.clone(),
+        attempt,
+        kind: c.kind,
+        files: c.files,
+        rows: c.rows,
+        bytes: c.bytes,
+        schema: c.schema,
+        inputs: manifest_inputs(inst),
+        side: c.side,
+        started_at: started_at.to_rfc3339(),
+        finished_at: chrono::Utc::now().to_rfc3339(),
+        duration_ms: clock.elapsed().as_millis() as u64,
+        mstar_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    commit(store, &m, current).await?;
+    Ok(m)
+}
+
+/// Commits `m` over `current`; a lost race deletes this attempt's files (unique to it).
+pub(crate) async fn commit(store: &RunStore, m: &Manifest, current: Option<&Manifest>) -> Result<(), Error> {
+    if let Err(e) = store.commit(m, current).await {
+        if matches!(e, crate::store::StoreError::Conflict(_)) {
+            for f in m.all_files() {
+                let _ = store.delete(&store.loc.path(&f.path)).await;
+            }
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// What a stage instance read, as its manifest records it.
+pub(crate) fn manifest_inputs(inst: &Instance) -> Vec<ManifestInput> {
+    inst.inputs.iter().map(|i| ManifestInput { stage: i.stage.clone(), iterations: i.iterations.clone(), fingerprints: i.fingerprints.clone() }).collect()
+}
+
+/// The files an operator wrote for one stage instance (or one shard of it), not yet committed.
+pub(crate) struct Computed {
+    pub kind: OutputKind,
+    pub files: Vec<crate::store::FileEntry>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub schema: Option<Schema>,
+    pub side: Vec<SideTable>,
+}
+
+/// Runs the operator of `inst` over its committed inputs and writes its output under
+/// `attempt`. With `shard`, the stage's driving input holds only that shard's prompts.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn compute(
+    p: &Pipeline,
+    store: &RunStore,
+    op: &dyn ops::Operator,
+    inst: &Instance,
+    committed: &BTreeMap<(String, u32), Manifest>,
+    pause: Option<Duration>,
+    memory_mb: Option<usize>,
+    cancel: &CancelToken,
+    attempt: &str,
+    shard: Option<crate::shard::Shard>,
+) -> Result<Computed, Error> {
+    let session = crate::sql::new_session_with(memory_mb);
     crate::sql::attach_store(&session, store, true);
     let mut input_schemas = Vec::new();
     let mut input_manifests = Vec::new();
-    let mut manifest_inputs = Vec::new();
     for input in &inst.inputs {
         let ms: Vec<&Manifest> = input.iterations.iter().filter_map(|it| committed.get(&(input.stage.clone(), *it))).collect();
         for (it, fp) in input.iterations.iter().zip(&input.fingerprints) {
@@ -358,12 +430,13 @@ async fn execute(
             }
         }
         input_manifests.push((input.stage.clone(), ms.iter().map(|m| (*m).clone()).collect()));
-        manifest_inputs.push(ManifestInput { stage: input.stage.clone(), iterations: input.iterations.clone(), fingerprints: input.fingerprints.clone() });
     }
     let stage = p.stage(&inst.stage).expect("planned stage");
-    let attempt = attempt_id();
+    if let Some(sh) = shard {
+        crate::shard::partition_input(&session, stage, sh).await?;
+    }
     let ctx = OpContext {
-        attempt: attempt.clone(),
+        attempt: attempt.to_string(),
         pipeline: p,
         stage,
         iteration: inst.iteration,
@@ -390,7 +463,7 @@ async fn execute(
             let w = writer::write_table(
                 store,
                 &RunStore::table_dir(&inst.stage, inst.iteration),
-                &attempt,
+                attempt,
                 out_schema,
                 Box::pin(stream),
                 &WriteOptions { rows_per_file: p.rows_per_file, pause_per_file: pause },
@@ -419,27 +492,7 @@ async fn execute(
         .await?;
         side.push(SideTable { name, files: w.files, rows: w.rows, schema: w.schema.as_ref().clone() });
     }
-    let m = Manifest {
-        format: MANIFEST_FORMAT,
-        stage: inst.stage.clone(),
-        iteration: inst.iteration,
-        op: inst.op.clone(),
-        fingerprint: inst.fingerprint.clone(),
-        attempt,
-        kind,
-        files,
-        rows,
-        bytes,
-        schema,
-        inputs: manifest_inputs,
-        side,
-        started_at: started_at.to_rfc3339(),
-        finished_at: chrono::Utc::now().to_rfc3339(),
-        duration_ms: clock.elapsed().as_millis() as u64,
-        mstar_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    store.commit(&m, current).await?;
-    Ok(m)
+    Ok(Computed { kind, files, rows, bytes, schema, side })
 }
 
 fn columns(s: &Schema) -> String {
@@ -468,7 +521,7 @@ fn add_iteration(target: &SchemaRef, b: &RecordBatch, it: i64) -> Result<RecordB
     RecordBatch::try_new(target.clone(), cols)
 }
 
-fn attempt_id() -> String {
+pub(crate) fn attempt_id() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let h = sha2::Sha256::digest(format!("{nanos}-{}", std::process::id()).as_bytes());
     use sha2::Digest;

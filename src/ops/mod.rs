@@ -6,23 +6,28 @@ pub mod train_hf;
 
 /// Every operator: the name a stage's `op:` gives, its module, and its config type. A new
 /// operator is a file (its config, its checks, the operator) and one line here.
+///
+/// `shard_by: KEY` marks a row-parallel operator: the stage its config key `KEY` names is its
+/// driving input, which a sharded stage (`shards: N`) partitions by prompt_id (`crate::shard`).
 macro_rules! registry {
-    ($($name:literal => $module:ident :: $config:ident,)*) => {
+    ($($name:literal => $module:ident :: $config:ident $(, shard_by: $key:literal)?;)*) => {
         $(pub mod $module;)*
-        pub const REGISTRY: &[OpKind] = &[$(OpKind::of::<$module::$config>($name)),*];
+        pub const REGISTRY: &[OpKind] = &[$(OpKind::of::<$module::$config>($name, registry!(@key $($key)?))),*];
     };
+    (@key $key:literal) => { Some($key) };
+    (@key) => { None };
 }
 
 registry! {
-    "import" => import::ImportSpec,
-    "sql" => sql::SqlSpec,
-    "verify" => verify::VerifySpec,
-    "model_init" => model_init::ModelInitSpec,
-    "train" => train::TrainSpec,
-    "generate" => generate::GenerateSpec,
-    "eval" => eval::EvalSpec,
-    "prm_label" => prm_label::PrmLabelSpec,
-    "prm_score" => prm_score::PrmScoreSpec,
+    "import" => import::ImportSpec;
+    "sql" => sql::SqlSpec;
+    "verify" => verify::VerifySpec, shard_by: "rollouts";
+    "model_init" => model_init::ModelInitSpec;
+    "train" => train::TrainSpec;
+    "generate" => generate::GenerateSpec, shard_by: "prompts";
+    "eval" => eval::EvalSpec, shard_by: "prompts";
+    "prm_label" => prm_label::PrmLabelSpec, shard_by: "rollouts";
+    "prm_score" => prm_score::PrmScoreSpec, shard_by: "rollouts";
 }
 
 use crate::spec::{Decoder, Pipeline, Scope, Seg, StageCheck, StageSpec};
@@ -185,11 +190,13 @@ pub struct OpKind {
     /// Decodes the stage's op keys (at `at` in the spec, for op `name`), recording errors on
     /// the decoder.
     pub decode: DecodeFn,
+    /// Row-parallel operators: the config key that names the driving input stage.
+    pub shard_by: Option<&'static str>,
 }
 
 impl OpKind {
-    pub const fn of<C: OpConfig + serde::de::DeserializeOwned + 'static>(name: &'static str) -> Self {
-        OpKind { name, decode: decode_config::<C> }
+    pub const fn of<C: OpConfig + serde::de::DeserializeOwned + 'static>(name: &'static str, shard_by: Option<&'static str>) -> Self {
+        OpKind { name, decode: decode_config::<C>, shard_by }
     }
 
     /// The registered operator of this name.

@@ -240,9 +240,13 @@ struct StageCommon {
     /// Iteration stages: run at iterations 1, 1 + every, 1 + 2·every, … (default every one).
     #[serde(default)]
     every: Option<u32>,
+    /// Row-parallel stages: computed as this many shards (worker processes), each over one
+    /// partition of the driving input by prompt_id (default 1).
+    #[serde(default)]
+    shards: Option<u32>,
 }
 
-pub(crate) const COMMON_KEYS: &[&str] = &["id", "op", "scope", "inputs", "description", "params", "every"];
+pub(crate) const COMMON_KEYS: &[&str] = &["id", "op", "scope", "inputs", "description", "params", "every", "shards"];
 
 /// An input of a stage: another stage's table, either up to this iteration or only the
 /// iterations before it (`name@prev`, which may point at a later stage without a cycle).
@@ -284,6 +288,9 @@ pub struct StageSpec {
     pub op_fields: Value,
     /// SQL stages: the query text with `${…}` parameters not yet substituted.
     pub sql_template: Option<String>,
+    /// How many shards compute the stage (1: in the run's own process). Not part of the
+    /// fingerprint: N shards commit the same table as one.
+    pub shards: u32,
 }
 
 /// A validated pipeline, ready to plan.
@@ -588,6 +595,23 @@ impl Validator<'_> {
                 }
                 _ => {}
             }
+            let shard_by = op.as_ref().and_then(|(name, _)| crate::ops::OpKind::find(name)).and_then(|k| k.shard_by);
+            match common.shards {
+                Some(0) => self.dec.error(&at("shards"), "shards must be at least 1"),
+                Some(n) if n > 1 && shard_by.is_none() => {
+                    let ops: Vec<&str> = crate::ops::REGISTRY.iter().filter(|k| k.shard_by.is_some()).map(|k| k.name).collect();
+                    self.dec.error(
+                        &at("shards"),
+                        format!(
+                            "`shards: {n}` applies to row-parallel operators ({}); `{}` is a `{}` stage",
+                            ops.join(", "),
+                            common.id,
+                            op.as_ref().map_or(common.op.as_str(), |(name, _)| name)
+                        ),
+                    )
+                }
+                _ => {}
+            }
             let mut c = StageCheck {
                 dec: &mut self.dec,
                 base_dir: &self.base_dir,
@@ -620,6 +644,7 @@ impl Validator<'_> {
                     op,
                     op_fields: op_json,
                     sql_template,
+                    shards: common.shards.unwrap_or(1).max(1),
                 });
             }
         }

@@ -22,6 +22,54 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(SynthCellLabels::default()));
     ctx.register_udf(ScalarUDF::from(SynthCellLabels { full: true, ..Default::default() }));
     ctx.register_udf(ScalarUDF::from(SynthDrills::default()));
+    ctx.register_udf(ScalarUDF::from(ShardOf::default()));
+}
+
+/// `shard_of(prompt_id, n)`: the shard (0..n) a sharded stage computes this prompt in
+/// (`crate::shard::shard_of`: FNV-1a of the id's UTF-8 bytes mod n); NULL id → NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ShardOf {
+    signature: Signature,
+}
+
+impl Default for ShardOf {
+    fn default() -> Self {
+        Self { signature: Signature::user_defined(Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for ShardOf {
+    fn name(&self) -> &str {
+        "shard_of"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, t: &[DataType]) -> Result<Vec<DataType>> {
+        coerce(self.name(), t, &['s', 'i'])
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = arrays(&args)?;
+        let ids = strings(&a[0])?;
+        let n = cast(&a[1], &DataType::Int32)?;
+        let n = n.as_primitive::<arrow::datatypes::Int32Type>();
+        let mut out = arrow::array::Int32Builder::with_capacity(ids.len());
+        for i in 0..ids.len() {
+            if ids.is_null(i) || n.is_null(i) {
+                out.append_null();
+                continue;
+            }
+            let k = n.value(i);
+            if k < 1 {
+                return Err(DataFusionError::Execution(format!("shard_of: the number of shards must be at least 1, got {k}")));
+            }
+            out.append_value(crate::shard::shard_of(ids.value(i), k as u32) as i32);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
 }
 
 fn utf8_list() -> DataType {

@@ -11,7 +11,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -36,6 +36,9 @@ pub enum StoreError {
     Corrupt { path: String, message: String },
     #[error("{0}")]
     Locked(String),
+    /// A conditional commit lost: another writer committed the stage first.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Other(String),
 }
@@ -344,8 +347,36 @@ impl RunStore {
     /// Commits a stage: its data files must already be written. The manifest is the last
     /// object written, so readers never see a half-written stage. Files of the manifest it
     /// replaces are deleted afterwards.
+    ///
+    /// The commit is conditional: it succeeds only if the stored manifest is still `replaced`
+    /// (none when `replaced` is None), checked by its attempt id and written with a put that
+    /// the store refuses if the object changed since it was read (S3 and memory: `If-None-Match`
+    /// / `If-Match` on the e_tag; a local folder: the same check under an exclusive file lock,
+    /// see [`RunStore::put_if`]). A writer that lost gets [`StoreError::Conflict`] naming the
+    /// stage and iteration; the winner's manifest is never overwritten.
     pub async fn commit(&self, m: &Manifest, replaced: Option<&Manifest>) -> Result<()> {
-        self.write_json(&Self::manifest_rel(&m.stage, m.iteration), m).await?;
+        let rel = Self::manifest_rel(&m.stage, m.iteration);
+        let mut body = serde_json::to_vec_pretty(m).map_err(|e| StoreError::Other(e.to_string()))?;
+        body.push(b'\n');
+        let lost = |found: Option<&str>| {
+            StoreError::Conflict(format!(
+                "stage {} at iteration {}: another writer committed it first (the stored manifest {}, this commit expected {}); \
+                 attempt {} was not committed",
+                m.stage,
+                m.iteration,
+                found.map(|a| format!("is attempt {a}")).unwrap_or_else(|| "changed while this commit wrote it".into()),
+                replaced.map(|r| format!("attempt {}", r.attempt)).unwrap_or_else(|| "no manifest".into()),
+                m.attempt
+            ))
+        };
+        let current = self.read_versioned::<Manifest>(&rel).await?;
+        let found = current.as_ref().map(|(c, _)| c.attempt.as_str());
+        if found != replaced.map(|r| r.attempt.as_str()) {
+            return Err(lost(found));
+        }
+        if !self.put_if(&rel, body, current.as_ref().map(|(_, v)| v)).await? {
+            return Err(lost(None));
+        }
         if let Some(old) = replaced {
             for f in old.all_files() {
                 if !m.all_files().any(|n| n.path == f.path) {
@@ -354,6 +385,64 @@ impl RunStore {
             }
         }
         Ok(())
+    }
+
+    /// An object decoded from JSON with the version (e_tag, version) it was read at.
+    pub async fn read_versioned<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<(T, UpdateVersion)>> {
+        let r = match self.loc.store.get(&self.loc.path(rel)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let version = UpdateVersion { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
+        let b = r.bytes().await?;
+        let v = serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt { path: format!("{}/{rel}", self.display()), message: e.to_string() })?;
+        Ok(Some((v, version)))
+    }
+
+    /// Writes `rel` only if it is still at `expected` (None: only if it does not exist);
+    /// false when another writer got there first. On S3 and memory stores this is
+    /// object_store's conditional put (`PutMode::Create`, `PutMode::Update`). object_store's
+    /// local file system has no `PutMode::Update`, so a local store compares the file's e_tag
+    /// (inode, mtime, size) under an exclusive `flock` of `_manifests/.commit-lock`, held by
+    /// every local commit, and then replaces the file by an atomic rename (readers never see
+    /// it missing or half-written). That excludes every mstar writer on this host and on file
+    /// systems where flock is honoured across hosts (local disks, NFSv4, Lustre with flock);
+    /// a shared file system without flock is not protected.
+    pub async fn put_if(&self, rel: &str, body: Vec<u8>, expected: Option<&UpdateVersion>) -> Result<bool> {
+        let path = self.loc.path(rel);
+        if let Some(root) = self.loc.local_root() {
+            let lock_path = root.join(MANIFESTS).join(".commit-lock");
+            let guard = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+                std::fs::create_dir_all(lock_path.parent().expect("below the root"))?;
+                let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+                f.lock()?;
+                Ok(f)
+            })
+            .await
+            .map_err(|e| StoreError::Other(format!("commit lock: {e}")))?
+            .map_err(|e| StoreError::Other(format!("{}/{MANIFESTS}/.commit-lock: cannot lock it for a commit: {e}", self.display())))?;
+            let now = match self.loc.store.head(&path).await {
+                Ok(meta) => Some(meta.e_tag),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let won = now.as_ref() == expected.map(|v| &v.e_tag);
+            if won {
+                self.loc.store.put(&path, PutPayload::from(body)).await?;
+            }
+            drop(guard);
+            return Ok(won);
+        }
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(v.clone()),
+        };
+        match self.loc.store.put_opts(&path, PutPayload::from(body), PutOptions { mode, ..Default::default() }).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a stage's committed manifest (its files stay until the stage is rewritten).
@@ -452,5 +541,77 @@ mod tests {
         assert_eq!(f.prefix, l.prefix);
         assert!(Location::open("ftp://x").is_err());
         assert!(Location::open("s3://").is_err());
+    }
+
+    fn manifest(attempt: &str) -> Manifest {
+        Manifest {
+            format: manifest::MANIFEST_FORMAT,
+            stage: "rollouts".into(),
+            iteration: 2,
+            op: "generate".into(),
+            fingerprint: "f".into(),
+            attempt: attempt.into(),
+            kind: manifest::OutputKind::Table,
+            files: vec![FileEntry { path: format!("tables/rollouts/iteration=2/part-{attempt}-00000.parquet"), bytes: 1, rows: Some(1) }],
+            rows: 1,
+            bytes: 1,
+            schema: None,
+            inputs: vec![],
+            side: vec![],
+            started_at: String::new(),
+            finished_at: String::new(),
+            duration_ms: 0,
+            mstar_version: String::new(),
+        }
+    }
+
+    /// Commits only replace the manifest they expect; a stale writer gets a conflict naming the
+    /// stage and iteration, and the stored manifest stays the winner's.
+    async fn commits_are_conditional(store: RunStore) {
+        let (a, b, c) = (manifest("aaaa"), manifest("bbbb"), manifest("cccc"));
+        store.commit(&a, None).await.unwrap();
+        // a second first commit loses
+        let e = store.commit(&b, None).await.unwrap_err().to_string();
+        assert!(e.contains("stage rollouts at iteration 2: another writer committed it first") && e.contains("attempt aaaa"), "{e}");
+        store.commit(&c, Some(&a)).await.unwrap();
+        // a writer that still believes `a` is committed loses
+        let e = store.commit(&b, Some(&a)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)) && e.to_string().contains("is attempt cccc, this commit expected attempt aaaa"), "{e}");
+        assert_eq!(store.manifest("rollouts", 2).await.unwrap().unwrap().attempt, "cccc");
+        // the put itself is conditional: a version read before another writer replaced the
+        // object no longer matches
+        let rel = RunStore::manifest_rel("rollouts", 2);
+        let (_, v) = store.read_versioned::<Manifest>(&rel).await.unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store.write_json(&rel, &b).await.unwrap();
+        assert!(!store.put_if(&rel, b"{}".to_vec(), Some(&v)).await.unwrap());
+        assert!(!store.put_if(&rel, b"{}".to_vec(), None).await.unwrap());
+        assert_eq!(store.manifest("rollouts", 2).await.unwrap().unwrap().attempt, "bbbb");
+        let (_, v) = store.read_versioned::<Manifest>(&rel).await.unwrap().unwrap();
+        assert!(store.put_if(&rel, serde_json::to_vec(&a).unwrap(), Some(&v)).await.unwrap());
+        // racing first commits: exactly one wins
+        store.uncommit("rollouts", 2).await.unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|k| {
+                let s = store.clone();
+                tokio::spawn(async move { s.commit(&manifest(&format!("w{k}")), None).await.is_ok() })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tasks {
+            won += t.await.unwrap() as usize;
+        }
+        assert_eq!(won, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn local_commits_are_conditional() {
+        let dir = tempfile::tempdir().unwrap();
+        commits_are_conditional(RunStore::open(dir.path().to_str().unwrap()).unwrap()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_commits_are_conditional() {
+        commits_are_conditional(RunStore::open("memory://conditional-commits/run").unwrap()).await;
     }
 }
