@@ -6,39 +6,10 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn pipeline(dir: &Path) -> std::path::PathBuf {
-    let f = dir.join("p.yaml");
-    std::fs::write(&f, std::fs::read_to_string(repo().join("pipelines/prm.yaml")).unwrap()).unwrap();
-    // the repository's sql/ next to the pipeline
-    let sql = dir.join("sql");
-    std::fs::create_dir_all(&sql).unwrap();
-    for e in std::fs::read_dir(repo().join("sql")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), sql.join(e.file_name())).unwrap();
-    }
-    f
-}
-
-/// Shrinks pipelines/prm.yaml to seconds: fewer prompts, samples, completions and steps.
-const MICRO: &[&str] = &[
-    "datasets.train.synth={split: train, count: 24, cot: 16, seed: 5}",
-    "datasets.test.synth={split: test, count: 6, seed: 5}",
-    "stages.init.vocab_size=320",
-    "stages.warmup.epochs=2",
-    "stages.label_prompts.query=SELECT * FROM train_prompts WHERE gold_cot IS NULL ORDER BY prompt_id",
-    "stages.label_samples.samples=2",
-    "stages.label_samples.sampling={temperature: 1.0, max_new_tokens: 24}",
-    "stages.step_labels.completions=3",
-    "stages.step_labels.sampling={temperature: 1.0, max_new_tokens: 24}",
-    "stages.prm.epochs=2",
-    "stages.rollouts.samples=4",
-    "stages.rollouts.sampling={temperature: 1.0, max_new_tokens: 40}",
-];
-
 fn run(f: &Path, store: &str, extra: &[&str]) -> String {
     let mut c = bin();
     c.arg("run").arg(f).args(["--store", store]);
-    for s in MICRO.iter().chain(extra) {
+    for s in PRM_MICRO.iter().chain(extra) {
         c.args(["--set", s]);
     }
     ok(&mut c).1
@@ -49,7 +20,7 @@ const LABELS: &str = "SELECT prompt_id, sample_idx, step_idx, n, successes, soft
 #[test]
 fn prm_pipeline_labels_trains_scores_and_selects() {
     let d = tempfile::tempdir().unwrap();
-    let f = pipeline(d.path());
+    let f = prm_pipeline(d.path());
     let store = |n: &str| d.path().join(n).to_string_lossy().into_owned();
     run(&f, &store("a"), &[]);
     let s = store("a");
@@ -109,11 +80,11 @@ fn prm_pipeline_labels_trains_scores_and_selects() {
 #[test]
 fn scoring_with_a_policy_checkpoint_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
-    let f = pipeline(d.path());
+    let f = prm_pipeline(d.path());
     let store = d.path().join("s").to_string_lossy().into_owned();
     let mut c = bin();
     c.arg("run").arg(&f).args(["--store", &store]);
-    for s in MICRO.iter().chain(&["stages.step_scores.prm=[warmup]"]) {
+    for s in PRM_MICRO.iter().chain(&["stages.step_scores.prm=[warmup]"]) {
         c.args(["--set", s]);
     }
     let (_, _, err) = fails(&mut c);

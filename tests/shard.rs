@@ -7,35 +7,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// pipelines/prm.yaml at micro size: generate (label_samples, rollouts), prm_label, the PRM
-/// trained on the labels, verify and prm_score; with the SQL it reads.
-fn prm_pipeline(dir: &Path) -> std::path::PathBuf {
-    let f = dir.join("p.yaml");
-    std::fs::write(&f, std::fs::read_to_string(repo().join("pipelines/prm.yaml")).unwrap()).unwrap();
-    let sql = dir.join("sql");
-    std::fs::create_dir_all(&sql).unwrap();
-    for e in std::fs::read_dir(repo().join("sql")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), sql.join(e.file_name())).unwrap();
-    }
-    f
-}
-
-const MICRO: &[&str] = &[
-    "datasets.train.synth={split: train, count: 24, cot: 16, seed: 5}",
-    "datasets.test.synth={split: test, count: 6, seed: 5}",
-    "stages.init.vocab_size=320",
-    "stages.warmup.epochs=2",
-    "stages.label_prompts.query=SELECT * FROM train_prompts WHERE gold_cot IS NULL ORDER BY prompt_id",
-    "stages.label_samples.samples=2",
-    "stages.label_samples.sampling={temperature: 1.0, max_new_tokens: 24}",
-    "stages.step_labels.completions=3",
-    "stages.step_labels.sampling={temperature: 1.0, max_new_tokens: 24}",
-    "stages.prm.epochs=2",
-    "stages.rollouts.samples=4",
-    "stages.rollouts.sampling={temperature: 1.0, max_new_tokens: 40}",
-];
-
 /// The tables of the sharded stages and of everything downstream of them.
 const PRM_TABLES: &[&str] =
     &["label_samples", "step_labels", "prm_data", "rollouts", "verified", "step_scores", "scored", "selected", "prm_metrics", "prm_report"];
@@ -43,7 +14,7 @@ const PRM_TABLES: &[&str] =
 fn run_prm(f: &Path, store: &str, extra: &[&str]) -> std::process::Output {
     let mut c = bin();
     c.arg("run").arg(f).args(["--store", store]);
-    for s in MICRO {
+    for s in PRM_MICRO {
         c.args(["--set", s]);
     }
     c.args(extra);
@@ -159,7 +130,7 @@ fn a_killed_worker_is_rerun_alone() {
     c.env("MSTAR_FAULT_SHARD_EXIT", "rollouts:2");
     let out = {
         c.arg("run").arg(&f).args(["--store", &store("killed"), "--shards", "3"]);
-        for s in MICRO {
+        for s in PRM_MICRO {
             c.args(["--set", s]);
         }
         c.output().unwrap()
@@ -185,7 +156,7 @@ fn a_killed_worker_is_rerun_alone() {
     let mut c = bin();
     c.env("MSTAR_FAULT_SHARD_EXIT", "step_labels:0");
     c.arg("run").arg(&f).args(["--store", &store("noretry"), "--shards", "2", "--shard-retries", "0"]);
-    for s in MICRO {
+    for s in PRM_MICRO {
         c.args(["--set", s]);
     }
     let (_, _, err) = fails(&mut c);
@@ -216,7 +187,7 @@ fn shard_settings_are_checked() {
     // a memory store cannot be shared with worker processes
     let mut c = bin();
     c.arg("run").arg(&f).args(["--store", "memory://shards/run", "--shards", "2"]);
-    for s in MICRO {
+    for s in PRM_MICRO {
         c.args(["--set", s]);
     }
     let (_, _, err) = fails(&mut c);
@@ -255,7 +226,7 @@ fn workers_die_with_their_coordinator() {
     let store = d.path().join("s").to_string_lossy().into_owned();
     let mut c = bin();
     c.env("MSTAR_FAULT_PAUSE_MS", "label_samples:60000").arg("run").arg(&f).args(["--store", &store, "--shards", "2", "--set", "rows_per_file=2"]);
-    for s in MICRO {
+    for s in PRM_MICRO {
         c.args(["--set", s]);
     }
     let mut run = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();

@@ -145,3 +145,34 @@ pub fn dump_tables(store: &str, tables: &[&str]) -> String {
 }
 
 pub const DEMO_TABLES: &[&str] = &["prompts", "rollout_pool", "batch", "rollouts", "selected", "metrics"];
+
+/// pipelines/prm.yaml copied into `dir` with the repository's sql/ beside it (generate, prm_label,
+/// the PRM trained on the labels, verify and prm_score); run it with [`PRM_MICRO`].
+pub fn prm_pipeline(dir: &Path) -> PathBuf {
+    let f = dir.join("p.yaml");
+    std::fs::write(&f, std::fs::read_to_string(repo().join("pipelines/prm.yaml")).unwrap()).unwrap();
+    let sql = dir.join("sql");
+    std::fs::create_dir_all(&sql).unwrap();
+    for e in std::fs::read_dir(repo().join("sql")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), sql.join(e.file_name())).unwrap();
+    }
+    f
+}
+
+/// `--set` overrides that shrink pipelines/prm.yaml to seconds: fewer prompts, samples,
+/// completions and steps.
+pub const PRM_MICRO: &[&str] = &[
+    "datasets.train.synth={split: train, count: 24, cot: 16, seed: 5}",
+    "datasets.test.synth={split: test, count: 6, seed: 5}",
+    "stages.init.vocab_size=320",
+    "stages.warmup.epochs=2",
+    "stages.label_prompts.query=SELECT * FROM train_prompts WHERE gold_cot IS NULL ORDER BY prompt_id",
+    "stages.label_samples.samples=2",
+    "stages.label_samples.sampling={temperature: 1.0, max_new_tokens: 24}",
+    "stages.step_labels.completions=3",
+    "stages.step_labels.sampling={temperature: 1.0, max_new_tokens: 24}",
+    "stages.prm.epochs=2",
+    "stages.rollouts.samples=4",
+    "stages.rollouts.sampling={temperature: 1.0, max_new_tokens: 40}",
+];
