@@ -14,8 +14,9 @@ pub const STATE_FILE: &str = "trainer_state.json";
 /// Writes a checkpoint's files under `dir`. Refused, before anything is written, when a
 /// `.safetensors` file (weights, adapters, optimizer moments) holds a NaN or an infinity: a
 /// diverged training step never becomes a committed checkpoint.
-pub async fn write(store: &RunStore, dir: &str, files: Vec<(&str, Vec<u8>)>) -> Result<Vec<FileEntry>, StoreError> {
+pub async fn write<N: AsRef<str>>(store: &RunStore, dir: &str, files: Vec<(N, Vec<u8>)>) -> Result<Vec<FileEntry>, StoreError> {
     for (name, bytes) in &files {
+        let name = name.as_ref();
         if name.ends_with(".safetensors") {
             if let Some(msg) = non_finite(bytes).map_err(|e| StoreError::Other(format!("{name}: {e}")))? {
                 return Err(StoreError::Other(format!(
@@ -26,7 +27,7 @@ pub async fn write(store: &RunStore, dir: &str, files: Vec<(&str, Vec<u8>)>) -> 
     }
     let mut out = Vec::new();
     for (name, bytes) in files {
-        let rel = format!("{dir}/{name}");
+        let rel = format!("{dir}/{}", name.as_ref());
         let n = bytes.len() as u64;
         store.write_bytes(&rel, bytes).await?;
         out.push(FileEntry { path: rel, bytes: n, rows: None });

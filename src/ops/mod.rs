@@ -2,7 +2,6 @@
 //! output table or files. One operator per file; `build` makes them from stage specs.
 
 pub mod models;
-pub mod train_hf;
 
 /// Every operator: the name a stage's `op:` gives, its module, and its config type. A new
 /// operator is a file (its config, its checks, the operator) and one line here.

@@ -4,17 +4,19 @@
 
 use super::{OpContext, OpError, OpOutput, Operator, Result};
 use crate::model::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
+use crate::model::lm::{QwenLm, QwenTraining, TrainExample, TrainRow, TrainableLm};
 use crate::model::policy::{safetensors_bytes, Policy};
+use crate::model::qwen2_5_vl::lora::LoraConfig;
 use crate::model::tiny_vlm::image_patches;
 use crate::spec::{Pipeline, Scope, StageCheck, StageSpec};
 use crate::train::epochs::{run_epochs, StepLog};
-use crate::train::{train_step, AdamW, Example, TrainerState};
+use crate::train::{AdamW, TrainerState};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// train: SFT of a policy on (prompt, image, response) rows; outputs a checkpoint.
@@ -221,114 +223,25 @@ impl Operator for TrainOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            if let Some(dir) = &self.model_dir {
-                return super::train_hf::execute(self, ctx, dir).await;
-            }
-            let manifests = |name: &str| ctx.input_manifests.iter().find(|(n, _)| n == name).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
-            // where to start: our previous checkpoint (init: last) or the base
-            let own_prev = if self.spec.init == Init::Last { checkpoint::latest(manifests(&self.stage)) } else { None };
-            let from_own = own_prev.is_some();
-            let from = match own_prev {
-                Some(m) => m,
-                None => {
-                    checkpoint::latest(manifests(&self.spec.base)).ok_or_else(|| self.fail(format!("base `{}` has no committed checkpoint", self.spec.base)))?
-                }
-            };
-            let files = checkpoint::read(ctx.store, from).await?;
-            let device = crate::model::device();
-            let mut policy = Policy::from_files(&files, &device).map_err(|e| self.fail(e))?;
             let prm = self.spec.objective == TrainObjective::Prm;
-            if prm {
-                policy = policy.into_prm(ctx.pipeline.seed).map_err(|e| self.fail(e))?;
-            } else if policy.cfg.is_prm() {
-                return Err(self.fail(format!("objective `sft` but the checkpoint of `{}` is a process reward model", from.stage)));
-            }
-            // `continue` carries this stage's own optimizer and schedule from iteration to
-            // iteration; starting from another stage's checkpoint (the base) they start fresh —
-            // the warm-up's schedule is the warm-up's (as in train_hf)
-            let resume = self.spec.optimizer == OptimizerMode::Continue && from_own && files.contains_key(STATE_FILE);
-            let (mut state, mut opt) = if resume {
-                let st: TrainerState = serde_json::from_slice(&files[STATE_FILE]).map_err(|e| self.fail(format!("{STATE_FILE}: {e}")))?;
-                let moments = match files.get(OPTIMIZER_FILE) {
-                    Some(b) => candle_core::safetensors::load_buffer(b, &device).map_err(|e| self.fail(e))?,
-                    None => Default::default(),
-                };
-                let opt = AdamW::from_state(self.spec.adamw.clone(), moments).map_err(|e| self.fail(e))?;
-                // the schedule and optimizer settings of the spec apply; the position carries on
-                (TrainerState { schedule: self.spec.schedule.clone(), adamw: self.spec.adamw.clone(), ..st }, opt)
-            } else {
-                let st = TrainerState {
-                    step: 0,
-                    examples_seen: 0,
-                    tokens_seen: 0,
-                    schedule: self.spec.schedule.clone(),
-                    adamw: self.spec.adamw.clone(),
-                    rng: ctx.pipeline.seed ^ 0x5eed,
-                    last_loss: None,
-                };
-                (st, AdamW::new(self.spec.adamw.clone()))
-            };
-
-            // a frozen encoder (every `vision.` weight): no backward pass through it
-            let vision: Vec<String> = policy.named_vars().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("vision.")).collect();
-            policy.model.set_vision_frozen(!vision.is_empty() && vision.iter().all(|n| opt.frozen(n)));
-            // this iteration's training rows
-            let filter = ctx.this_iteration(&self.spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
-            if self.spec.objective == TrainObjective::Regions {
-                return self.pretrain_regions(ctx, policy, state, &filter).await;
-            }
-            let (q, needs) = super::training_rows_query(&self.spec.data, &filter, prm);
-            let batches = crate::sql::query(&ctx.session, &q)
-                .await
-                .map_err(|e| self.fail(format!("data `{}` needs columns {needs}: {e}", self.spec.data)))?
-                .collect()
-                .await?;
-            let mut examples = Vec::new();
-            // each distinct image is decoded once and its patches shared by its examples
-            let mut by_image: HashMap<Vec<u8>, Arc<[f32]>> = HashMap::new();
-            for b in &batches {
-                let (qs, imgs, rs) = (super::strings(b.column(0))?, b.column(1), super::strings(b.column(2))?);
-                let ls =
-                    if prm { Some(arrow::compute::cast(b.column(3), &DataType::List(Arc::new(Field::new("item", DataType::Float64, true))))?) } else { None };
-                for i in 0..b.num_rows() {
-                    let (Some(q), Some(r)) = (qs.is_valid(i).then(|| qs.value(i)), rs.is_valid(i).then(|| rs.value(i))) else { continue };
-                    let img = first_image(imgs, i).ok_or_else(|| self.fail(format!("row {i} has no image")))?;
-                    let prompt = policy.encode_prompt(q).map_err(|e| self.fail(e))?;
-                    let patches = match by_image.get(img.as_slice()) {
-                        Some(p) => p.clone(),
-                        None => {
-                            let p: Arc<[f32]> = image_patches(&img, &policy.cfg.vision_config).map_err(|e| self.fail(e))?.into();
-                            by_image.insert(img, p.clone());
-                            p
-                        }
-                    };
-                    let Some(ls) = &ls else {
-                        examples.push(Example {
-                            prompt,
-                            response: policy.encode_response(r).map_err(|e| self.fail(e))?,
-                            patches,
-                            features: None,
-                            labels: vec![],
-                        });
-                        continue;
-                    };
-                    let steps = crate::data::answer::split_steps(r);
-                    let row_labels: Vec<Option<f64>> =
-                        if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float64Type>().iter().collect() };
-                    if row_labels.len() != steps.len() || row_labels.iter().any(|l| !l.is_some_and(|l| (0.0..=1.0).contains(&l))) {
-                        return Err(self.fail(format!(
-                            "data `{}`: a row has {} labels for {} steps, or a label outside [0, 1] (labels {row_labels:?}, response {r:?})",
-                            self.spec.data,
-                            row_labels.len(),
-                            steps.len()
-                        )));
-                    }
-                    let (response, ends) = policy.encode_steps(&steps).map_err(|e| self.fail(e))?;
-                    let labels = ends.into_iter().zip(row_labels).map(|(j, l)| (j, l.unwrap_or(0.0) as f32)).collect();
-                    examples.push(Example { prompt, response, patches, features: None, labels });
+            let (mut lm, saved): (Box<dyn TrainableLm>, Option<Saved>) = match &self.model_dir {
+                Some(dir) => {
+                    let (lm, saved) = self.open_folder(ctx, dir, prm).await?;
+                    (Box::new(lm), saved)
                 }
-            }
-            crate::train::frozen_features(&policy, &mut examples).map_err(|e| self.fail(e))?;
+                None => {
+                    let (mut policy, saved) = self.open_tiny(ctx, prm).await?;
+                    if self.spec.objective == TrainObjective::Regions {
+                        let (state, opt) = self.resume(ctx, saved.as_ref(), &policy.device)?;
+                        policy.freeze(&opt);
+                        return self.pretrain_regions(ctx, policy, state).await;
+                    }
+                    (Box::new(policy), saved)
+                }
+            };
+            let (mut state, mut opt) = self.resume(ctx, saved.as_ref(), &lm.device())?;
+            lm.freeze(&opt);
+            let examples = self.examples(ctx, lm.as_ref(), prm).await?;
             if examples.is_empty() {
                 eprintln!("  train: no rows in `{}` this iteration; the checkpoint is carried over", self.spec.data);
             }
@@ -342,8 +255,8 @@ impl Operator for TrainOp {
                 &mut state,
                 &ctx.cancel,
                 |state, batch, _| {
-                    let micro: Vec<Vec<&Example>> = batch.chunks(self.spec.micro_batch).map(<[&Example]>::to_vec).collect();
-                    train_step(&policy, &mut opt, state, &micro, self.spec.clip).map_err(|e| self.fail(e))
+                    let micro: Vec<Vec<&TrainExample>> = batch.chunks(self.spec.micro_batch).map(<[&TrainExample]>::to_vec).collect();
+                    lm.train_step(&mut opt, state, &micro, self.spec.clip).map_err(|e| self.fail(e))
                 },
                 |_| Ok(()),
             )?;
@@ -359,15 +272,166 @@ impl Operator for TrainOp {
                     l
                 );
             }
-            crate::model::tiny_vlm::train_cpu::release_workspaces();
+            lm.end_training();
             ctx.side.push("train_log", train_log(&self.stage, log)?);
-            let mut files = policy.to_files().map_err(|e| self.fail(e))?;
-            files.push((OPTIMIZER_FILE, safetensors_bytes(&opt.state_tensors()).map_err(|e| self.fail(e))?));
-            files.push((STATE_FILE, serde_json::to_vec_pretty(&state).map_err(|e| self.fail(e))?));
-            let dir = format!("{}/{}", ctx.files_dir(), ctx.attempt);
-            Ok(OpOutput::Files(checkpoint::write(ctx.store, &dir, files).await?))
+            let mut files = lm.to_files().map_err(|e| self.fail(e))?;
+            files.push((OPTIMIZER_FILE.to_string(), safetensors_bytes(&opt.state_tensors()).map_err(|e| self.fail(e))?));
+            files.push((STATE_FILE.to_string(), serde_json::to_vec_pretty(&state).map_err(|e| self.fail(e))?));
+            self.write(ctx, files).await
         }
         .boxed()
+    }
+}
+
+/// The trainer state and optimizer moments of this stage's previous checkpoint, when training
+/// goes on from it.
+struct Saved {
+    state: Vec<u8>,
+    optimizer: Option<Vec<u8>>,
+}
+
+impl TrainOp {
+    /// The tiny VLM to train: this stage's previous checkpoint (`init: last`) or the base
+    /// stage's; a reward head added for `objective: prm`.
+    async fn open_tiny(&self, ctx: &OpContext<'_>, prm: bool) -> Result<(Policy, Option<Saved>)> {
+        let manifests = |name: &str| ctx.input_manifests.iter().find(|(n, _)| n == name).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
+        let own_prev = if self.spec.init == Init::Last { checkpoint::latest(manifests(&self.stage)) } else { None };
+        let from_own = own_prev.is_some();
+        let from = match own_prev {
+            Some(m) => m,
+            None => checkpoint::latest(manifests(&self.spec.base)).ok_or_else(|| self.fail(format!("base `{}` has no committed checkpoint", self.spec.base)))?,
+        };
+        let mut files = checkpoint::read(ctx.store, from).await?;
+        let mut policy = Policy::from_files(&files, &crate::model::device()).map_err(|e| self.fail(e))?;
+        if prm {
+            policy = policy.into_prm(ctx.pipeline.seed).map_err(|e| self.fail(e))?;
+        } else if policy.cfg.is_prm() {
+            return Err(self.fail(format!("objective `sft` but the checkpoint of `{}` is a process reward model", from.stage)));
+        }
+        // the optimizer and schedule go on only from this stage's own checkpoint; starting from
+        // another stage's (the base) they start fresh — the warm-up's schedule is the warm-up's
+        let saved = match files.remove(STATE_FILE) {
+            Some(state) if from_own => Some(Saved { state, optimizer: files.remove(OPTIMIZER_FILE) }),
+            _ => None,
+        };
+        Ok((policy, saved))
+    }
+
+    /// A Qwen-VL checkpoint folder to train: this stage's previous checkpoint (`init: last`)
+    /// or the folder `dir`, with new LoRA adapters when asked.
+    async fn open_folder(&self, ctx: &OpContext<'_>, dir: &str, prm: bool) -> Result<(QwenLm, Option<Saved>)> {
+        let spec = &self.spec;
+        let own = ctx.input_manifests.iter().find(|(n, _)| n == &self.stage).map(|(_, m)| m.as_slice()).unwrap_or(&[]);
+        let prev = if spec.init == Init::Last { checkpoint::latest(own) } else { None };
+        let prev_dir = match prev {
+            Some(m) => Some(checkpoint::local_dir(ctx.store, m).await?),
+            None => None,
+        };
+        let lora = spec.lora.as_ref().map(|l| LoraConfig { rank: l.rank, alpha: l.alpha, targets: l.targets.clone() });
+        let (base, previous, seed, recompute, lora2) =
+            (PathBuf::from(dir), prev_dir.as_ref().map(|d| d.to_path_buf()), ctx.pipeline.seed, spec.gradient_checkpointing, lora.clone());
+        let lm = tokio::task::spawn_blocking(move || {
+            let dev = crate::model::device();
+            let how = QwenTraining { base: &base, previous: previous.as_deref(), lora: lora2, prm, seed, gradient_checkpointing: recompute };
+            QwenLm::open_for_training(&how, crate::model::hf_dtype(&dev), &dev)
+        })
+        .await
+        .map_err(|e| self.fail(e))?
+        .map_err(|e| self.fail(e))?;
+        if prev.is_some() && lm.ck.lora != lora {
+            return Err(self.fail(format!(
+                "this stage's previous checkpoint has LoRA {:?} but the spec asks for {:?}; start over with `init: initial` or a new stage id",
+                lm.ck.lora, lora
+            )));
+        }
+        if lm.ck.is_prm() != prm {
+            return Err(self.fail(format!("objective `{}` but the checkpoint {} a process reward model", spec.objective, if prm { "is not" } else { "is" })));
+        }
+        let saved = match prev_dir.as_deref().map(|d| d.join(STATE_FILE)).filter(|p| p.exists()) {
+            Some(sf) => {
+                let read = |p: &Path| std::fs::read(p).map_err(|e| self.fail(format!("{}: {e}", p.display())));
+                let of = sf.with_file_name(OPTIMIZER_FILE);
+                Some(Saved { state: read(&sf)?, optimizer: if of.exists() { Some(read(&of)?) } else { None } })
+            }
+            None => None,
+        };
+        Ok((lm, saved))
+    }
+
+    /// The optimizer and counters to go on with: the saved ones with `optimizer: continue`, else
+    /// fresh ones; the spec's schedule and AdamW settings apply either way.
+    fn resume(&self, ctx: &OpContext<'_>, saved: Option<&Saved>, device: &candle_core::Device) -> Result<(TrainerState, AdamW)> {
+        let spec = &self.spec;
+        match saved {
+            Some(saved) if spec.optimizer == OptimizerMode::Continue => {
+                let st: TrainerState = serde_json::from_slice(&saved.state).map_err(|e| self.fail(format!("{STATE_FILE}: {e}")))?;
+                let moments = match &saved.optimizer {
+                    Some(b) => candle_core::safetensors::load_buffer(b, device).map_err(|e| self.fail(format!("{OPTIMIZER_FILE}: {e}")))?,
+                    None => Default::default(),
+                };
+                let opt = AdamW::from_state(spec.adamw.clone(), moments).map_err(|e| self.fail(e))?;
+                // the position carries on
+                Ok((TrainerState { schedule: spec.schedule.clone(), adamw: spec.adamw.clone(), ..st }, opt))
+            }
+            _ => Ok((
+                TrainerState {
+                    step: 0,
+                    examples_seen: 0,
+                    tokens_seen: 0,
+                    schedule: spec.schedule.clone(),
+                    adamw: spec.adamw.clone(),
+                    rng: ctx.pipeline.seed ^ 0x5eed,
+                    last_loss: None,
+                },
+                AdamW::new(spec.adamw.clone()),
+            )),
+        }
+    }
+
+    /// This iteration's rows of `data` in a fixed order (the epochs' shuffle is seeded), as the
+    /// model's examples; a PRM's rows with their step labels checked.
+    async fn examples(&self, ctx: &OpContext<'_>, lm: &dyn TrainableLm, prm: bool) -> Result<Vec<TrainExample>> {
+        let data = &self.spec.data;
+        let filter = ctx.this_iteration(data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
+        let (q, needs) = super::training_rows_query(data, &filter, prm);
+        let batches =
+            crate::sql::query(&ctx.session, &q).await.map_err(|e| self.fail(format!("data `{data}` needs columns {needs}: {e}")))?.collect().await?;
+        let mut rows: Vec<TrainRow> = Vec::new();
+        let columns: Vec<_> = batches.iter().map(|b| Ok((super::strings(b.column(0))?, super::strings(b.column(2))?))).collect::<Result<_>>()?;
+        for (b, (qs, rs)) in batches.iter().zip(&columns) {
+            let ls = if prm { Some(arrow::compute::cast(b.column(3), &DataType::List(Arc::new(Field::new("item", DataType::Float32, true))))?) } else { None };
+            for i in 0..b.num_rows() {
+                if qs.is_null(i) || rs.is_null(i) {
+                    continue;
+                }
+                let (question, response) = (qs.value(i), rs.value(i));
+                let steps = match &ls {
+                    None => None,
+                    Some(ls) => {
+                        let steps = crate::data::answer::split_steps(response);
+                        let labels: Vec<Option<f32>> =
+                            if ls.is_null(i) { vec![] } else { ls.as_list::<i32>().value(i).as_primitive::<arrow::datatypes::Float32Type>().iter().collect() };
+                        if labels.len() != steps.len() || labels.iter().any(|l| !l.is_some_and(|l| (0.0..=1.0).contains(&l))) {
+                            return Err(self.fail(format!(
+                                "data `{data}`, row {} (question {question:?}): {} labels for {} steps, or a label outside [0, 1] (labels {labels:?}, response {response:?})",
+                                rows.len(),
+                                labels.len(),
+                                steps.len()
+                            )));
+                        }
+                        Some((steps, labels.into_iter().flatten().collect()))
+                    }
+                };
+                rows.push(TrainRow { question, images: super::models::all_images(b.column(1), i), response, steps });
+            }
+        }
+        lm.encode_examples(&rows).map_err(|e| self.fail(format!("data `{data}`, {e}")))
+    }
+
+    /// Commits `files` as this stage's checkpoint.
+    async fn write(&self, ctx: &OpContext<'_>, files: Vec<(String, Vec<u8>)>) -> Result<OpOutput> {
+        let dir = format!("{}/{}", ctx.files_dir(), ctx.attempt);
+        Ok(OpOutput::Files(checkpoint::write(ctx.store, &dir, files).await?))
     }
 }
 
@@ -375,9 +439,10 @@ impl TrainOp {
     /// `objective: regions`: vision pretraining on `images` + `region_labels` (a list of g²
     /// class ids per image, regions in reading order); the checkpoint keeps the policy's
     /// weights (the head is dropped) and a fresh optimizer state.
-    async fn pretrain_regions(&self, ctx: &OpContext<'_>, policy: Policy, mut state: TrainerState, filter: &str) -> Result<OpOutput> {
+    async fn pretrain_regions(&self, ctx: &OpContext<'_>, policy: Policy, mut state: TrainerState) -> Result<OpOutput> {
         use crate::train::regions::{RegionExample, RegionTrainer};
-        let examples = self.region_examples(ctx, &policy, &self.spec.data, filter).await?;
+        let filter = ctx.this_iteration(&self.spec.data, "").map(|c| format!(" WHERE {c}")).unwrap_or_default();
+        let examples = self.region_examples(ctx, &policy, &self.spec.data, &filter).await?;
         let held_out = match &self.spec.eval_data {
             Some(t) => self.region_examples(ctx, &policy, t, "").await?,
             None => vec![],
@@ -425,10 +490,9 @@ impl TrainOp {
         if !eval_rows.is_empty() {
             ctx.side.push("region_eval", region_eval(&self.stage, &eval_rows)?);
         }
-        let mut files = policy.to_files().map_err(|e| self.fail(e))?;
-        files.push((STATE_FILE, serde_json::to_vec_pretty(&state).map_err(|e| self.fail(e))?));
-        let dir = format!("{}/{}", ctx.files_dir(), ctx.attempt);
-        Ok(OpOutput::Files(checkpoint::write(ctx.store, &dir, files).await?))
+        let mut files = TrainableLm::to_files(&policy).map_err(|e| self.fail(e))?;
+        files.push((STATE_FILE.to_string(), serde_json::to_vec_pretty(&state).map_err(|e| self.fail(e))?));
+        self.write(ctx, files).await
     }
 
     /// Rows of `images` + `region_labels` of `table` (a deterministic order), as patches.

@@ -7,6 +7,7 @@ mod tiny;
 
 pub use openai::{OpenAiBackend, OpenAiLm};
 pub use qwen::QwenLm;
+pub use qwen::QwenTraining;
 
 use super::generate::SamplingParams;
 use std::sync::Arc;
@@ -140,4 +141,72 @@ pub fn sample_all(
         .zip(work)
         .map(|(v, w)| v.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| LmError::Invalid(format!("prompt {}: a sample is missing", w.id))))
         .collect()
+}
+
+/// One training row as the `train` operator reads it: a question, its images and a response;
+/// for a process reward model also the response's steps and a label in [0, 1] for each.
+pub struct TrainRow<'a> {
+    pub question: &'a str,
+    pub images: Vec<Vec<u8>>,
+    pub response: &'a str,
+    pub steps: Option<(Vec<String>, Vec<f32>)>,
+}
+
+/// A training row encoded by the model that trains on it (opaque to operators).
+#[derive(Debug, Clone)]
+pub struct TrainExample(ExampleRepr);
+
+#[derive(Debug, Clone)]
+enum ExampleRepr {
+    Tiny(crate::train::Example),
+    Qwen(crate::train::qwen::QwenExample),
+}
+
+/// A model the `train` operator fine-tunes, written once against this: rows become examples,
+/// one optimizer step at a time (the epochs, order and schedule are the operator's), and the
+/// weights are saved as checkpoint files.
+pub trait TrainableLm: VisionLm {
+    /// Rows as examples, in order; an error names the row (its index and question).
+    fn encode_examples(&self, rows: &[TrainRow<'_>]) -> Result<Vec<TrainExample>>;
+
+    /// Called once with the optimizer before the examples are encoded, so a model can skip the
+    /// backward pass of what the optimizer leaves frozen.
+    fn freeze(&mut self, opt: &crate::train::AdamW) {
+        let _ = opt;
+    }
+
+    /// One optimizer step over micro-batches (gradient accumulation, clipping, the schedule's
+    /// learning rate); returns the step's mean loss.
+    fn train_step(&self, opt: &mut crate::train::AdamW, state: &mut crate::train::TrainerState, micro: &[Vec<&TrainExample>], clip: Option<f64>)
+        -> Result<f64>;
+
+    /// Where the weights live (the optimizer's moments are loaded there).
+    fn device(&self) -> candle_core::Device;
+
+    /// The weights as checkpoint files: (name, bytes).
+    fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Frees what training held between steps (buffers, caches).
+    fn end_training(&self) {}
+}
+
+impl TrainExample {
+    fn tiny(&self) -> Result<&crate::train::Example> {
+        match &self.0 {
+            ExampleRepr::Tiny(e) => Ok(e),
+            ExampleRepr::Qwen(_) => Err(LmError::Invalid("a Qwen-VL training example given to the tiny VLM".into())),
+        }
+    }
+
+    fn qwen(&self) -> Result<&crate::train::qwen::QwenExample> {
+        match &self.0 {
+            ExampleRepr::Qwen(e) => Ok(e),
+            ExampleRepr::Tiny(_) => Err(LmError::Invalid("a tiny VLM training example given to a Qwen-VL checkpoint".into())),
+        }
+    }
+}
+
+/// `e` as an error of training row `index`.
+fn row_error(index: usize, row: &TrainRow<'_>, e: impl std::fmt::Display) -> LmError {
+    LmError::Invalid(format!("row {index} (question {:?}): {e}", row.question))
 }

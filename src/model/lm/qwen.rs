@@ -1,18 +1,36 @@
 //! The Qwen-VL family (Qwen2.5-VL, Qwen3-VL, and LoRA adapters over them) behind [`VisionLm`]:
 //! chat-template prompts; samples in groups of whole prompts, each prompt prefilled once.
 
-use super::{LmError, Prompt, Repr, Result, Sample, Sampled, Tokens, VisionLm, Work};
+use super::{row_error, ExampleRepr, LmError, Prompt, Repr, Result, Sample, Sampled, Tokens, TrainExample, TrainRow, TrainableLm, VisionLm, Work};
 use crate::model::generate::SamplingParams;
 use crate::model::qwen2_5_vl::generate::{generate_many, Prompt as QwenPrompt};
+use crate::model::qwen2_5_vl::lora::LoraConfig;
 use crate::model::qwen_vl::{Checkpoint, Trainable};
-use crate::train::qwen::{append_steps, score_steps, QwenExample};
+use crate::train::qwen::{accumulate, append_steps, encode, encode_steps, score_steps, QwenExample};
+use crate::train::{optimizer_step, AdamW, TrainerState};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A Qwen-VL checkpoint loaded for inference, with the tokens that end a turn.
+/// A Qwen-VL checkpoint loaded for inference or training, with the tokens that end a turn.
 pub struct QwenLm {
     pub ck: Checkpoint,
     pub eos: Vec<u32>,
+    /// Training: recompute each decoder layer's activations in the backward pass.
+    pub recompute: bool,
+}
+
+/// Where a Qwen-VL training run starts and what it trains.
+pub struct QwenTraining<'a> {
+    /// The model folder named by the stage.
+    pub base: &'a Path,
+    /// This stage's previous checkpoint to go on from (its weights, adapters and head as saved).
+    pub previous: Option<&'a Path>,
+    /// Train LoRA adapters (new ones over `base`) instead of every weight.
+    pub lora: Option<LoraConfig>,
+    /// A process reward model: starting from `base`, a fresh score head is added.
+    pub prm: bool,
+    pub seed: u64,
+    pub gradient_checkpointing: bool,
 }
 
 impl QwenLm {
@@ -27,7 +45,29 @@ impl QwenLm {
             )));
         }
         let eos = ck.eos_ids.clone();
-        Ok(Self { ck, eos })
+        Ok(Self { ck, eos, recompute: false })
+    }
+
+    /// Loads a checkpoint to train: `previous` as saved, else `base` with new adapters (or every
+    /// weight trainable) and, for a process reward model, a fresh score head.
+    pub fn open_for_training(how: &QwenTraining<'_>, dtype: candle_core::DType, dev: &candle_core::Device) -> Result<Self> {
+        let trainable = if how.lora.is_some() { Trainable::Adapters } else { Trainable::All };
+        let from = how.previous.unwrap_or(how.base);
+        let fail = |e: &dyn std::fmt::Display| LmError::Invalid(format!("model {}: {e}", from.display()));
+        let mut ck = match (how.previous, &how.lora) {
+            (Some(d), _) => Checkpoint::open(d, trainable, dtype, dev).map_err(|e| fail(&e))?,
+            (None, Some(l)) => Checkpoint::load_with_new_adapter(how.base, l.clone(), how.seed, dtype, dev).map_err(|e| fail(&e))?,
+            (None, None) => Checkpoint::load_parts(how.base, None, Trainable::All, dtype, dev).map_err(|e| fail(&e))?,
+        };
+        if how.previous.is_none() && how.prm && !ck.is_prm() {
+            // a process reward model: the folder's network with a fresh score head
+            ck.add_score_head(how.seed, true).map_err(|e| fail(&e))?;
+        }
+        if ck.eos_ids.is_empty() {
+            return Err(fail(&"the checkpoint names no end-of-turn token to pad with"));
+        }
+        let eos = ck.eos_ids.clone();
+        Ok(Self { ck, eos, recompute: how.gradient_checkpointing })
     }
 
     fn generation_prompt(&self, p: &Prompt) -> Result<QwenPrompt> {
@@ -111,5 +151,37 @@ impl VisionLm for QwenLm {
             scores.extend(score_steps(&self.ck, &ex, &ends, self.eos[0])?);
         }
         Ok(scores)
+    }
+}
+
+/// Trains every weight or the LoRA adapters (and a reward head) on chat-template rows, loss on
+/// the assistant turn (or the step labels), right-padded micro-batches.
+impl TrainableLm for QwenLm {
+    fn encode_examples(&self, rows: &[TrainRow<'_>]) -> Result<Vec<TrainExample>> {
+        let mut examples = Vec::with_capacity(rows.len());
+        for (k, row) in rows.iter().enumerate() {
+            let e = match &row.steps {
+                None => encode(&self.ck, row.question, &row.images, row.response),
+                Some((steps, labels)) => encode_steps(&self.ck, row.question, &row.images, steps, Some(labels)).map(|(e, _)| e),
+            };
+            examples.push(TrainExample(ExampleRepr::Qwen(e.map_err(|e| row_error(k, row, e))?)));
+        }
+        Ok(examples)
+    }
+
+    fn train_step(&self, opt: &mut AdamW, state: &mut TrainerState, micro: &[Vec<&TrainExample>], clip: Option<f64>) -> Result<f64> {
+        let micro: Vec<Vec<&QwenExample>> = micro.iter().map(|m| m.iter().map(|e| e.qwen()).collect()).collect::<Result<_>>()?;
+        let vars = self.ck.trainable();
+        Ok(optimizer_step(&vars, opt, state, &micro, clip, QwenExample::targets, |mb, share, grads| {
+            accumulate(&self.ck, mb, self.eos[0], self.recompute, share, grads)
+        })?)
+    }
+
+    fn device(&self) -> candle_core::Device {
+        self.ck.model.text().embed.embeddings().device().clone()
+    }
+
+    fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self.ck.to_files()?)
     }
 }

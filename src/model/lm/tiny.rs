@@ -1,11 +1,12 @@
 //! The tiny VLM behind [`VisionLm`]: prompts `[bos, image, question…]` with the first image's
 //! patches; samples in fixed chunks padded to the call's longest prompt; step scores by its head.
 
-use super::{LmError, Prompt, Repr, Result, Sample, Sampled, Tokens, VisionLm, Work};
+use super::{row_error, ExampleRepr, LmError, Prompt, Repr, Result, Sample, Sampled, Tokens, TrainExample, TrainRow, TrainableLm, VisionLm, Work};
 use crate::model::generate::{generate, Request, SamplingParams};
 use crate::model::policy::Policy;
 use crate::model::tiny_vlm::image_patches;
-use crate::train::{batch_tensors, Example};
+use crate::train::{batch_tensors, AdamW, Example, TrainerState};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 impl VisionLm for Policy {
@@ -81,5 +82,60 @@ impl VisionLm for Policy {
             }
         }
         Ok(scores)
+    }
+}
+
+/// Trains on the first image of a row; each distinct image is decoded once and its patches
+/// shared by its examples (and, with the encoder frozen on the CPU, its features computed once).
+impl TrainableLm for Policy {
+    fn encode_examples(&self, rows: &[TrainRow<'_>]) -> Result<Vec<TrainExample>> {
+        let mut by_image: HashMap<&[u8], Arc<[f32]>> = HashMap::new();
+        let mut examples = Vec::with_capacity(rows.len());
+        for (k, row) in rows.iter().enumerate() {
+            let at = |e: &dyn std::fmt::Display| row_error(k, row, e);
+            let image = row.images.first().ok_or_else(|| at(&"has no image"))?;
+            let prompt = Policy::encode_prompt(self, row.question).map_err(|e| at(&e))?;
+            let patches = match by_image.get(image.as_slice()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<[f32]> = image_patches(image, &self.cfg.vision_config).map_err(|e| at(&e))?.into();
+                    by_image.insert(image, p.clone());
+                    p
+                }
+            };
+            let (response, labels) = match &row.steps {
+                None => (self.encode_response(row.response).map_err(|e| at(&e))?, vec![]),
+                Some((steps, labels)) => {
+                    let (response, ends) = self.encode_steps(steps).map_err(|e| at(&e))?;
+                    (response, ends.into_iter().zip(labels.iter().copied()).collect())
+                }
+            };
+            examples.push(Example { prompt, response, patches, features: None, labels });
+        }
+        crate::train::frozen_features(self, &mut examples)?;
+        Ok(examples.into_iter().map(|e| TrainExample(ExampleRepr::Tiny(e))).collect())
+    }
+
+    /// A vision encoder whose every weight the optimizer freezes gets no backward pass.
+    fn freeze(&mut self, opt: &AdamW) {
+        let vision: Vec<String> = self.named_vars().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("vision.")).collect();
+        self.model.set_vision_frozen(!vision.is_empty() && vision.iter().all(|n| opt.frozen(n)));
+    }
+
+    fn train_step(&self, opt: &mut AdamW, state: &mut TrainerState, micro: &[Vec<&TrainExample>], clip: Option<f64>) -> Result<f64> {
+        let micro: Vec<Vec<&Example>> = micro.iter().map(|m| m.iter().map(|e| e.tiny()).collect()).collect::<Result<_>>()?;
+        Ok(crate::train::train_step(self, opt, state, &micro, clip)?)
+    }
+
+    fn device(&self) -> candle_core::Device {
+        self.device.clone()
+    }
+
+    fn to_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(Policy::to_files(self)?.into_iter().map(|(n, b)| (n.to_string(), b)).collect())
+    }
+
+    fn end_training(&self) {
+        crate::model::tiny_vlm::train_cpu::release_workspaces();
     }
 }
