@@ -49,6 +49,11 @@ impl SplitMix64 {
         ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
     }
 
+    /// Uniform in 0..n (multiply-shift of one output; 0 when n is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
     /// Fisher–Yates: from the last element down, swaps `v[i]` with `v[next_u64() % (i + 1)]`.
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {

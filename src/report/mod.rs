@@ -75,23 +75,6 @@ pub struct Report {
 /// The per-prompt (num, den) pairs of one run, by (iteration, split, name), in prompt_id order.
 type PerPrompt = std::collections::BTreeMap<(i64, String, String), Vec<(f64, f64)>>;
 
-/// SplitMix64: a small, seeded, portable generator (the same draws on every machine).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (multiply-shift).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() as u128 * n as u128) >> 64) as usize
-    }
-}
-
 /// FNV-1a: a stable hash of a point's name, to give each point its own resampling stream.
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
@@ -114,7 +97,7 @@ pub fn bootstrap(runs: &[&[(f64, f64)]], resamples: usize, seed: u64) -> Option<
     if runs.is_empty() || runs.iter().any(|r| r.is_empty()) || resamples == 0 {
         return None;
     }
-    let mut rng = SplitMix64(seed);
+    let mut rng = crate::rng::SplitMix64::new(seed);
     let mut stats: Vec<f64> = (0..resamples)
         .map(|_| {
             runs.iter()
