@@ -744,3 +744,61 @@ fn serve_answers_queued_requests() {
         assert!(r.contains(&format!("chatcmpl-{:016x}", 100 + i as u64)), "{r}");
     }
 }
+
+/// `eval` against an endpoint (`openai:`) decodes exactly what it decodes from the folder (same
+/// seeds, greedy and sampled); with the endpoint down the stage fails, naming the prompt and the
+/// decode, and commits nothing.
+#[test]
+fn eval_through_an_endpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    let (server, addr) = serve(&model, "tiny");
+    let pipeline = |backend: &str| {
+        let f = tmp.path().join("eval.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                r#"name: hf_eval
+seed: 4
+iterations: 1
+datasets:
+  test: {{synth: {{split: test, count: 3, seed: 9}}}}
+stages:
+  - {{id: prompts, op: import, dataset: test}}
+  - id: eval
+    op: eval
+    prompts: prompts
+    {backend}
+    k: 2
+    sampling: {{temperature: 1.0, top_p: 0.95, max_new_tokens: 6}}
+"#
+            ),
+        )
+        .unwrap();
+        f
+    };
+    let (s1, s2) = (tmp.path().join("via_local"), tmp.path().join("via_http"));
+    ok(bin().arg("run").arg(pipeline("model: {path: qwen}")).args(["--store", s1.to_str().unwrap()]));
+    ok(bin()
+        .arg("run")
+        .arg(pipeline(&format!("openai: {{base_url: 'http://{addr}/v1', model: tiny, retries: 0, concurrency: 2}}")))
+        .args(["--store", s2.to_str().unwrap()]));
+    let q = "SELECT prompt_id, greedy, temperature, sample_idx, response, num_tokens, correct FROM eval ORDER BY prompt_id, greedy DESC, sample_idx";
+    let (a, b) = (sql_csv(s1.to_str().unwrap(), q), sql_csv(s2.to_str().unwrap(), q));
+    assert_eq!(a.lines().count(), 1 + 3 * 3, "{a}");
+    assert_eq!(a, b, "local and served eval decodes differ");
+    drop(server);
+    let s3 = tmp.path().join("down");
+    let out = bin()
+        .arg("run")
+        .arg(pipeline(&format!("openai: {{base_url: 'http://{addr}/v1', model: tiny, retries: 0}}")))
+        .args(["--store", s3.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("eval: prompt ") && err.contains("the request failed after 1 attempt(s)"), "{err}");
+    assert!(sql_csv(s3.to_str().unwrap(), "SHOW TABLES").lines().all(|l| !l.contains(",eval,")), "an eval table was committed");
+}

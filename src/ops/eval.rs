@@ -30,6 +30,10 @@ pub struct EvalSpec {
     /// those stages has a checkpoint (the base model before the first SFT).
     #[serde(default)]
     pub model: Option<crate::spec::ModelPath>,
+    /// Instead of `policy`: an OpenAI-compatible chat-completions endpoint (vLLM, SGLang,
+    /// `mstar serve`, …), as for generate. A request that fails after its retries fails the stage.
+    #[serde(default)]
+    pub openai: Option<crate::model::lm::OpenAiBackend>,
     /// Value of the `split` column; absent: the prompts' own `split` column.
     #[serde(default)]
     pub split: Option<String>,
@@ -67,8 +71,13 @@ fn default_eval_k() -> u32 {
 impl super::OpConfig for EvalSpec {
     fn check(&self, c: &mut StageCheck) {
         c.reads("prompts", &self.prompts);
-        if self.model.is_none() && self.policy.is_empty() {
-            c.error("policy", "name at least one checkpoint stage");
+        match &self.openai {
+            Some(_) if !self.policy.is_empty() || self.model.is_some() => {
+                c.error("openai", "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both")
+            }
+            Some(o) if o.concurrency == 0 => c.error("openai", "concurrency must be at least 1"),
+            None if self.model.is_none() && self.policy.is_empty() => c.error("policy", "name at least one checkpoint stage"),
+            _ => {}
         }
         for p in &self.prm {
             c.reads_maybe_prev("prm", p);
@@ -160,8 +169,12 @@ impl Operator for EvalOp {
 
     fn execute<'a>(&'a self, ctx: &'a OpContext<'a>) -> BoxFuture<'a, Result<OpOutput>> {
         async move {
-            // a checkpoint of a policy stage (mstar's own or a Hugging Face folder), else the `model` folder
-            let lm = super::models::open(ctx, &self.spec.policy, self.model_dir.as_deref()).await?;
+            // an endpoint, or a checkpoint of a policy stage (mstar's own or a Hugging Face folder),
+            // else the `model` folder
+            let lm = match &self.spec.openai {
+                Some(o) => super::models::open_endpoint(o)?,
+                None => super::models::open(ctx, &self.spec.policy, self.model_dir.as_deref()).await?,
+            };
             let prm = if self.spec.prm.is_empty() { None } else { Some(super::models::open_prm(ctx, &self.spec.prm).await?) };
             let p = &self.spec.prompts;
             let schema = ctx.input_schemas.iter().find(|(n, _)| n == p).map(|(_, s)| s.clone()).ok_or_else(|| self.fail(format!("prompts `{p}` has no rows")))?;
@@ -239,6 +252,10 @@ impl Operator for EvalOp {
                     for (item, samples) in decoded.into_iter().enumerate() {
                         for (sample, s) in samples.into_iter().enumerate() {
                             let x = &items[item];
+                            if let Some((attempts, error)) = &s.failure {
+                                let what = if greedy { "the greedy decode".to_string() } else { format!("sample {sample} at T={temperature}") };
+                                return Err(LmError::Invalid(format!("prompt {}, {what}: the request failed after {attempts} attempt(s): {error}", x.id)));
+                            }
                             let response = s.text;
                             let correct = x.gold.as_ref().is_some_and(|gold| gold.accepts(&response));
                             let steps_ok = x.synth.as_ref().map(|(scene, meta)| crate::data::synth::judge(scene, meta, &response).steps_ok);
