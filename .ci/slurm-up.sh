@@ -2,7 +2,7 @@
 # Starts a single-node Slurm on this machine for the Slurm executor's tests (and developers):
 # munged, slurmctld and slurmd run directly (no systemd), configured for localhost, no cgroups.
 # Installs Debian's slurm-wlm and munge when missing (as root). Idempotent: a running cluster
-# whose node is idle is left as it is. Needs root (slurmd runs jobs as their users).
+# whose node takes jobs is left as it is. Needs root (slurmd runs jobs as their users).
 set -euo pipefail
 
 if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
@@ -12,8 +12,10 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1
   apt-get install -y --no-install-recommends slurm-wlm munge
 fi
 
-if sinfo -h -o '%T' 2>/dev/null | grep -qx idle; then
-  echo "slurm-up: Slurm is up (sinfo: idle)"
+# up: the node takes jobs (idle, or busy with some)
+up() { sinfo -h -o '%T' 2>/dev/null | grep -Eqx 'idle|mixed|allocated|completing'; }
+if up; then
+  echo "slurm-up: Slurm is up ($(sinfo -h -o '%P %D %T'))"
   exit 0
 fi
 
@@ -80,13 +82,13 @@ CONF
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld -i
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
 for _ in $(seq 100); do
-  if sinfo -h -o '%T' 2>/dev/null | grep -qx idle; then
+  if up; then
     echo "slurm-up: Slurm is up on ${host} (${cpus} CPUs, ${mem} MB): $(sinfo -h -o '%P %D %T')"
     exit 0
   fi
   sleep 0.3
 done
-echo "slurm-up: the node did not become idle; sinfo says:" >&2
+echo "slurm-up: the node does not take jobs; sinfo says:" >&2
 sinfo >&2 || true
 tail -n 20 "$logs/slurmctld.log" "$logs/slurmd.log" >&2 || true
 exit 1

@@ -570,3 +570,72 @@ fn executor_settings_are_checked_and_the_kubernetes_manifest_is_written() {
     }
     assert!(yaml.contains("$(MSTAR_STORE)") && yaml.contains("name: AWS_SECRET_ACCESS_KEY") && yaml.contains("name: s3-creds"), "{yaml}");
 }
+
+/// The Kubernetes executor end to end against a stand-in kubectl (`tests/fixtures/fake-kubectl`,
+/// which runs the applied Indexed Job's pods as local processes from the manifest's args and
+/// JOB_COMPLETION_INDEX): the stage commits the tables of one shard; an index Kubernetes gave up
+/// on (`status.failedIndexes`) fails the stage uncommitted and the Job is deleted.
+#[test]
+fn kubernetes_executor_with_a_stand_in_kubectl() {
+    let d = tempfile::tempdir().unwrap();
+    let f = prm_pipeline(d.path());
+    let one = d.path().join("one").to_string_lossy().into_owned();
+    let out = run_prm(&f, &one, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fake = d.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(repo().join("tests/fixtures/fake-kubectl"), fake.join("kubectl")).unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
+    let k8s_run = |store: &str, calls: &Path, fail: Option<&str>| {
+        std::fs::create_dir_all(calls).unwrap();
+        let mut c = bin();
+        c.env("PATH", &path).env("FAKE_KUBECTL_DIR", calls).env("FAKE_MSTAR", env!("CARGO_BIN_EXE_mstar")).arg("run").arg(&f).args(["--store", store]);
+        if let Some(i) = fail {
+            c.env("FAKE_FAIL_INDEX", i);
+        }
+        for s in PRM_MICRO {
+            c.args(["--set", s]);
+        }
+        c.args([
+            "--set",
+            "stages.rollouts.shards=3",
+            "--set",
+            "stages.rollouts.executor=kubernetes",
+            "--set",
+            "kubernetes={image: mstar:test, poll_secs: 0.3}",
+        ]);
+        c.output().unwrap()
+    };
+    let store = d.path().join("k8s").to_string_lossy().into_owned();
+    let calls = d.path().join("calls-ok");
+    let out = k8s_run(&store, &calls, None);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("rollouts: 3 shards as Kubernetes Job mstar-rollouts-i1-") && err.contains("job.k8s.yaml"), "{err}");
+    let noted = std::fs::read_to_string(calls.join("calls")).unwrap();
+    assert!(noted.starts_with("apply -f -\n") && noted.contains("get job mstar-rollouts-i1-") && !noted.contains("delete"), "{noted}");
+    for i in 0..3 {
+        let log = std::fs::read_to_string(calls.join(format!("pod-{i}.log"))).unwrap();
+        assert!(log.contains(&format!("mstar worker: shard {i}/3 of stage rollouts at iteration 1")), "{log}");
+    }
+    if let Some(diff) = difference(&dump(&one, PRM_TABLES), &dump(&store, PRM_TABLES), 1e-6) {
+        panic!("the Kubernetes run differs from 1 local shard: {diff}");
+    }
+    let (st, _) = ok(bin().args(["status", &store]));
+    assert!(st.contains("no orphaned files"), "{st}");
+
+    // index 1 failed for good: the stage fails uncommitted, the Job is deleted
+    let store = d.path().join("k8s-fail").to_string_lossy().into_owned();
+    let calls = d.path().join("calls-fail");
+    let out = k8s_run(&store, &calls, Some("1"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "stage rollouts (iteration 1) failed: 1 of 3 shards failed (after 1 retries each): shard 1/3: Kubernetes index 1 of Job mstar-rollouts-i1-"
+        ) && err.contains("kubernetes: deleted the Job"),
+        "{err}"
+    );
+    assert!(std::fs::read_to_string(calls.join("calls")).unwrap().lines().any(|l| l.starts_with("delete job mstar-rollouts-i1-")));
+    assert!(!d.path().join("k8s-fail/_manifests/iteration=1/rollouts.json").exists());
+}
