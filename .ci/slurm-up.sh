@@ -77,7 +77,6 @@ Waittime=0
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
-: > /etc/slurm/cgroup.conf
 
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld -i
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
