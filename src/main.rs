@@ -455,7 +455,13 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
         }
         Cmd::Worker { store, stage, iteration, shard } => {
             let rs = RunStore::open_existing(&store)?;
-            let m = mstar::shard::run_worker(&rs, &stage, iteration, shard.as_deref(), settings.memory_mb, &settings.fault_pause).await?;
+            let m = match mstar::shard::run_worker(&rs, &stage, iteration, shard.as_deref(), settings.memory_mb, &settings.fault_pause).await {
+                // a worker holds no lock: say what a stopped worker leaves
+                Err(mstar::Error::Interrupted) => {
+                    bail!("interrupted (Ctrl-C or SIGTERM): this shard's files stay uncommitted; its coordinator reruns or resubmits it")
+                }
+                r => r?,
+            };
             eprintln!(
                 "mstar worker: shard {}/{} of stage {stage} at iteration {iteration}: {} rows in {} files, {:.2}s",
                 m.shard,

@@ -643,4 +643,37 @@ fn kubernetes_executor_with_a_stand_in_kubectl() {
     );
     assert!(std::fs::read_to_string(calls.join("calls")).unwrap().lines().any(|l| l.starts_with("delete job mstar-rollouts-i1-")));
     assert!(!d.path().join("k8s-fail/_manifests/iteration=1/rollouts.json").exists());
+
+    // submit: false, no kubectl: the run writes the manifest and waits; the "pods" started by
+    // hand (as the manifest says) let it commit
+    let store = d.path().join("k8s-hand").to_string_lossy().into_owned();
+    let mut c = bin();
+    c.env("PATH", "/nonexistent").arg("run").arg(&f).args(["--store", &store]);
+    for s in PRM_MICRO {
+        c.args(["--set", s]);
+    }
+    c.args(["--set", "stages.rollouts.shards=3", "--set", "stages.rollouts.executor=kubernetes"]);
+    c.args(["--set", "kubernetes={image: mstar:test, poll_secs: 0.3, submit: false}"]);
+    let (mut run, err) = spawn_collecting(&mut c);
+    let dir = d.path().join("k8s-hand/_shards/iteration=1/rollouts");
+    let start = std::time::Instant::now();
+    while !files_under(&dir).iter().any(|p| p.ends_with("job.k8s.yaml")) {
+        assert!(start.elapsed().as_secs() < 300, "no manifest: {}", err.lock().unwrap());
+        assert!(run.try_wait().unwrap().is_none(), "the run ended: {}", err.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(err.lock().unwrap().contains("(kubernetes.submit: false): apply it"), "{}", err.lock().unwrap());
+    for i in 0..3 {
+        let w = bin()
+            .env("JOB_COMPLETION_INDEX", i.to_string())
+            .args(["worker", "--store", &store, "--stage", "rollouts", "--iteration", "1", "--shard", "/3"])
+            .output()
+            .unwrap();
+        assert!(w.status.success(), "{}", text(&w.stderr));
+    }
+    let status = run.wait().unwrap();
+    assert!(status.success(), "{}", err.lock().unwrap());
+    if let Some(diff) = difference(&dump(&one, PRM_TABLES), &dump(&store, PRM_TABLES), 1e-6) {
+        panic!("the hand-applied Kubernetes run differs from 1 local shard: {diff}");
+    }
 }
