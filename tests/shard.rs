@@ -657,12 +657,12 @@ fn kubernetes_executor_with_a_stand_in_kubectl() {
     let (mut run, err) = spawn_collecting(&mut c);
     let dir = d.path().join("k8s-hand/_shards/iteration=1/rollouts");
     let start = std::time::Instant::now();
-    while !files_under(&dir).iter().any(|p| p.ends_with("job.k8s.yaml")) {
+    while !err.lock().unwrap().contains("(kubernetes.submit: false): apply it") {
         assert!(start.elapsed().as_secs() < 300, "no manifest: {}", err.lock().unwrap());
         assert!(run.try_wait().unwrap().is_none(), "the run ended: {}", err.lock().unwrap());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(err.lock().unwrap().contains("(kubernetes.submit: false): apply it"), "{}", err.lock().unwrap());
+    assert!(files_under(&dir).iter().any(|p| p.ends_with("job.k8s.yaml")), "{:?}", files_under(&dir));
     for i in 0..3 {
         let w = bin()
             .env("JOB_COMPLETION_INDEX", i.to_string())
