@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod data;
+pub mod executor;
 pub mod model;
 pub mod openai;
 pub mod ops;

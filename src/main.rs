@@ -41,6 +41,10 @@ enum Cmd {
         /// How many times a failed shard is rerun alone before its stage fails
         #[arg(long, value_name = "N", default_value_t = 1)]
         shard_retries: u32,
+        /// Where the workers of row-parallel stages run: local processes, a Slurm job array or
+        /// a Kubernetes Indexed Job (overrides the spec's `executor:`)
+        #[arg(long, value_enum, value_name = "EXECUTOR")]
+        executor: Option<mstar::executor::ExecutorKind>,
         /// How to print the summary query's result
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
@@ -419,7 +423,7 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Run { pipeline, set, store, from, allow_other_pipeline, shards, shard_retries, format } => {
+        Cmd::Run { pipeline, set, store, from, allow_other_pipeline, shards, shard_retries, executor, format } => {
             let Some(p) = load(&pipeline, &set, &store)? else { return Ok(2) };
             // a path on the command line is relative to the working directory (as in `sql`,
             // `status`, every CLI); one written in the pipeline file, to the file's folder
@@ -437,6 +441,7 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
                 fault_pause: settings.fault_pause.clone(),
                 shards,
                 shard_retries: Some(shard_retries),
+                executor,
             };
             let mut report = runner::run(&p, &rs, &opts).await?;
             if let Some(batches) = report.summary.take() {
@@ -450,7 +455,13 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
         }
         Cmd::Worker { store, stage, iteration, shard } => {
             let rs = RunStore::open_existing(&store)?;
-            let m = mstar::shard::run_worker(&rs, &stage, iteration, shard.as_deref(), settings.memory_mb, &settings.fault_pause).await?;
+            let m = match mstar::shard::run_worker(&rs, &stage, iteration, shard.as_deref(), settings.memory_mb, &settings.fault_pause).await {
+                // a worker holds no lock: say what a stopped worker leaves
+                Err(mstar::Error::Interrupted) => {
+                    bail!("interrupted (Ctrl-C or SIGTERM): this shard's files stay uncommitted; its coordinator reruns or resubmits it")
+                }
+                r => r?,
+            };
             eprintln!(
                 "mstar worker: shard {}/{} of stage {stage} at iteration {iteration}: {} rows in {} files, {:.2}s",
                 m.shard,

@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub shards: Option<u32>,
     /// How many times a failed shard is rerun alone before the stage fails (default 1).
     pub shard_retries: Option<u32>,
+    /// `--executor`: where the workers of every row-parallel stage run (overrides `executor:`).
+    pub executor: Option<crate::executor::ExecutorKind>,
 }
 
 /// run.json: who the store belongs to and which specs ran on it.
@@ -256,8 +258,14 @@ async fn run_locked(
         let si = p.stages.iter().position(|s| s.id == inst.stage).expect("planned stage");
         let started = Instant::now();
         let shards = crate::shard::shards_for(&p.stages[si], opts.shards);
-        let m = if shards > 1 {
-            crate::shard::coordinate(p, store, inst, &committed, current, shards, opts.shard_retries.unwrap_or(1)).await
+        // a row-parallel stage on a cluster runs as workers there, even as one shard
+        let kind = match crate::shard::driving_input(&p.stages[si]) {
+            Some(_) => p.stages[si].executor.kind_with(opts.executor),
+            None => crate::executor::ExecutorKind::Local,
+        };
+        let m = if shards > 1 || kind != crate::executor::ExecutorKind::Local {
+            let retries = opts.shard_retries.unwrap_or(1);
+            crate::shard::coordinate(p, store, inst, &committed, current, shards, retries, kind, &p.stages[si].executor).await
         } else {
             execute(p, store, &*ops[si], inst, &committed, current, opts, cancel).await
         }

@@ -1,7 +1,8 @@
 //! Sharded stages: a row-parallel stage with `shards: N` (or `mstar run --shards N`) is computed
 //! by N worker processes (`mstar worker … --shard i/N`), each over one partition of the stage's
 //! driving input by prompt_id, and committed by the coordinator (`mstar run`) only when every
-//! shard's marker is in the store. The partition is made here, in the runner's input layer: the
+//! shard's marker is in the store. Where the workers run (local processes, a Slurm array, a
+//! Kubernetes Indexed Job) is the stage's executor's business ([`crate::executor`]). The partition is made here, in the runner's input layer: the
 //! driving input is registered in the operator's SQL session as a view of the shard's rows, so
 //! the operators know nothing of shards. Per-rollout seeds make N shards' rows equal one's,
 //! except in the last bits of values whose rounding depends on the batch (generate's logprob:
@@ -17,6 +18,7 @@
 //! listed by a marker and never committed; the coordinator deletes them after the commit.
 
 use crate::cancel::CancelToken;
+use crate::executor::{self, ExecutorKind, ExecutorSpec, Launch};
 use crate::ops::OpKind;
 use crate::plan::Instance;
 use crate::runner;
@@ -278,9 +280,11 @@ pub async fn run_worker(
     Ok(marker)
 }
 
-/// The local executor: computes `inst` as `n` shards, one `mstar worker` process each (this
-/// executable), reruns a failed shard alone up to `retries` times, and commits the stage when
-/// every shard's marker is present and matches the plan.
+/// Computes `inst` as `n` shards, one `mstar worker` each, on the executor `kind` (which
+/// launches the workers, watches them and retries a failed shard alone up to `retries` times),
+/// and commits the stage when every shard's marker is present and matches the plan. The
+/// executors differ only in how the workers are started and watched; the job, the markers and
+/// the commit are this function's.
 #[allow(clippy::too_many_arguments)]
 pub async fn coordinate(
     p: &crate::spec::Pipeline,
@@ -290,6 +294,8 @@ pub async fn coordinate(
     current: Option<&Manifest>,
     n: u32,
     retries: u32,
+    kind: ExecutorKind,
+    exec: &ExecutorSpec,
 ) -> Result<Manifest, Error> {
     let (stage, it) = (inst.stage.as_str(), inst.iteration);
     if store.loc.url_root.scheme() == "memory" {
@@ -323,19 +329,8 @@ pub async fn coordinate(
         created_at: started_at.to_rfc3339(),
     };
     store.write_json(&job_rel(stage, it), &job).await?;
-    let threads = (crate::model::threads() / n as usize).max(1);
-    eprintln!("  {stage}: {n} shards (worker processes, {threads} thread(s) each)");
-    let mut failed = run_workers(store, stage, it, n, &(0..n).collect::<Vec<_>>(), threads, true).await?;
-    let mut tries = 0;
-    while !failed.is_empty() && tries < retries {
-        tries += 1;
-        let mut still = Vec::new();
-        for (i, why) in failed {
-            eprintln!("  {stage}: shard {i}/{n} failed ({why}); rerunning it alone (retry {tries} of {retries})");
-            still.extend(run_workers(store, stage, it, n, &[i], threads, false).await?);
-        }
-        failed = still;
-    }
+    let launch = Launch { store, pipeline: &p.name, stage, iteration: it, shards: n, attempt: &attempt, retries, pipeline_dir: &pipeline_dir };
+    let failed = executor::launch(kind, &launch, exec).await?;
     if !failed.is_empty() {
         let list: Vec<String> = failed.iter().map(|(i, why)| format!("shard {i}/{n}: {why}")).collect();
         return Err(Error::Usage(format!("{} of {n} shards failed (after {retries} retries each): {}; nothing was committed", failed.len(), list.join("; "))));
@@ -420,75 +415,6 @@ async fn clear_job(store: &RunStore, stage: &str, it: u32) -> Result<(), Error> 
     Ok(())
 }
 
-/// The GPU of worker `shard` when the run sees several (`CUDA_VISIBLE_DEVICES=0,1,2,3`): the
-/// shards go round the list, one device each; None leaves the variable as it is.
-pub fn gpu_for(visible: Option<&str>, shard: u32) -> Option<String> {
-    let devices: Vec<&str> = visible?.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
-    (devices.len() > 1).then(|| devices[shard as usize % devices.len()].to_string())
-}
-
-/// Runs one worker process per shard in `shards` at once and waits for them; the shards that
-/// failed, with why (exit status and the last line of their error output).
-async fn run_workers(store: &RunStore, stage: &str, it: u32, n: u32, shards: &[u32], threads: usize, first_round: bool) -> Result<Vec<(u32, String)>, Error> {
-    use tokio::io::AsyncBufReadExt;
-    let exe = std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find the mstar executable to start workers: {e}")))?;
-    let mut children = Vec::new();
-    for &i in shards {
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(["worker", "--store", store.display(), "--stage", stage, "--iteration", &it.to_string(), "--shard", &format!("{i}/{n}")])
-            .env("RAYON_NUM_THREADS", threads.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        if !first_round {
-            cmd.env_remove("MSTAR_FAULT_SHARD_EXIT");
-        }
-        if let Some(dev) = gpu_for(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(), i) {
-            cmd.env("CUDA_VISIBLE_DEVICES", dev);
-        }
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the worker when
-        // the thread that started it (a runtime thread, alive until the run ends) dies, so a
-        // coordinator killed with SIGKILL leaves no workers behind
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| Error::Usage(format!("cannot start worker {i}/{n} ({}): {e}", exe.display())))?;
-        let stderr = child.stderr.take().expect("piped");
-        let relay = tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            let mut last = String::new();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("    [shard {i}/{n}] {line}");
-                if !line.trim().is_empty() {
-                    last = line;
-                }
-            }
-            last
-        });
-        children.push((i, child, relay));
-    }
-    let mut failed = Vec::new();
-    for (i, mut child, relay) in children {
-        // on Ctrl-C / SIGTERM the run drops this future: kill_on_drop stops the workers
-        let status = child.wait().await?;
-        let last = relay.await.unwrap_or_default();
-        if !status.success() {
-            let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-                (Some(c), _) => format!("exit status {c}"),
-                (None, Some(s)) => format!("killed by signal {s}"),
-                _ => "failed".into(),
-            };
-            let why = if last.is_empty() { how } else { format!("{how}: {}", last.trim()) };
-            failed.push((i, why));
-        }
-    }
-    Ok(failed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,17 +443,6 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 200), "{counts:?}");
         assert_eq!([shard_of("a", 4), shard_of("synth-train-00000", 4), shard_of("synth-train-00001", 7)], [0, 3, 2]);
         assert!(ids.iter().all(|id| shard_of(id, 1) == 0));
-    }
-
-    #[test]
-    fn workers_go_round_the_visible_gpus() {
-        assert_eq!(gpu_for(Some("0,1,2,3"), 5).as_deref(), Some("1"));
-        assert_eq!(gpu_for(Some("2, 5"), 0).as_deref(), Some("2"));
-        assert_eq!(gpu_for(Some("GPU-abc,GPU-def"), 3).as_deref(), Some("GPU-def"));
-        // one device or none: the workers share what the run sees
-        assert_eq!(gpu_for(Some("3"), 1), None);
-        assert_eq!(gpu_for(Some(""), 1), None);
-        assert_eq!(gpu_for(None, 1), None);
     }
 
     #[test]

@@ -71,6 +71,14 @@ struct TopSpec {
     summary: Option<SqlSource>,
     #[serde(default)]
     stages: Vec<Value>,
+    /// Where the workers of sharded stages run (default local); stages may override it.
+    #[serde(default)]
+    executor: Option<crate::executor::ExecutorKind>,
+    /// Settings of the Slurm and Kubernetes executors (stages may override keys).
+    #[serde(default)]
+    slurm: Option<Value>,
+    #[serde(default)]
+    kubernetes: Option<Value>,
 }
 
 fn default_iterations() -> u32 {
@@ -244,9 +252,17 @@ struct StageCommon {
     /// partition of the driving input by prompt_id (default 1).
     #[serde(default)]
     shards: Option<u32>,
+    /// Row-parallel stages: where the workers run (local, slurm, kubernetes; default: the
+    /// pipeline's `executor:`), and this stage's own executor settings over the pipeline's.
+    #[serde(default)]
+    executor: Option<crate::executor::ExecutorKind>,
+    #[serde(default)]
+    slurm: Option<Value>,
+    #[serde(default)]
+    kubernetes: Option<Value>,
 }
 
-pub(crate) const COMMON_KEYS: &[&str] = &["id", "op", "scope", "inputs", "description", "params", "every", "shards"];
+pub(crate) const COMMON_KEYS: &[&str] = &["id", "op", "scope", "inputs", "description", "params", "every", "shards", "executor", "slurm", "kubernetes"];
 
 /// An input of a stage: another stage's table, either up to this iteration or only the
 /// iterations before it (`name@prev`, which may point at a later stage without a cycle).
@@ -291,6 +307,8 @@ pub struct StageSpec {
     /// How many shards compute the stage (1: in the run's own process). Not part of the
     /// fingerprint: N shards commit the same table as one.
     pub shards: u32,
+    /// Where its workers run, and the executors' settings (not part of the fingerprint either).
+    pub executor: crate::executor::ExecutorSpec,
 }
 
 /// A validated pipeline, ready to plan.
@@ -506,6 +524,16 @@ impl Validator<'_> {
         if top.rows_per_file == 0 {
             self.dec.error(&[key("rows_per_file")], "must be at least 1");
         }
+        if let Some(s) = top.slurm.clone().and_then(|v| self.dec.decode::<crate::executor::slurm::SlurmSettings>(&[key("slurm")], v)) {
+            for (k, m) in s.check(&self.base_dir) {
+                self.dec.error(&[key("slurm"), key(k)], m);
+            }
+        }
+        if let Some(k) = top.kubernetes.clone().and_then(|v| self.dec.decode::<crate::executor::kubernetes::KubernetesSettings>(&[key("kubernetes")], v)) {
+            for (key_name, m) in k.check(false) {
+                self.dec.error(&[key("kubernetes"), key(key_name)], m);
+            }
+        }
 
         // Stages: common keys, then the op's own keys.
         let mut stages: Vec<(usize, StageCommon, Option<NamedOp>, Value)> = Vec::new();
@@ -612,6 +640,7 @@ impl Validator<'_> {
                 }
                 _ => {}
             }
+            let executor = self.executor_spec(i, &common, shard_by.is_some(), &top);
             let mut c = StageCheck {
                 dec: &mut self.dec,
                 base_dir: &self.base_dir,
@@ -645,6 +674,7 @@ impl Validator<'_> {
                     op_fields: op_json,
                     sql_template,
                     shards: common.shards.unwrap_or(1).max(1),
+                    executor,
                 });
             }
         }
@@ -696,6 +726,63 @@ impl Validator<'_> {
             frozen_yaml,
             spec_hash,
         })
+    }
+
+    /// Stage `i`'s executor: its own `executor:` (else the pipeline's, for row-parallel stages)
+    /// and the executors' settings, the stage's keys over the pipeline's.
+    fn executor_spec(&mut self, i: usize, common: &StageCommon, row_parallel: bool, top: &TopSpec) -> crate::executor::ExecutorSpec {
+        use crate::executor::{kubernetes::KubernetesSettings, merge_settings, slurm::SlurmSettings, ExecutorKind, ExecutorSpec};
+        let at = |k: &str| vec![key("stages"), Seg::Index(i), key(k)];
+        let kind = match common.executor {
+            Some(k) if k != ExecutorKind::Local && !row_parallel => {
+                let ops: Vec<&str> = crate::ops::REGISTRY.iter().filter(|k| k.shard_by.is_some()).map(|k| k.name).collect();
+                self.dec.error(
+                    &at("executor"),
+                    format!(
+                        "`executor: {}` applies to row-parallel operators ({}), whose shards are workers; `{}` is a `{}` stage and runs in `mstar run`",
+                        k.name(),
+                        ops.join(", "),
+                        common.id,
+                        common.op
+                    ),
+                );
+                None
+            }
+            Some(k) => Some(k),
+            None if row_parallel => top.executor,
+            None => None,
+        };
+        // the stage's own keys are decoded alone first, so that their errors point at them
+        let own_slurm = common.slurm.clone().and_then(|v| self.dec.decode::<SlurmSettings>(&at("slurm"), v));
+        let own_kube = common.kubernetes.clone().and_then(|v| self.dec.decode::<KubernetesSettings>(&at("kubernetes"), v));
+        let slurm = match merge_settings(top.slurm.as_ref(), common.slurm.as_ref()) {
+            Some(v) => serde_json::from_value::<SlurmSettings>(v).unwrap_or_default(),
+            None => SlurmSettings::default(),
+        };
+        let kubernetes = match merge_settings(top.kubernetes.as_ref(), common.kubernetes.as_ref()) {
+            Some(v) => serde_json::from_value::<KubernetesSettings>(v).unwrap_or_default(),
+            None => KubernetesSettings::default(),
+        };
+        if own_slurm.is_some() {
+            for (k, m) in slurm.check(&self.base_dir) {
+                self.dec.error(&[key("stages"), Seg::Index(i), key("slurm"), key(k)], m);
+            }
+        }
+        let used = kind == Some(ExecutorKind::Kubernetes);
+        if own_kube.is_some() || used {
+            let base: Vec<Seg> = if own_kube.is_some() {
+                at("kubernetes")
+            } else if common.executor.is_some() {
+                at("executor")
+            } else {
+                vec![key("executor")]
+            };
+            for (k, m) in kubernetes.check(used) {
+                let path = if base.last() == Some(&key("executor")) { base.clone() } else { [base.clone(), vec![key(k)]].concat() };
+                self.dec.error(&path, format!("stage {}: {m}", common.id));
+            }
+        }
+        ExecutorSpec { kind, slurm, kubernetes }
     }
 
     fn check_cycles(&mut self, stages: &[StageSpec]) {
