@@ -47,8 +47,8 @@ pairs AS (
   JOIN (SELECT prompt_id, score, logprob / greatest(num_tokens, 1) AS lp, steps_ok FROM scored WHERE iteration = ${iteration} AND correct) b
     ON a.prompt_id = b.prompt_id AND a.steps_ok AND NOT b.steps_ok
 )
-SELECT '${split}' AS split, 'step_auroc' AS name, (SELECT v FROM auc) AS value
-UNION ALL SELECT '${split}', 'steps', CAST((SELECT n FROM auc) AS DOUBLE)
+SELECT '${split}' AS split, 'step_auroc' AS name, v AS value FROM auc
+UNION ALL SELECT '${split}', 'steps', CAST(n AS DOUBLE) FROM auc
 UNION ALL SELECT '${split}', 'sound_share_prm_top2', avg(CASE WHEN steps_ok THEN 1.0 ELSE 0.0 END) FROM correct WHERE by_prm <= 2
 UNION ALL SELECT '${split}', 'sound_share_random2', avg(CASE WHEN steps_ok THEN 1.0 ELSE 0.0 END) FROM correct WHERE by_chance <= 2
 UNION ALL SELECT '${split}', 'sound_share_all_correct', avg(CASE WHEN steps_ok THEN 1.0 ELSE 0.0 END) FROM correct

@@ -77,6 +77,33 @@ fn prm_pipeline_labels_trains_scores_and_selects() {
     }
 }
 
+/// prm_report over input tables of many files holds what its query gives on the committed tables
+/// (its step AUROC once came out as the `steps` count there: two scalar subqueries of one CTE).
+#[test]
+fn prm_report_over_tables_of_many_files() {
+    let d = tempfile::tempdir().unwrap();
+    let f = prm_pipeline(d.path());
+    let s = d.path().join("a").to_string_lossy().into_owned();
+    run(&f, &s, &["rows_per_file=2"]);
+    let stored = sql_csv(&s, "SELECT split, name, value FROM prm_report WHERE iteration = 1 ORDER BY name");
+    let file = d.path().join("sql/prm_report.sql");
+    let (again, _) = ok(bin().args(["sql", "--store", &s, "--format", "csv", "--file"]).arg(&file).args([
+        "--param",
+        "iteration=1",
+        "--param",
+        "split=test",
+        "--param",
+        "seed=0",
+    ]));
+    let mut again: Vec<&str> = again.lines().collect();
+    again[1..].sort();
+    assert_eq!(stored.lines().count(), 12, "{stored}");
+    assert_eq!(stored, again.join("\n") + "\n", "the stored report differs from its query on the committed tables");
+    let auroc = stored.lines().find(|l| l.contains(",step_auroc,")).unwrap().rsplit(',').next().unwrap().to_string();
+    let steps = stored.lines().find(|l| l.contains(",steps,")).unwrap().rsplit(',').next().unwrap().to_string();
+    assert!(auroc == "NaN" || auroc.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)), "step_auroc {auroc} (steps {steps})");
+}
+
 #[test]
 fn scoring_with_a_policy_checkpoint_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
