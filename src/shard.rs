@@ -336,6 +336,7 @@ pub async fn coordinate(
         return Err(Error::Usage(format!("{} of {n} shards failed (after {retries} retries each): {}; nothing was committed", failed.len(), list.join("; "))));
     }
     // every marker present and of this job and plan
+    let (workers_done, committing) = (clock.elapsed(), Instant::now());
     let mut markers = Vec::new();
     for i in 0..n {
         let rel = marker_rel(stage, it, &attempt, i);
@@ -392,11 +393,18 @@ pub async fn coordinate(
         mstar_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     runner::commit(store, &m, current).await?;
+    let committed = committing.elapsed();
     // the files of workers that died, then the job and its markers
     for stale in store.uncommitted_files(stage, it, Some(&m)).await? {
         store.delete(&stale.location).await?;
     }
     clear_job(store, stage, it).await?;
+    eprintln!(
+        "  {stage}: {n} shards done in {:.2}s; commit {:.0} ms (markers read and checked, manifest put), clean-up {:.0} ms",
+        workers_done.as_secs_f64(),
+        committed.as_secs_f64() * 1e3,
+        (committing.elapsed() - committed).as_secs_f64() * 1e3
+    );
     Ok(m)
 }
 
