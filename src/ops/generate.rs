@@ -58,9 +58,12 @@ impl super::OpConfig for GenerateSpec {
             Some(_) if !self.policy.is_empty() || self.model.is_some() => {
                 c.error("openai", "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both")
             }
-            Some(o) if o.concurrency == 0 => c.error("openai", "concurrency must be at least 1"),
+            Some(o) if o.concurrency == 0 => c.error("openai.concurrency", "concurrency must be at least 1"),
             None if self.model.is_none() && self.policy.is_empty() => c.error("policy", "name at least one checkpoint stage"),
             _ => {}
+        }
+        if let Some(Err((key, e))) = self.openai.as_ref().map(|o| o.urls()) {
+            c.error(&format!("openai.{key}"), e);
         }
         if let Some(t) = &self.temperature_from {
             c.reads_maybe_prev("temperature_from", t);
