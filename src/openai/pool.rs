@@ -319,8 +319,12 @@ mod tests {
     /// A one-connection HTTP server that answers every request with `status` and `body`;
     /// returns its base URL and a counter of the requests it read.
     async fn canned(status: u16, body: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        canned_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), status, body)
+    }
+
+    /// `canned` on a given listener.
+    fn canned_on(listener: tokio::net::TcpListener, status: u16, body: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = count.clone();
@@ -382,6 +386,27 @@ mod tests {
         let p = pool.picker();
         assert!(!p.in_rotation(0) && !p.in_rotation(1) && p.in_rotation(2));
         assert_eq!((p.outstanding(0), p.outstanding(1), p.outstanding(2)), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_comes_back_is_probed_back_into_rotation() {
+        let ok = r#"{"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]}"#;
+        let (good, _) = canned(200, ok).await;
+        // a port nobody listens on yet
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let pool = Pool::new(vec![client(&format!("http://{addr}/v1")), client(&good)], 0);
+        pool.complete(&request()).await.unwrap();
+        assert!(!pool.picker().in_rotation(0));
+        // it starts answering; once its backoff is over, a request probes it
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (back, count) = canned_on(listener, 200, ok);
+        assert_eq!(back, format!("http://{addr}/v1"));
+        tokio::time::sleep(FIRST_BACKOFF + Duration::from_millis(100)).await;
+        pool.complete(&request()).await.unwrap();
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(pool.picker().in_rotation(0));
     }
 
     #[tokio::test]
