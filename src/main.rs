@@ -337,6 +337,9 @@ struct Settings {
     /// `MSTAR_FAULT_PAUSE_MS=stage:ms[,stage:ms]`: the crash tests' pause after each file a
     /// stage writes.
     fault_pause: std::collections::BTreeMap<String, std::time::Duration>,
+    /// `MSTAR_FAULT_SERVE_EXIT_AFTER=N`: `mstar serve` takes N chat requests, then exits when
+    /// the next arrives (the endpoint-pool crash test).
+    serve_exit_after: Result<Option<usize>, String>,
     /// `MSTAR_TRAIN_AUTOGRAD=1`: train the tiny VLM on the CPU through candle's autograd.
     train_autograd: bool,
     /// `MSTAR_DEVICE=cpu|auto`, `MSTAR_DTYPE=bf16|f32`: where models run.
@@ -349,6 +352,9 @@ impl Settings {
         Self {
             memory_mb: var("MSTAR_MEMORY_LIMIT_MB").and_then(|v| v.parse().ok()),
             fault_pause: runner::parse_fault_pause(&var("MSTAR_FAULT_PAUSE_MS").unwrap_or_default()),
+            serve_exit_after: var("MSTAR_FAULT_SERVE_EXIT_AFTER")
+                .map(|v| v.parse().map_err(|_| format!("MSTAR_FAULT_SERVE_EXIT_AFTER must be a number of requests, got `{v}`")))
+                .transpose(),
             train_autograd: var("MSTAR_TRAIN_AUTOGRAD").is_some_and(|v| v == "1"),
             device: mstar::model::DeviceChoice::parse(var("MSTAR_DEVICE").as_deref(), var("MSTAR_DTYPE").as_deref()),
         }
@@ -366,6 +372,10 @@ fn main() {
             eprintln!("error: {e}");
             std::process::exit(2);
         }
+    }
+    if let Err(e) = &settings.serve_exit_after {
+        eprintln!("error: {e}");
+        std::process::exit(2);
     }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -574,6 +584,7 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
         Cmd::Data { cmd } => data(cmd, settings).await,
         Cmd::Serve { dir, host, port, name, max_body_mb, max_prompt_tokens, max_images, max_image_pixels, max_n, read_timeout_secs } => {
             anyhow::ensure!(read_timeout_secs > 0, "--read-timeout-secs must be at least 1");
+            let exit_after = settings.serve_exit_after.clone().unwrap_or_default();
             let dev = mstar::model::device();
             let dtype = mstar::model::hf_dtype(&dev);
             let ck = mstar::model::qwen_vl::Checkpoint::load(&dir, dtype, &dev)?;
@@ -590,7 +601,7 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
                 max_n,
                 read_timeout: std::time::Duration::from_secs(read_timeout_secs),
             };
-            mstar::openai::server::Server::new(ck, name, eos, dev).with_limits(limits).run(listener).await?;
+            mstar::openai::server::Server::new(ck, name, eos, dev).with_limits(limits).with_exit_after(exit_after).run(listener).await?;
             Ok(0)
         }
         Cmd::Doctor => {

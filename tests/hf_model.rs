@@ -142,9 +142,15 @@ fn serve(model: &Path, name: &str) -> (Served, String) {
 
 /// `serve` with more command-line arguments (limits, timeouts).
 fn serve_with(model: &Path, name: &str, args: &[&str]) -> (Served, String) {
+    serve_env(model, name, args, &[])
+}
+
+/// `serve_with` with environment variables (fault hooks).
+fn serve_env(model: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> (Served, String) {
     use std::io::{BufRead, BufReader};
-    let mut server =
-        Served(bin().args(["serve"]).arg(model).args(["--port", "0", "--name", name]).args(args).stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let mut cmd = bin();
+    cmd.args(["serve"]).arg(model).args(["--port", "0", "--name", name]).args(args).envs(env.iter().copied());
+    let mut server = Served(cmd.stderr(std::process::Stdio::piped()).spawn().unwrap());
     let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
     // warnings at load come before the line that names the address
     let mut seen = String::new();
@@ -233,6 +239,80 @@ fn serve_and_the_openai_backend() {
     assert_eq!(sql_csv(s3, "SELECT count(*) FROM rollouts WHERE finish_reason = 'error' AND response = ''").lines().nth(1), Some("6"));
     let e = sql_csv(s3, "SELECT count(*) AS n, min(attempts) AS a, bool_and(error LIKE '%request to%') AS msg FROM generate_errors");
     assert_eq!(e.lines().nth(1), Some("6,2,true"), "{e}");
+}
+
+/// `openai: {base_urls}`: three `mstar serve` of one folder, the first of which dies at its
+/// third request (`MSTAR_FAULT_SERVE_EXIT_AFTER=2`, after answering at least one) while the stage
+/// runs: its requests go to the
+/// other two without costing an attempt (`retries: 0`, so a counted failure would be an
+/// `error` row), and the rollouts equal, row for row, those of one server.
+#[test]
+fn a_pool_of_servers_survives_one_dying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen");
+    std::fs::create_dir_all(&model).unwrap();
+    copy_fixture(&model);
+    let pipeline = |backend: &str| {
+        let f = tmp.path().join("pool.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                r#"name: pool
+seed: 5
+iterations: 1
+datasets:
+  train: {{synth: {{split: train, count: 8, seed: 3}}}}
+stages:
+  - {{id: prompts, op: import, dataset: train}}
+  - id: rollouts
+    op: generate
+    prompts: prompts
+    openai: {backend}
+    samples: 3
+    sampling: {{temperature: 1.0, top_p: 0.95, max_new_tokens: 6}}
+"#
+            ),
+        )
+        .unwrap();
+        f
+    };
+    // exactly one of base_url and base_urls, each a URL once
+    for (backend, says) in [
+        ("{base_url: 'http://a/v1', base_urls: ['http://b/v1'], model: tiny}", "not both"),
+        ("{base_urls: [], model: tiny}", "at least one endpoint"),
+        ("{base_urls: ['http://a/v1', 'http://a/v1/'], model: tiny}", "listed twice"),
+        ("{base_urls: ['a:8000/v1'], model: tiny}", "not an http"),
+        ("{model: tiny}", "give the endpoint"),
+    ] {
+        let (_, _, err) = fails(bin().arg("validate").arg(pipeline(backend)));
+        assert!(err.contains(says) && err.contains("stages.rollouts.openai"), "{backend}: {err}");
+    }
+    let (mut dying, a) = serve_env(&model, "tiny", &[], &[("MSTAR_FAULT_SERVE_EXIT_AFTER", "2")]);
+    let (_b_server, b) = serve(&model, "tiny");
+    let (_c_server, c) = serve(&model, "tiny");
+    let (one, pool) = (tmp.path().join("one"), tmp.path().join("pool"));
+    let (one, pool) = (one.to_str().unwrap(), pool.to_str().unwrap());
+    ok(bin().arg("run").arg(pipeline(&format!("{{base_url: 'http://{b}/v1', model: tiny, retries: 0, concurrency: 2}}"))).args(["--store", one]));
+    let spec = pipeline(&format!("{{base_urls: ['http://{a}/v1', 'http://{b}/v1', 'http://{c}/v1'], model: tiny, retries: 0, concurrency: 6}}"));
+    let started = std::time::Instant::now();
+    let (_, err) = ok(bin().arg("run").arg(&spec).args(["--store", pool]));
+    eprintln!("pool run: {:.1} s", started.elapsed().as_secs_f64());
+    assert!(err.contains("24 requests to 3 endpoints"), "{err}");
+    assert!(err.contains(&format!("openai: http://{a}/v1/chat/completions out of rotation")), "{err}");
+    // the first server took two requests and died at the third
+    assert_eq!(dying.0.wait().unwrap().code(), Some(3));
+    let q = "SELECT prompt_id, sample_idx, temperature, seed, response, num_tokens, logprob, finish_reason FROM rollouts ORDER BY prompt_id, sample_idx";
+    let (x, y) = (sql_csv(one, q), sql_csv(pool, q));
+    let counts = "SELECT count(*) AS n, count(*) FILTER (WHERE finish_reason = 'error') AS errors FROM rollouts";
+    assert_eq!(sql_csv(one, counts).lines().nth(1), Some("24,0"));
+    assert_eq!(sql_csv(pool, counts).lines().nth(1), Some("24,0"));
+    assert_eq!(x, y, "one server and the pool gave different rollouts");
+    // nothing failed, so no generate_errors
+    let (_, _, err) = fails(bin().args(["sql", pool, "SELECT count(*) FROM generate_errors"]));
+    assert!(err.contains("generate_errors"), "{err}");
+    // the same spec is done, dead server or not
+    let (_, err) = ok(bin().arg("run").arg(&spec).args(["--store", pool]));
+    assert!(outcomes(&err, "computed").is_empty(), "{err}");
 }
 
 /// The self-evolving loop on a Qwen-VL folder: generate (the folder, then this run's SFT

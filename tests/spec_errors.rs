@@ -124,7 +124,7 @@ stages:
         "datasets.d.kind: unknown key `kind`",
         "stages.a.dataset: unknown dataset `none`",
         "stages.a.id: duplicate stage id `a`",
-        "stages.g.op: unknown op `frobnicate` (known ops: import, sql, verify, model_init, train, generate, eval, prm_label, prm_score)",
+        "stages.g.op: unknown op `frobnicate` (known ops: import, sql, verify, model_init, train, train_external, generate, eval, prm_label, prm_score)",
         "stages.h.query: stage `h` reads unknown stage `zz`",
     ] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");

@@ -1,5 +1,5 @@
-//! The `openai` generate backend's client: chat completions against any OpenAI-compatible
-//! endpoint, with retries and exponential backoff on connection errors, 429 and 5xx.
+//! The `openai` generate backend's client of one endpoint: one chat-completions request, its
+//! failure classified for the pool (`pool.rs`): endpoint down, worth retrying, or final.
 
 use super::{ChatRequest, Choice};
 use serde_json::Value;
@@ -10,7 +10,6 @@ pub struct Client {
     http: reqwest::Client,
     url: String,
     api_key: Option<String>,
-    retries: u32,
 }
 
 /// The HTTP client could not be built (TLS backend, settings).
@@ -35,43 +34,63 @@ pub struct Failure {
     pub attempts: u32,
 }
 
+/// What a failed attempt says about the endpoint and the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The endpoint is down or broken (connection refused or reset, timeout, a 5xx, a body cut
+    /// short): another endpoint may answer.
+    Endpoint,
+    /// The endpoint is up but asks to wait (408, 429): worth retrying after a backoff.
+    Busy,
+    /// The request itself was refused (other 4xx) or the answer is not a completion.
+    Final,
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub error: String,
+    /// The response's `Retry-After` in seconds, when it gave one.
+    pub retry_after: Option<Duration>,
+}
+
 impl Client {
     /// `base_url` as OpenAI SDKs take it (e.g. `http://127.0.0.1:8000/v1`).
-    pub fn new(base_url: &str, api_key: Option<String>, retries: u32, timeout: Duration) -> Result<Self, ClientError> {
+    pub fn new(base_url: &str, api_key: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder().timeout(timeout).build().map_err(ClientError)?;
-        Ok(Self { http, url: format!("{}/chat/completions", base_url.trim_end_matches('/')), api_key, retries })
+        Ok(Self { http, url: format!("{}/chat/completions", base_url.trim_end_matches('/')), api_key })
     }
 
-    /// Sends `req`, retrying transient failures (connection errors, 408, 429, 5xx) with backoff
-    /// 0.5 s, 1 s, 2 s, …; other errors fail at once.
-    pub async fn complete(&self, req: &ChatRequest) -> Result<Vec<Choice>, Failure> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut r = self.http.post(&self.url).header("content-type", "application/json").body(serde_json::to_vec(req).expect("serializable"));
-            if let Some(k) = &self.api_key {
-                r = r.bearer_auth(k);
-            }
-            let (transient, error) = match r.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-                    if status.is_success() {
-                        return parse(&body).map_err(|e| Failure { error: e.to_string(), attempts: attempt });
-                    }
-                    let msg = serde_json::from_slice::<Value>(&body)
-                        .ok()
-                        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
-                    (status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408, format!("HTTP {status}: {msg}"))
-                }
-                Err(e) => (true, format!("request to {}: {e}", self.url)),
-            };
-            if !transient || attempt > self.retries {
-                return Err(Failure { error, attempts: attempt });
-            }
-            tokio::time::sleep(Duration::from_millis(500 << (attempt - 1).min(6))).await;
+    /// The chat-completions URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `req` once.
+    pub async fn send(&self, req: &ChatRequest) -> Result<Vec<Choice>, Fault> {
+        let mut r = self.http.post(&self.url).header("content-type", "application/json").body(serde_json::to_vec(req).expect("serializable"));
+        if let Some(k) = &self.api_key {
+            r = r.bearer_auth(k);
         }
+        let down = |e: reqwest::Error| Fault { kind: FaultKind::Endpoint, error: format!("request to {}: {e}", self.url), retry_after: None };
+        let resp = r.send().await.map_err(down)?;
+        let status = resp.status();
+        let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok()).map(Duration::from_secs);
+        let body = resp.bytes().await.map_err(down)?;
+        if status.is_success() {
+            return parse(&body).map_err(|e| Fault { kind: FaultKind::Final, error: e.to_string(), retry_after: None });
+        }
+        let msg = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
+        let kind = match status.as_u16() {
+            500.. => FaultKind::Endpoint,
+            408 | 429 => FaultKind::Busy,
+            _ => FaultKind::Final,
+        };
+        Err(Fault { kind, error: format!("HTTP {status}: {msg}"), retry_after })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The OpenAI chat-completions API as mstar speaks it: request and response types, image parts
-//! as base64 data URLs, `mstar serve` (server.rs) and the `openai` generate backend's client.
+//! as base64 data URLs, `mstar serve` (server.rs) and the `openai` backend's client and pool.
 
 pub mod client;
+pub mod pool;
 pub mod server;
 
 use base64::Engine;

@@ -85,6 +85,10 @@ pub struct Server {
     /// A few requests prepared at a time (the semaphore is fair too), to bound the memory
     /// that large bodies take while they are parsed, decoded and tokenized.
     preparing: Arc<tokio::sync::Semaphore>,
+    /// Test hook: the process exits when a chat request arrives after this many.
+    exit_after: Option<usize>,
+    /// Chat requests received.
+    received: std::sync::atomic::AtomicUsize,
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -152,7 +156,17 @@ impl Server {
             context,
             compute: Arc::new(tokio::sync::Mutex::new(())),
             preparing: Arc::new(tokio::sync::Semaphore::new(parallel)),
+            exit_after: None,
+            received: Default::default(),
         }
+    }
+
+    /// The crash tests' fault (`MSTAR_FAULT_SERVE_EXIT_AFTER=N`): the server takes N chat
+    /// requests, then exits with status 3 when the next one arrives, dropping every connection
+    /// and the requests still in flight, as a crashed server would.
+    pub fn with_exit_after(mut self, n: Option<usize>) -> Self {
+        self.exit_after = n;
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -337,6 +351,11 @@ impl Server {
     }
 
     async fn chat(self: Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let nth = self.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.exit_after.is_some_and(|n| nth >= n) {
+            eprintln!("mstar serve: exiting at request {} (MSTAR_FAULT_SERVE_EXIT_AFTER)", nth + 1);
+            std::process::exit(3);
+        }
         let body = match self.read_body(req.into_body()).await {
             Ok(b) => b,
             Err(r) => return r,

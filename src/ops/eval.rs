@@ -71,14 +71,7 @@ fn default_eval_k() -> u32 {
 impl super::OpConfig for EvalSpec {
     fn check(&self, c: &mut StageCheck) {
         c.reads("prompts", &self.prompts);
-        match &self.openai {
-            Some(_) if !self.policy.is_empty() || self.model.is_some() => {
-                c.error("openai", "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both")
-            }
-            Some(o) if o.concurrency == 0 => c.error("openai", "concurrency must be at least 1"),
-            None if self.model.is_none() && self.policy.is_empty() => c.error("policy", "name at least one checkpoint stage"),
-            _ => {}
-        }
+        super::models::check_choice(c, self.openai.as_ref(), &self.policy, self.model.is_some());
         for p in &self.prm {
             c.reads_maybe_prev("prm", p);
         }

@@ -54,14 +54,7 @@ fn default_samples() -> u32 {
 impl super::OpConfig for GenerateSpec {
     fn check(&self, c: &mut StageCheck) {
         c.reads("prompts", &self.prompts);
-        match &self.openai {
-            Some(_) if !self.policy.is_empty() || self.model.is_some() => {
-                c.error("openai", "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both")
-            }
-            Some(o) if o.concurrency == 0 => c.error("openai", "concurrency must be at least 1"),
-            None if self.model.is_none() && self.policy.is_empty() => c.error("policy", "name at least one checkpoint stage"),
-            _ => {}
-        }
+        super::models::check_choice(c, self.openai.as_ref(), &self.policy, self.model.is_some());
         if let Some(t) = &self.temperature_from {
             c.reads_maybe_prev("temperature_from", t);
         }

@@ -23,6 +23,7 @@ registry! {
     "verify" => verify::VerifySpec, shard_by: "rollouts";
     "model_init" => model_init::ModelInitSpec;
     "train" => train::TrainSpec;
+    "train_external" => train_external::TrainExternalSpec;
     "generate" => generate::GenerateSpec, shard_by: "prompts";
     "eval" => eval::EvalSpec, shard_by: "prompts";
     "prm_label" => prm_label::PrmLabelSpec, shard_by: "rollouts";

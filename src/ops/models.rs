@@ -68,6 +68,24 @@ async fn open_folder(dir: std::path::PathBuf) -> Result<Arc<dyn VisionLm>> {
     Ok(Arc::new(lm))
 }
 
+/// The model a stage's config names: exactly one of `openai` (endpoints) and a policy
+/// (`policy` checkpoint stages, a `model` folder); an endpoint's settings checked.
+pub fn check_choice(c: &mut super::StageCheck, openai: Option<&OpenAiBackend>, policy: &[String], model: bool) {
+    match openai {
+        Some(_) if !policy.is_empty() || model => {
+            c.error("openai", "give `openai` (an endpoint) or a policy (`policy` checkpoint stages, `model` folder), not both")
+        }
+        Some(o) if o.concurrency == 0 => c.error("openai.concurrency", "concurrency must be at least 1"),
+        Some(o) => {
+            if let Err((key, e)) = o.urls() {
+                c.error(format!("openai.{key}").trim_end_matches('.'), e);
+            }
+        }
+        None if !model && policy.is_empty() => c.error("policy", "name at least one checkpoint stage"),
+        None => {}
+    }
+}
+
 /// A client of an OpenAI-compatible endpoint, its API key read from the variable it names.
 pub fn open_endpoint(backend: &OpenAiBackend) -> Result<Arc<dyn VisionLm>> {
     let key = std::env::var(&backend.api_key_env).ok().filter(|k| !k.is_empty());
