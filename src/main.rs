@@ -34,7 +34,7 @@ enum Cmd {
         /// Run even if the store holds a run of a differently named pipeline
         #[arg(long)]
         allow_other_pipeline: bool,
-        /// Compute every row-parallel stage (generate, verify, eval, prm_label, prm_score) as N
+        /// Compute every row-parallel stage (import, generate, verify, eval, prm_label, prm_score) as N
         /// shards, one `mstar worker` process each (overrides the stages' `shards:`)
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         shards: Option<u32>,
@@ -771,7 +771,7 @@ async fn data(cmd: DataCmd, settings: &Settings) -> Result<i32> {
             let source = Path::new(&path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
             let sink = QuarantineSink::default();
             let stream = import_with_limits(
-                ImportOptions { format, path: path.clone(), images, split, source, columns: cols },
+                ImportOptions { format, path: path.clone(), images, split, source, columns: cols, shard: None },
                 ImportLimits { max_image_pixels },
                 sink.clone(),
             )

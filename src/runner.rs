@@ -259,7 +259,7 @@ async fn run_locked(
         let started = Instant::now();
         let shards = crate::shard::shards_for(&p.stages[si], opts.shards);
         // a row-parallel stage on a cluster runs as workers there, even as one shard
-        let kind = match crate::shard::driving_input(&p.stages[si]) {
+        let kind = match crate::ops::OpKind::find(p.stages[si].op_name).and_then(|k| k.shard_by) {
             Some(_) => p.stages[si].executor.kind_with(opts.executor),
             None => crate::executor::ExecutorKind::Local,
         };
@@ -454,6 +454,7 @@ pub(crate) async fn compute(
         input_manifests,
         side: Default::default(),
         cancel: cancel.clone(),
+        shard,
     };
     let declared = op.output_schema(&ctx).await?;
     let (kind, files, rows, bytes, schema) = match op.execute(&ctx).await? {

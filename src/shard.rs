@@ -65,15 +65,19 @@ pub fn shards_for(stage: &StageSpec, run_override: Option<u32>) -> u32 {
     }
 }
 
-/// The stage whose rows drive a row-parallel stage (its config key `shard_by`).
+/// The stage whose rows drive a row-parallel stage (its config key `shard_by`); none for an
+/// operator that keeps its shard's rows itself.
 pub fn driving_input(stage: &StageSpec) -> Option<String> {
-    let key = OpKind::find(stage.op_name)?.shard_by?;
+    let crate::ops::ShardBy::Input(key) = OpKind::find(stage.op_name)?.shard_by? else { return None };
     let v = stage.op_fields.get(key)?.as_str()?;
     Some(v.strip_suffix("@prev").unwrap_or(v).to_string())
 }
 
 /// Replaces the driving input's table in `session` by a view of the rows of shard `sh`.
 pub async fn partition_input(session: &SessionContext, stage: &StageSpec, sh: Shard) -> Result<(), Error> {
+    if OpKind::find(stage.op_name).and_then(|k| k.shard_by) == Some(crate::ops::ShardBy::Own) {
+        return Ok(());
+    }
     let Some(name) = driving_input(stage) else {
         return Err(Error::Usage(format!("stage {} (op {}) is not row-parallel and cannot be sharded", stage.id, stage.op_name)));
     };

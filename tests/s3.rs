@@ -268,7 +268,7 @@ fn a_sharded_stage_on_s3() {
     .unwrap();
     let store = "s3://bucket/runs/sharded";
     let (_, err) = ok(s3(bin().arg("run").arg(&pipeline).args(["--store", store]), &srv));
-    assert_eq!(err.matches("verified: 3 shards").count(), 3, "{err}");
+    assert_eq!(err.matches("verified: 3 shards (worker processes").count(), 3, "{err}");
     let local = p.path().join("one").to_string_lossy().into_owned();
     ok(bin().arg("run").arg(&pipeline).args(["--store", &local, "--shards", "1"]));
     let q = "SELECT * FROM verified ORDER BY iteration, prompt_id, sample_idx";

@@ -101,8 +101,8 @@ fn local_4_shards_equal_1_shard() {
     let four_secs = t.elapsed().as_secs_f64();
     eprintln!("prm micro pipeline: 1 shard {one_secs:.1}s, 4 shards {four_secs:.1}s");
     // the four row-parallel stages ran as 4 workers each; the others in the run's process
-    assert_eq!(err.matches(": 4 shards (worker processes").count(), 5, "{err}");
-    for s in ["label_samples", "step_labels", "rollouts", "verified", "step_scores"] {
+    assert_eq!(err.matches(": 4 shards (worker processes").count(), 7, "{err}");
+    for s in ["train_prompts", "test_prompts", "label_samples", "step_labels", "rollouts", "verified", "step_scores"] {
         assert!(err.contains(&format!("  {s}: 4 shards")), "{s} not sharded: {err}");
         assert!(err.contains(&format!("[shard 3/4] mstar worker: shard 3/4 of stage {s}")), "{err}");
     }
@@ -122,6 +122,47 @@ fn local_4_shards_equal_1_shard() {
     let out = run_prm(&f, &store("four"), &[]);
     assert!(out.status.success());
     assert!(outcomes(&text(&out.stderr), "computed").is_empty(), "{}", text(&out.stderr));
+}
+
+/// import keeps its own shard's rows: a MathVista file (images decoded by the shard that keeps
+/// the record; one record quarantined) and a JSONL file with a broken line, as 3 shards, give
+/// the prompts and quarantine tables of one shard, each row and each bad record once.
+#[test]
+fn a_sharded_import_equals_one_shard() {
+    let d = tempfile::tempdir().unwrap();
+    let mv = d.path().join("mv");
+    std::fs::create_dir_all(mv.join("images")).unwrap();
+    let fixture = repo().join("tests/fixtures/mathvista");
+    std::fs::copy(fixture.join("testmini.json"), mv.join("testmini.json")).unwrap();
+    for e in std::fs::read_dir(fixture.join("images")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), mv.join("images").join(e.file_name())).unwrap();
+    }
+    let mut lines: Vec<String> = (0..20).map(|i| format!(r#"{{"prompt_id": "p{i}", "question": "what is {i} + 1?", "answer": "{}"}}"#, i + 1)).collect();
+    lines.insert(7, "{\"prompt_id\": \"broken\", ".to_string());
+    std::fs::write(d.path().join("lines.jsonl"), lines.join("\n") + "\n").unwrap();
+    let f = d.path().join("imports.yaml");
+    std::fs::write(
+        &f,
+        "name: imports\niterations: 1\ndatasets:\n  mv: {path: mv/testmini.json, format: mathvista}\n  lines: {path: lines.jsonl}\nstages:\n  - {id: mv_prompts, op: import, dataset: mv}\n  - {id: line_prompts, op: import, dataset: lines}\n",
+    )
+    .unwrap();
+    let store = |n: &str| d.path().join(n).to_string_lossy().into_owned();
+    ok(bin().arg("run").arg(&f).args(["--store", &store("one")]));
+    let (_, err) = ok(bin().arg("run").arg(&f).args(["--store", &store("three"), "--shards", "3"]));
+    for s in ["mv_prompts", "line_prompts"] {
+        assert!(err.contains(&format!("  {s}: 3 shards (worker processes")), "{s} not sharded: {err}");
+    }
+    let tables = ["mv_prompts", "line_prompts", "quarantine"];
+    let (a, b) = (dump(&store("one"), &tables), dump(&store("three"), &tables));
+    assert_eq!(a, b, "3 shards of import differ from 1");
+    let count = |t: &str| sql_csv(&store("three"), &format!("SELECT count(*) AS n FROM {t}"));
+    assert_eq!(count("line_prompts"), "n\n20\n");
+    let q = sql_csv(&store("three"), "SELECT source, count(*) AS n FROM quarantine GROUP BY source ORDER BY source");
+    assert!(q.contains("lines,1") && q.contains("mv,"), "each bad record once: {q}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("three/_manifests/iteration=0/line_prompts.json")).unwrap()).unwrap();
+    assert_eq!(m["files"].as_array().unwrap().len(), 3, "one file per shard: {m}");
 }
 
 /// A worker killed before its marker (MSTAR_FAULT_SHARD_EXIT) is rerun alone and the result
@@ -185,7 +226,7 @@ fn shard_settings_are_checked() {
     assert!(err.contains("stages.rollouts.shards: shards must be at least 1"), "{err}");
     assert!(
         err.contains(
-            "stages.scored.shards: `shards: 2` applies to row-parallel operators (verify, generate, eval, prm_label, prm_score); `scored` is a `sql` stage"
+            "stages.scored.shards: `shards: 2` applies to row-parallel operators (import, verify, generate, eval, prm_label, prm_score); `scored` is a `sql` stage"
         ),
         "{err}"
     );
@@ -200,7 +241,7 @@ fn shard_settings_are_checked() {
     }
     let (_, _, err) = fails(&mut c);
     assert!(
-        err.contains("stage label_samples (iteration 0) failed: stage label_samples runs as 2 shards, but worker processes cannot open the in-process store"),
+        err.contains("stage train_prompts (iteration 0) failed: stage train_prompts runs as 2 shards, but worker processes cannot open the in-process store"),
         "{err}"
     );
     // a worker with no job to do
@@ -548,11 +589,11 @@ fn executor_settings_are_checked_and_the_kubernetes_manifest_is_written() {
         c.args(["--set", s]);
     }
     let (_, _, err) = fails(&mut c);
-    let dir = d.path().join("k/_shards/iteration=0/label_samples");
+    let dir = d.path().join("k/_shards/iteration=0/train_prompts");
     let attempt = std::fs::read_dir(&dir).unwrap().flatten().find(|e| e.path().is_dir()).expect("an attempt folder").file_name();
     let manifest = dir.join(&attempt).join("job.k8s.yaml");
     assert!(
-        err.contains("stage label_samples (iteration 0) failed: stage label_samples: wrote the Kubernetes Job manifest")
+        err.contains("stage train_prompts (iteration 0) failed: stage train_prompts: wrote the Kubernetes Job manifest")
             && err.contains(&manifest.to_string_lossy().into_owned())
             && err.contains("kubectl is not on PATH"),
         "{err}"

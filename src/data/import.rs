@@ -44,6 +44,9 @@ pub struct ImportOptions {
     pub source: String,
     /// hf: which columns hold id, question, answer, image(s), choices, answer_type, precision.
     pub columns: BTreeMap<String, String>,
+    /// Shard `(i, n)` of a sharded import: only the records with `shard_of(prompt_id, n) = i`
+    /// are checked and decoded (and quarantined); the rest are skipped.
+    pub shard: Option<(u32, u32)>,
 }
 
 /// Limits a dataset may set besides its [`ImportOptions`] (the `max_image_pixels` of its spec).
@@ -201,7 +204,7 @@ pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quara
             let bytes = loc.store.get(&loc.prefix).await.map_err(read)?.bytes().await.map_err(read)?;
             let entries = if opts.format == Format::MathVista { mathvista_entries(&bytes)? } else { mathv360k_entries(&bytes)? };
             let root = ImageRoot::open(&images_root).map_err(ImportError::ImageFolder)?;
-            let ctx = Arc::new(RowContext { root: Some(root), split, source: opts.source.clone(), quarantine, limits });
+            let ctx = Arc::new(RowContext { root: Some(root), split, source: opts.source.clone(), quarantine, limits, shard: opts.shard });
             let chunks: Vec<Vec<Entry>> = chunk(entries);
             let stream = futures::stream::iter(chunks).then(move |c| {
                 let ctx = ctx.clone();
@@ -232,7 +235,7 @@ pub async fn import_with_limits(opts: ImportOptions, limits: ImportLimits, quara
             let table = ListingTable::try_new(config).map_err(ImportError::DataFusion)?;
             let input = sctx.read_table(Arc::new(table)).map_err(ImportError::DataFusion)?.execute_stream().await.map_err(ImportError::DataFusion)?;
             let root = ImageRoot::open(&images_root).ok();
-            let ctx = Arc::new(RowContext { root, split, source: opts.source.clone(), quarantine, limits });
+            let ctx = Arc::new(RowContext { root, split, source: opts.source.clone(), quarantine, limits, shard: opts.shard });
             let format = opts.format;
             let columns = Arc::new(opts.columns.clone());
             let mut offset = 0usize;
@@ -277,12 +280,15 @@ struct RowContext {
     source: String,
     quarantine: QuarantineSink,
     limits: ImportLimits,
+    shard: Option<(u32, u32)>,
 }
 
 impl RowContext {
     async fn build(&self, entries: Vec<Entry>) -> RecordBatch {
         let mut b = PromptsBuilder::new();
-        for e in entries {
+        // another shard's records are not even decoded: its worker does that
+        let mine = |e: &Entry| self.shard.is_none_or(|(i, n)| crate::shard::shard_of(e.id.as_deref().unwrap_or(&e.row), n) == i);
+        for e in entries.into_iter().filter(mine) {
             let (row, record) = (e.row.clone(), e.record.clone());
             match self.check(e).await {
                 Ok(r) => b.push(&r),

@@ -78,6 +78,7 @@ impl ImportOp {
             split: ds.split.clone(),
             source: spec.dataset.clone(),
             columns: ds.columns.clone(),
+            shard: None,
         });
         let mut limits = crate::data::import::ImportLimits::default();
         if let Some(n) = ds.max_image_pixels {
@@ -374,6 +375,30 @@ impl JsonlBatches {
     }
 }
 
+/// The rows of shard `sh` of a table that carries its own `prompt_id`s (a sharded import of a
+/// Parquet, JSON or JSONL table, or of the synthetic task): `shard_of(prompt_id) = i`, a
+/// missing prompt_id going to shard 0. Without a shard, the stream as it is.
+fn keep_shard(stream: SendableRecordBatchStream, sh: Option<crate::shard::Shard>) -> OpOutput {
+    use arrow::array::{Array, AsArray, BooleanArray};
+    use datafusion::error::DataFusionError;
+    let Some(sh) = sh else { return OpOutput::Table(stream) };
+    let schema = stream.schema();
+    let mine = move |batch: RecordBatch| -> datafusion::error::Result<RecordBatch> {
+        let col = batch.column_by_name("prompt_id").ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "a sharded import splits the rows by their `prompt_id` column, which this dataset lacks (its columns: {}); import it as one shard",
+                batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let ids = arrow::compute::cast(col, &arrow_schema::DataType::Utf8)?;
+        let ids = ids.as_string::<i32>();
+        let keep: BooleanArray =
+            (0..ids.len()).map(|i| Some(if ids.is_null(i) { sh.index == 0 } else { crate::shard::shard_of(ids.value(i), sh.count) == sh.index })).collect();
+        Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+    };
+    OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(schema, stream.map(move |b| b.and_then(mine)))))
+}
+
 impl Operator for ImportOp {
 
     fn fingerprint_extra<'a>(&'a self, _iteration: u32) -> BoxFuture<'a, Result<Value>> {
@@ -439,11 +464,13 @@ impl Operator for ImportOp {
                             .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))
                     }
                 });
-                return Ok(OpOutput::Table(Box::pin(RecordBatchStreamAdapter::new(crate::data::synth_dataset::schema(), stream))));
+                return Ok(keep_shard(Box::pin(RecordBatchStreamAdapter::new(crate::data::synth_dataset::schema(), stream)), ctx.shard));
             }
             if let Some(opts) = &self.prompts {
                 let sink = crate::data::import::QuarantineSink::default();
-                let stream = crate::data::import::import_with_limits(opts.clone(), self.limits, sink.clone()).await.map_err(|e| self.fail(e))?;
+                // a shard checks and decodes only its own records
+                let opts = crate::data::import::ImportOptions { shard: ctx.shard.map(|s| (s.index, s.count)), ..opts.clone() };
+                let stream = crate::data::import::import_with_limits(opts, self.limits, sink.clone()).await.map_err(|e| self.fail(e))?;
                 let schema = stream.schema();
                 let side = ctx.side.clone();
                 // once every row is read, the bad ones become the `quarantine` side table
@@ -472,8 +499,11 @@ impl Operator for ImportOp {
                 });
                 // once every line is read, the bad ones become the `quarantine` side table
                 let side = ctx.side.clone();
+                let shard = ctx.shard;
                 let flush = stream::once(async move {
-                    let bad = std::mem::take(&mut *sink.lock().expect("quarantine"));
+                    let mut bad = std::mem::take(&mut *sink.lock().expect("quarantine"));
+                    // a bad line belongs to the shard of its `file:line`, so exactly one keeps it
+                    bad.retain(|q| shard.is_none_or(|s| crate::shard::shard_of(&q.row, s.count) == s.index));
                     if !bad.is_empty() {
                         side.push("quarantine", crate::data::prompts::quarantine_batch(&bad));
                     }
@@ -485,7 +515,7 @@ impl Operator for ImportOp {
                 let table = self.listing(&f, &ctx).await?;
                 ctx.read_table(Arc::new(table))?.execute_stream().await?
             };
-            Ok(OpOutput::Table(stream))
+            Ok(keep_shard(stream, ctx.shard))
         }
         .boxed()
     }

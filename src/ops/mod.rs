@@ -6,28 +6,29 @@ pub mod models;
 /// Every operator: the name a stage's `op:` gives, its module, and its config type. A new
 /// operator is a file (its config, its checks, the operator) and one line here.
 ///
-/// `shard_by: KEY` marks a row-parallel operator: the stage its config key `KEY` names is its
-/// driving input, which a sharded stage (`shards: N`) partitions by prompt_id (`crate::shard`).
+/// `shard_by: ...` marks a row-parallel operator, which a sharded stage (`shards: N`) splits by
+/// prompt_id (`crate::shard`): by its driving input, the stage its config key names
+/// (`ShardBy::Input`), or by the rows it makes itself (`ShardBy::Own`: import).
 macro_rules! registry {
-    ($($name:literal => $module:ident :: $config:ident $(, shard_by: $key:literal)?;)*) => {
+    ($($name:literal => $module:ident :: $config:ident $(, shard_by: $by:expr)?;)*) => {
         $(pub mod $module;)*
-        pub const REGISTRY: &[OpKind] = &[$(OpKind::of::<$module::$config>($name, registry!(@key $($key)?))),*];
+        pub const REGISTRY: &[OpKind] = &[$(OpKind::of::<$module::$config>($name, registry!(@by $($by)?))),*];
     };
-    (@key $key:literal) => { Some($key) };
-    (@key) => { None };
+    (@by $by:expr) => { Some($by) };
+    (@by) => { None };
 }
 
 registry! {
-    "import" => import::ImportSpec;
+    "import" => import::ImportSpec, shard_by: ShardBy::Own;
     "sql" => sql::SqlSpec;
-    "verify" => verify::VerifySpec, shard_by: "rollouts";
+    "verify" => verify::VerifySpec, shard_by: ShardBy::Input("rollouts");
     "model_init" => model_init::ModelInitSpec;
     "train" => train::TrainSpec;
     "train_external" => train_external::TrainExternalSpec;
-    "generate" => generate::GenerateSpec, shard_by: "prompts";
-    "eval" => eval::EvalSpec, shard_by: "prompts";
-    "prm_label" => prm_label::PrmLabelSpec, shard_by: "rollouts";
-    "prm_score" => prm_score::PrmScoreSpec, shard_by: "rollouts";
+    "generate" => generate::GenerateSpec, shard_by: ShardBy::Input("prompts");
+    "eval" => eval::EvalSpec, shard_by: ShardBy::Input("prompts");
+    "prm_label" => prm_label::PrmLabelSpec, shard_by: ShardBy::Input("rollouts");
+    "prm_score" => prm_score::PrmScoreSpec, shard_by: ShardBy::Input("rollouts");
 }
 
 use crate::spec::{Decoder, Pipeline, Scope, Seg, StageCheck, StageSpec};
@@ -79,6 +80,8 @@ pub struct OpContext<'a> {
     pub attempt: String,
     /// Raised when the run is interrupted: long loops stop at their next step.
     pub cancel: crate::cancel::CancelToken,
+    /// The shard this process computes, when the stage is sharded.
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// One side table's schema and batches.
@@ -190,12 +193,23 @@ pub struct OpKind {
     /// Decodes the stage's op keys (at `at` in the spec, for op `name`), recording errors on
     /// the decoder.
     pub decode: DecodeFn,
-    /// Row-parallel operators: the config key that names the driving input stage.
-    pub shard_by: Option<&'static str>,
+    /// Row-parallel operators: how a shard's rows are chosen.
+    pub shard_by: Option<ShardBy>,
+}
+
+/// How the rows of a row-parallel operator are split among shards (by `shard_of(prompt_id)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardBy {
+    /// The stage its config key names is the driving input: the runner gives each shard a view
+    /// of that table holding its prompts.
+    Input(&'static str),
+    /// The operator makes its rows itself (import) and keeps its shard's, from
+    /// [`OpContext::shard`].
+    Own,
 }
 
 impl OpKind {
-    pub const fn of<C: OpConfig + serde::de::DeserializeOwned + 'static>(name: &'static str, shard_by: Option<&'static str>) -> Self {
+    pub const fn of<C: OpConfig + serde::de::DeserializeOwned + 'static>(name: &'static str, shard_by: Option<ShardBy>) -> Self {
         OpKind { name, decode: decode_config::<C>, shard_by }
     }
 
