@@ -143,6 +143,17 @@ pub enum FromError {
     BadIteration { given: String, iteration: String },
 }
 
+/// How many shards compute `stage` and where: a row-parallel stage on a cluster runs as
+/// workers there even as one shard; more than one shard, or a cluster, means worker processes.
+fn worker_shards(stage: &crate::spec::StageSpec, opts: &RunOptions) -> (u32, crate::executor::ExecutorKind) {
+    let shards = crate::shard::shards_for(stage, opts.shards);
+    let kind = match crate::ops::OpKind::find(stage.op_name).and_then(|k| k.shard_by) {
+        Some(_) => stage.executor.kind_with(opts.executor),
+        None => crate::executor::ExecutorKind::Local,
+    };
+    (shards, kind)
+}
+
 /// Parses `ITER/STAGE` (ITER may be `setup`).
 pub fn parse_from(s: &str) -> Result<(u32, String), FromError> {
     let (it, stage) = s.split_once('/').ok_or_else(|| FromError::NoSlash(s.to_string()))?;
@@ -160,6 +171,17 @@ pub async fn make_plan(p: &Pipeline) -> Result<(Vec<Box<dyn ops::Operator>>, Pla
 /// Runs the pipeline on the store, holding the store's lock; Ctrl-C and SIGTERM release it.
 pub async fn run(p: &Pipeline, store: &RunStore, opts: &RunOptions) -> Result<RunReport, Error> {
     let (ops, plan) = make_plan(p).await?;
+    // workers are other processes: refused before anything is computed, not at that stage
+    if store.loc.url_root.scheme() == "memory" {
+        let workers = p.stages.iter().map(|s| (s, worker_shards(s, opts))).find(|(_, (n, k))| *n > 1 || *k != crate::executor::ExecutorKind::Local);
+        if let Some((s, (n, _))) = workers {
+            return Err(Error::Usage(format!(
+                "stage {} runs as {n} worker process(es), which cannot open the in-process store {}: use a folder or an s3:// store, or --shards 1",
+                s.id,
+                store.display()
+            )));
+        }
+    }
     if let Some((it, stage)) = &opts.from {
         if plan.find(stage, *it).is_none() {
             return Err(Error::Usage(format!("--from {it}/{stage}: the plan has no stage `{stage}` at iteration {it}")));
@@ -257,12 +279,7 @@ async fn run_locked(
         }
         let si = p.stages.iter().position(|s| s.id == inst.stage).expect("planned stage");
         let started = Instant::now();
-        let shards = crate::shard::shards_for(&p.stages[si], opts.shards);
-        // a row-parallel stage on a cluster runs as workers there, even as one shard
-        let kind = match crate::ops::OpKind::find(p.stages[si].op_name).and_then(|k| k.shard_by) {
-            Some(_) => p.stages[si].executor.kind_with(opts.executor),
-            None => crate::executor::ExecutorKind::Local,
-        };
+        let (shards, kind) = worker_shards(&p.stages[si], opts);
         let m = if shards > 1 || kind != crate::executor::ExecutorKind::Local {
             let retries = opts.shard_retries.unwrap_or(1);
             crate::shard::coordinate(p, store, inst, &committed, current, shards, retries, kind, &p.stages[si].executor).await
