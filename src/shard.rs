@@ -302,12 +302,6 @@ pub async fn coordinate(
     exec: &ExecutorSpec,
 ) -> Result<Manifest, Error> {
     let (stage, it) = (inst.stage.as_str(), inst.iteration);
-    if store.loc.url_root.scheme() == "memory" {
-        return Err(Error::Usage(format!(
-            "stage {stage} runs as {n} shards, but worker processes cannot open the in-process store {}: use a folder or an s3:// store, or --shards 1",
-            store.display()
-        )));
-    }
     for input in &inst.inputs {
         for (i, fp) in input.iterations.iter().zip(&input.fingerprints) {
             if committed.get(&(input.stage.clone(), *i)).is_none_or(|m| &m.fingerprint != fp) {
