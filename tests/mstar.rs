@@ -268,3 +268,88 @@ fn micro_prm_checks_trains_the_prm_on_step_labels_and_reading_checks() {
     assert_eq!(one("SELECT (SELECT count(*) FROM prm_data) = (SELECT count(*) FROM mc_data) + (SELECT count(*) FROM check_data)"), "true");
     assert_eq!(one("SELECT count(*) > 0 FROM step_scores WHERE iteration = 1"), "true");
 }
+
+/// A micro run of an ablation that replaces `step_labels`: MICRO's step_labels settings go to
+/// the prm_label stages named instead.
+fn run_relabelled(file: &str, store: &str, label_stages: &[&str], extra: &[&str]) -> std::process::Command {
+    let mut c = bin();
+    c.arg("run").arg(repo().join(file)).args(["--store", store]);
+    for s in MICRO {
+        match s.strip_prefix("stages.step_labels.") {
+            Some(rest) => label_stages.iter().for_each(|st| {
+                c.args(["--set", &format!("stages.{st}.{rest}")]);
+            }),
+            None => {
+                c.args(["--set", s]);
+            }
+        }
+    }
+    for s in extra {
+        c.args(["--set", s]);
+    }
+    c
+}
+
+#[test]
+fn micro_consensus_keeps_the_responses_whose_two_labellings_agree() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("c").to_string_lossy().into_owned();
+    ok(&mut run_relabelled(
+        "pipelines/ablations/consensus.yaml",
+        &s,
+        &["mc_labels", "mc_labels_more"],
+        &["iterations=1", "stages.mc_labels_more.first_completion=2"],
+    ));
+    let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
+    // the second labelling's completions are others than the first's
+    assert_eq!(one("SELECT count(*) FROM mc_labels a JOIN mc_labels_more b USING (prompt_id, sample_idx, step_idx) WHERE a.prefix <> b.prefix OR a.step_text <> b.step_text"), "0");
+    // a response is kept exactly when both put its first error (a label below 0.5 before the last step) at the same step
+    let first_error = |t: &str| {
+        format!(
+            "SELECT prompt_id, sample_idx, coalesce(min(CASE WHEN step_idx < m AND soft < 0.5 THEN step_idx END), -1) AS f \
+             FROM (SELECT *, max(step_idx) OVER (PARTITION BY prompt_id, sample_idx) AS m FROM {t}) GROUP BY prompt_id, sample_idx"
+        )
+    };
+    let agree = format!(
+        "SELECT a.prompt_id, a.sample_idx FROM ({}) a JOIN ({}) b USING (prompt_id, sample_idx) WHERE a.f = b.f",
+        first_error("mc_labels"),
+        first_error("mc_labels_more")
+    );
+    assert_eq!(
+        sql_csv(&s, &format!("SELECT prompt_id, sample_idx FROM ({agree}) ORDER BY 1, 2")),
+        sql_csv(&s, "SELECT DISTINCT prompt_id, sample_idx FROM step_labels ORDER BY 1, 2")
+    );
+    // their counts pooled, every step kept
+    assert_eq!(
+        one("SELECT count(*) FROM step_labels l JOIN mc_labels a USING (prompt_id, sample_idx, step_idx) JOIN mc_labels_more b USING (prompt_id, sample_idx, step_idx) \
+             WHERE l.n <> a.n + b.n OR l.successes <> a.successes + b.successes OR abs(l.soft - CAST(l.successes AS DOUBLE) / l.n) > 1e-12 OR l.hard <> (l.successes > 0)"),
+        "0"
+    );
+    assert_eq!(one("SELECT count(*) FROM step_labels l LEFT JOIN mc_labels a USING (prompt_id, sample_idx, step_idx) WHERE a.n IS NULL"), "0");
+    assert_eq!(
+        one("SELECT (SELECT count(*) FROM prm_data) = (SELECT count(DISTINCT concat(prompt_id, '/', CAST(sample_idx AS VARCHAR))) FROM step_labels)"),
+        "true"
+    );
+    assert!(sql_csv(&s, "SELECT name FROM label_quality").contains("pair_auroc"));
+}
+
+#[test]
+fn micro_oracle_labels_are_the_oracles_verdicts() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("o").to_string_lossy().into_owned();
+    ok(&mut run_relabelled("pipelines/ablations/oracle_labels.yaml", &s, &["mc_labels"], &["iterations=1"]));
+    let one = |q: &str| sql_csv(&s, q).lines().nth(1).unwrap_or_default().to_string();
+    assert_eq!(one("SELECT (SELECT count(*) FROM step_labels) = (SELECT count(*) FROM mc_labels)"), "true");
+    assert_eq!(one("SELECT count(*) FROM step_labels WHERE n <> 1 OR soft NOT IN (0.0, 1.0) OR hard <> (soft = 1.0)"), "0");
+    // a label is 1 only where the oracle accepts the step and all before it, and never after a 0
+    assert_eq!(
+        one("SELECT count(*) FROM step_labels l JOIN label_samples s USING (prompt_id, sample_idx) JOIN label_prompts p USING (prompt_id) \
+             WHERE l.soft = 1.0 AND NOT coalesce(synth_step_ok(p.scene, p.meta, s.response, l.step_idx), false)"),
+        "0"
+    );
+    assert_eq!(one("SELECT count(*) FROM step_labels a JOIN step_labels b USING (prompt_id, sample_idx) WHERE b.step_idx > a.step_idx AND a.soft = 0.0 AND b.soft = 1.0"), "0");
+    // so they separate sound prefixes from unsound ones perfectly
+    let q = sql_csv(&s, "SELECT value FROM label_quality WHERE name = 'prefix_auroc'");
+    let v = q.lines().nth(1).unwrap_or_default();
+    assert!(v == "1.0" || v.is_empty() || v == "NaN", "prefix_auroc {v}");
+}

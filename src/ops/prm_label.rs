@@ -36,6 +36,12 @@ pub struct PrmLabelSpec {
     /// Completions per step prefix (N).
     #[serde(default = "default_completions")]
     pub completions: u32,
+    /// The index of the first completion: its seeds are those of completions `first_completion`
+    /// .. `first_completion + completions`, so a second labelling of the same responses with
+    /// `first_completion` set to the first's `completions` gets independent completions (for a
+    /// consensus of two label tables, sql/consensus_labels.sql).
+    #[serde(default)]
+    pub first_completion: u32,
     #[serde(default)]
     pub sampling: crate::model::generate::SamplingParams,
     #[serde(default = "super::default_batch")]
@@ -179,12 +185,12 @@ impl Operator for PrmLabelOp {
                 }
             }
             let started = std::time::Instant::now();
-            let (n, seed, iteration) = (self.spec.completions, ctx.pipeline.seed, ctx.iteration);
+            let (first, n, seed, iteration) = (self.spec.first_completion, self.spec.completions, ctx.pipeline.seed, ctx.iteration);
             let params = self.spec.sampling.clone();
             let batch_size = self.spec.batch_size;
             let labels = tokio::task::spawn_blocking(move || {
                 let completer = LmCompleter { lm: lm.as_ref(), prompts: &prompts, params, batch_size };
-                mc_labels(&completer, &tasks, n, seed, iteration).map(|l| (l, tasks.len()))
+                mc_labels(&completer, &tasks, first, n, seed, iteration).map(|l| (l, tasks.len()))
             })
             .await
             .map_err(|e| self.fail(e))?

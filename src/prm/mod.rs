@@ -71,8 +71,10 @@ pub fn completion_seed(run_seed: u64, iteration: u32, prompt_id: &str, sample_id
 
 /// Monte Carlo labels of every step of every task (Math-Shepherd style): a step that is not
 /// the last is labeled by `n` completions of the response cut after it; the last step by
-/// whether the response itself reaches the gold answer.
-pub fn mc_labels<C: Completer>(completer: &C, tasks: &[LabelTask], n: u32, run_seed: u64, iteration: u32) -> Result<Vec<StepLabel>, C::Error> {
+/// whether the response itself reaches the gold answer. Completion `j` of a step is seeded by
+/// its index `first + j`, so `first` = 4 gives completions independent of those of `first` = 0,
+/// `n` = 4 (and 0..4 plus 4..8 are 0..8).
+pub fn mc_labels<C: Completer>(completer: &C, tasks: &[LabelTask], first: u32, n: u32, run_seed: u64, iteration: u32) -> Result<Vec<StepLabel>, C::Error> {
     let mut jobs = Vec::new();
     let mut steps_of = Vec::with_capacity(tasks.len());
     for (t, task) in tasks.iter().enumerate() {
@@ -82,7 +84,7 @@ pub fn mc_labels<C: Completer>(completer: &C, tasks: &[LabelTask], n: u32, run_s
                 task: t,
                 step_idx: i as u32,
                 prefix: prefix_of(&steps[..=i]),
-                seeds: (0..n).map(|j| completion_seed(run_seed, iteration, &task.prompt_id, task.sample_idx, i as u32, j)).collect(),
+                seeds: (first..first + n).map(|j| completion_seed(run_seed, iteration, &task.prompt_id, task.sample_idx, i as u32, j)).collect(),
             });
         }
         steps_of.push(steps);
@@ -165,7 +167,7 @@ mod tests {
         let stub = Stub { p: vec![0.9, 0.5, 0.1] };
         let t = task("Step 1: a\nStep 2: b\nStep 3: c\nAnswer: 13");
         for n in [16u32, 4000] {
-            let labels = mc_labels(&stub, std::slice::from_ref(&t), n, 7, 1).unwrap();
+            let labels = mc_labels(&stub, std::slice::from_ref(&t), 0, n, 7, 1).unwrap();
             assert_eq!(labels.len(), 4);
             for (l, p) in labels.iter().zip(&stub.p) {
                 assert_eq!(l.n, n);
@@ -181,17 +183,23 @@ mod tests {
             assert_eq!(labels[1].step_text, "Step 2: b");
         }
         // same seed, same labels; another run seed, other completions
-        let a = mc_labels(&stub, std::slice::from_ref(&t), 64, 7, 1).unwrap();
-        assert_eq!(a, mc_labels(&stub, std::slice::from_ref(&t), 64, 7, 1).unwrap());
-        assert_ne!(a, mc_labels(&stub, &[t], 64, 8, 1).unwrap());
+        let a = mc_labels(&stub, std::slice::from_ref(&t), 0, 64, 7, 1).unwrap();
+        assert_eq!(a, mc_labels(&stub, std::slice::from_ref(&t), 0, 64, 7, 1).unwrap());
+        assert_ne!(a, mc_labels(&stub, std::slice::from_ref(&t), 0, 64, 8, 1).unwrap());
+        // completions 32..64 are those of 0..64 the first 32 leave out: their successes add up
+        let (lo, hi) = (mc_labels(&stub, std::slice::from_ref(&t), 0, 32, 7, 1).unwrap(), mc_labels(&stub, &[t], 32, 32, 7, 1).unwrap());
+        assert_ne!(lo, hi, "another completion range, other completions");
+        for ((l, h), all) in lo.iter().zip(&hi).zip(&a).take(3) {
+            assert_eq!((l.n + h.n, l.successes + h.successes), (all.n, all.successes), "step {}", all.step_idx);
+        }
     }
 
     #[test]
     fn a_correct_last_step_and_a_one_step_response() {
         let stub = Stub { p: vec![] };
-        let labels = mc_labels(&stub, &[task("Answer: 12")], 8, 0, 0).unwrap();
+        let labels = mc_labels(&stub, &[task("Answer: 12")], 0, 8, 0, 0).unwrap();
         assert_eq!(labels.len(), 1);
         assert_eq!((labels[0].n, labels[0].successes, labels[0].soft, labels[0].hard), (1, 1, 1.0, true));
-        assert!(mc_labels(&stub, &[task("")], 8, 0, 0).unwrap().is_empty());
+        assert!(mc_labels(&stub, &[task("")], 0, 8, 0, 0).unwrap().is_empty());
     }
 }

@@ -4,6 +4,7 @@
 //! percent, with error bars from a bootstrap over prompts (`sql/report_prompts.sql`: the
 //! per-prompt values behind each metric).
 
+pub mod gain;
 pub mod plot;
 
 use crate::runner::RunInfo;
@@ -64,6 +65,8 @@ pub struct Figure {
 /// What `report` produced.
 pub struct Report {
     pub figures: Vec<Figure>,
+    /// Each pipeline's final iteration over its warm-up, per seed and over seeds.
+    pub gains: Vec<gain::Gain>,
     pub markdown: String,
     pub files: Vec<String>,
     /// The queries, in the order they ran (for `--explain`).
@@ -72,11 +75,19 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-/// The per-prompt (num, den) pairs of one run, by (iteration, split, name), in prompt_id order.
-type PerPrompt = std::collections::BTreeMap<(i64, String, String), Vec<(f64, f64)>>;
+/// The per-prompt values of one metric of one run, in prompt_id order.
+#[derive(Debug, Default, Clone)]
+pub struct PromptValues {
+    pub ids: Vec<String>,
+    /// (num, den) of each prompt: the metric is sum(num) / sum(den).
+    pub values: Vec<(f64, f64)>,
+}
+
+/// The per-prompt values of one run, by (iteration, split, name).
+pub type PerPrompt = std::collections::BTreeMap<(i64, String, String), PromptValues>;
 
 /// FNV-1a: a stable hash of a point's name, to give each point its own resampling stream.
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
@@ -114,11 +125,16 @@ pub fn bootstrap(runs: &[&[(f64, f64)]], resamples: usize, seed: u64) -> Option<
                 / runs.len() as f64
         })
         .collect();
-    if stats.iter().any(|x| !x.is_finite()) {
+    percentile_interval(&mut stats)
+}
+
+/// The 2.5% and 97.5% percentiles of resampled statistics, linearly interpolated between order
+/// statistics (None where any is not finite, or there are none).
+pub(crate) fn percentile_interval(stats: &mut [f64]) -> Option<(f64, f64)> {
+    if stats.is_empty() || stats.iter().any(|x| !x.is_finite()) {
         return None;
     }
     stats.sort_by(f64::total_cmp);
-    // linear interpolation between order statistics
     let q = |p: f64| {
         let h = p * (stats.len() - 1) as f64;
         let (i, f) = (h.floor() as usize, h - h.floor());
@@ -162,18 +178,20 @@ async fn per_prompt(ctx: &datafusion::prelude::SessionContext, tables: &[String]
         vec![f("iteration", DataType::Int64), f("prompt_id", DataType::Utf8), f("sample_idx", DataType::Int32), f("steps_ok", DataType::Boolean)],
     )?;
     let q = format!(
-        "SELECT CAST(iteration AS BIGINT), CAST(split AS VARCHAR), CAST(name AS VARCHAR), CAST(num AS DOUBLE), CAST(den AS DOUBLE) FROM ({PROMPTS_SQL}) ORDER BY 1, 2, 3, CAST(prompt_id AS VARCHAR)"
+        "SELECT CAST(iteration AS BIGINT), CAST(split AS VARCHAR), CAST(name AS VARCHAR), CAST(num AS DOUBLE), CAST(den AS DOUBLE), CAST(prompt_id AS VARCHAR) FROM ({PROMPTS_SQL}) ORDER BY 1, 2, 3, 6"
     );
     let mut out = PerPrompt::new();
     for b in crate::sql::query(ctx, &q).await?.collect().await? {
         let s = |i: usize| arrow::compute::cast(b.column(i), &DataType::Utf8).map(|a| a.as_string::<i32>().clone());
-        let (split, name) = (s(1)?, s(2)?);
+        let (split, name, id) = (s(1)?, s(2)?, s(5)?);
         let (it, num, den) = (b.column(0).as_primitive::<Int64Type>(), b.column(3).as_primitive::<Float64Type>(), b.column(4).as_primitive::<Float64Type>());
         for i in 0..b.num_rows() {
-            if it.is_null(i) || num.is_null(i) || den.is_null(i) || split.is_null(i) {
+            if it.is_null(i) || num.is_null(i) || den.is_null(i) || split.is_null(i) || id.is_null(i) {
                 continue;
             }
-            out.entry((it.value(i), split.value(i).to_string(), name.value(i).to_string())).or_default().push((num.value(i), den.value(i)));
+            let v = out.entry((it.value(i), split.value(i).to_string(), name.value(i).to_string())).or_default();
+            v.ids.push(id.value(i).to_string());
+            v.values.push((num.value(i), den.value(i)));
         }
     }
     Ok(out)
@@ -198,8 +216,8 @@ pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>) -> 
     }
     let mut pipelines: Vec<String> = Vec::new();
     let mut parts: Vec<RecordBatch> = Vec::new();
-    // (pipeline, store, per-prompt values) of each run
-    let mut prompts: Vec<(String, String, PerPrompt)> = Vec::new();
+    // (pipeline, store, seed, per-prompt values) of each run
+    let mut prompts: Vec<(String, String, u64, PerPrompt)> = Vec::new();
     let mut notes = Vec::new();
     let runs_schema = Arc::new(Schema::new(vec![
         Field::new("pipeline", DataType::Utf8, false),
@@ -242,7 +260,7 @@ pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>) -> 
             parts.push(RecordBatch::try_new(runs_schema.clone(), cols)?);
         }
         match per_prompt(&ctx, &tables).await {
-            Ok(pp) => prompts.push((info.pipeline.clone(), rs.display().to_string(), pp)),
+            Ok(pp) => prompts.push((info.pipeline.clone(), rs.display().to_string(), info.seed, pp)),
             Err(e) => notes.push(format!("{s}: no error bars, the per-prompt values (sql/report_prompts.sql) could not be read: {e}")),
         }
         if !pipelines.contains(&info.pipeline) {
@@ -284,7 +302,7 @@ pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>) -> 
     for f in figures.iter_mut().filter(|f| CHARTS.iter().any(|c| c.0 == f.split && c.1 == f.name)) {
         let key = (f.iteration, f.split.clone(), f.name.clone());
         let runs: Vec<&[(f64, f64)]> =
-            prompts.iter().filter(|(p, _, _)| *p == f.pipeline).filter_map(|(_, _, pp)| pp.get(&key).map(|v| v.as_slice())).collect();
+            prompts.iter().filter(|(p, _, _, _)| *p == f.pipeline).filter_map(|(_, _, _, pp)| pp.get(&key).map(|v| v.values.as_slice())).collect();
         // only where every seed has the values and they give the metric itself
         if runs.is_empty() || runs.len() as i64 != f.seeds || (statistic(&runs) - f.mean).abs() > 1e-9 {
             continue;
@@ -331,10 +349,12 @@ pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>) -> 
             files.push(f);
         }
     }
-    let markdown = markdown(&pipelines, &figures, &files, &notes);
+    let last = |p: &str| figures.iter().filter(|f| f.pipeline == p).map(|f| f.iteration).max().unwrap_or(0);
+    let gains = gain::gains(&prompts, last);
+    let markdown = markdown(&pipelines, &figures, &gains, &files, &notes);
     std::fs::write(out.join("report.md"), &markdown)?;
     files.push("report.md".into());
-    Ok(Report { figures, markdown, files, queries: vec![RUN_SQL.to_string(), COMPARE_SQL.to_string(), PROMPTS_SQL.to_string()], notes })
+    Ok(Report { figures, gains, markdown, files, queries: vec![RUN_SQL.to_string(), COMPARE_SQL.to_string(), PROMPTS_SQL.to_string()], notes })
 }
 
 /// Whether a metric is a share, shown in percent (a temperature or a count is shown as it is).
@@ -362,7 +382,7 @@ fn cell(f: Option<&Figure>) -> String {
     }
 }
 
-fn markdown(pipelines: &[String], figures: &[Figure], files: &[String], notes: &[String]) -> String {
+fn markdown(pipelines: &[String], figures: &[Figure], gains: &[gain::Gain], files: &[String], notes: &[String]) -> String {
     let find = |p: &str, it: i64, split: &str, name: &str| figures.iter().find(|f| f.pipeline == p && f.iteration == it && f.split == split && f.name == name);
     let last = |p: &str| figures.iter().filter(|f| f.pipeline == p).map(|f| f.iteration).max().unwrap_or(0);
     let mut o = String::from("# mstar report\n\nAccuracies in percent, mean ± sample standard deviation over the seeds (runs of the same pipeline).\n\n");
@@ -387,6 +407,7 @@ fn markdown(pipelines: &[String], figures: &[Figure], files: &[String], notes: &
         }
         o += "\n";
     }
+    o += &gain::markdown(gains);
     let max_it = pipelines.iter().map(|p| last(p)).max().unwrap_or(0);
     for (split, name, title, _, _) in CHARTS {
         if !figures.iter().any(|f| f.split == *split && f.name == *name) {
