@@ -584,6 +584,18 @@ fn report_charts_are_in_percent_with_n_and_bootstrap_error_bars() {
     assert!(tick_labels(&t, "end").iter().all(|v| *v < 1.0), "{t}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("n = 40 prompts per run.") && md.contains("95% bootstrap interval over prompts"), "{md}");
+    // the gain over the warm-up: the final iteration's test greedy accuracy minus iteration 0's, with its paired interval
+    let acc = |q: &str| -> f64 {
+        sql_csv(store_s, &format!("SELECT avg(CASE WHEN correct THEN 1.0 ELSE 0.0 END) FROM {q} AND greedy AND split = 'test'"))
+            .lines()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let gain = 100.0 * (acc("eval WHERE iteration = 2") - acc("eval_warmup WHERE true"));
+    let row = md.lines().find(|l| l.starts_with("| fake_mstar | test greedy accuracy | 40 |")).unwrap_or_else(|| panic!("{md}"));
+    assert!(gain.abs() > 1.0 && row.contains(&format!("| {gain:+.1} [")) && row.matches(" [").count() == 2, "{row} vs {gain:+.1}");
 
     // seeded: the same runs give the same charts, byte for byte
     let again = p.path().join("again");
