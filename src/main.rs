@@ -130,6 +130,10 @@ enum Cmd {
         /// Print the SQL the report runs
         #[arg(long)]
         explain: bool,
+        /// Check an order of pipelines, best first, on final test greedy accuracy with paired
+        /// bootstrap intervals (repeatable), e.g. --order "continuous>iterative_rft>rest_em"
+        #[arg(long = "order", value_name = "A>B>…")]
+        orders: Vec<String>,
     },
     /// Break a run store's lock (after a run died without releasing it).
     Unlock {
@@ -633,8 +637,9 @@ async fn dispatch(cli: Cli, settings: &Settings) -> Result<i32> {
             eprintln!("mstar: exported `{stage}` (iteration {it}) to {}: {}", out.display(), files.join(", "));
             Ok(0)
         }
-        Cmd::Report { stores, out, explain } => {
-            let r = mstar::report::report(&stores, &out, settings.memory_mb).await?;
+        Cmd::Report { stores, out, explain, orders } => {
+            let orders = orders.iter().map(|o| mstar::report::order::parse(o)).collect::<Result<Vec<_>, _>>().map_err(|e| anyhow::anyhow!(e))?;
+            let r = mstar::report::report(&stores, &out, settings.memory_mb, &orders).await?;
             if explain {
                 for q in &r.queries {
                     outln!("{}\n", q.trim_end());

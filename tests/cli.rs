@@ -596,6 +596,20 @@ fn report_charts_are_in_percent_with_n_and_bootstrap_error_bars() {
     let gain = 100.0 * (acc("eval WHERE iteration = 2") - acc("eval_warmup WHERE true"));
     let row = md.lines().find(|l| l.starts_with("| fake_mstar | test greedy accuracy | 40 |")).unwrap_or_else(|| panic!("{md}"));
     assert!(gain.abs() > 1.0 && row.contains(&format!("| {gain:+.1} [")) && row.matches(" [").count() == 2, "{row} vs {gain:+.1}");
+    // --order: the same runs under another name are no better, no worse; a malformed order is refused
+    let twin = p.path().join("twin");
+    ok(bin().arg("run").arg(&pipeline).args(["--store", twin.to_str().unwrap(), "--set", "name=fake_twin"]));
+    let (md, _) = ok(bin()
+        .arg("report")
+        .args([store_s, twin.to_str().unwrap(), "--order", "fake_mstar>fake_twin", "--order", "fake_mstar>nobody", "--out"])
+        .arg(p.path().join("orders")));
+    assert!(
+        md.contains("| fake_mstar > fake_twin | not resolved (an interval spans 0) | fake_mstar − fake_twin: +0.0 [+0.0, +0.0] (1 seed, 40 prompts) |"),
+        "{md}"
+    );
+    assert!(md.contains("| fake_mstar > nobody | not measured"), "{md}");
+    let (_, _, err) = fails(bin().arg("report").args([store_s, "--order", "fake_mstar", "--out"]).arg(p.path().join("orders")));
+    assert!(err.contains("--order `fake_mstar`: expected pipeline names separated by `>`"), "{err}");
 
     // seeded: the same runs give the same charts, byte for byte
     let again = p.path().join("again");

@@ -5,6 +5,7 @@
 //! per-prompt values behind each metric).
 
 pub mod gain;
+pub mod order;
 pub mod plot;
 
 use crate::runner::RunInfo;
@@ -67,6 +68,8 @@ pub struct Report {
     pub figures: Vec<Figure>,
     /// Each pipeline's final iteration over its warm-up, per seed and over seeds.
     pub gains: Vec<gain::Gain>,
+    /// The orders asked for, checked.
+    pub orders: Vec<order::OrderCheck>,
     pub markdown: String,
     pub files: Vec<String>,
     /// The queries, in the order they ran (for `--explain`).
@@ -209,8 +212,9 @@ pub(crate) fn metrics_schema() -> Arc<Schema> {
 
 /// Reads every store, compares the pipelines and writes report.md plus one PNG and one SVG
 /// per chart into `out`. `memory_mb`: the memory pool of its SQL sessions
-/// ([`crate::sql::new_session_with`]).
-pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>) -> Result<Report, Error> {
+/// ([`crate::sql::new_session_with`]). `orders`: pipeline names, best first, whose test
+/// accuracies the report compares ([`order::check`]).
+pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>, orders: &[Vec<String>]) -> Result<Report, Error> {
     if stores.is_empty() {
         return Err(Error::Usage("name at least one run store".into()));
     }
@@ -351,10 +355,11 @@ pub async fn report(stores: &[String], out: &Path, memory_mb: Option<usize>) -> 
     }
     let last = |p: &str| figures.iter().filter(|f| f.pipeline == p).map(|f| f.iteration).max().unwrap_or(0);
     let gains = gain::gains(&prompts, last);
-    let markdown = markdown(&pipelines, &figures, &gains, &files, &notes);
+    let orders: Vec<order::OrderCheck> = orders.iter().map(|o| order::check(o, &prompts, last)).collect();
+    let markdown = markdown(&pipelines, &figures, &gains, &orders, &files, &notes);
     std::fs::write(out.join("report.md"), &markdown)?;
     files.push("report.md".into());
-    Ok(Report { figures, gains, markdown, files, queries: vec![RUN_SQL.to_string(), COMPARE_SQL.to_string(), PROMPTS_SQL.to_string()], notes })
+    Ok(Report { figures, gains, orders, markdown, files, queries: vec![RUN_SQL.to_string(), COMPARE_SQL.to_string(), PROMPTS_SQL.to_string()], notes })
 }
 
 /// Whether a metric is a share, shown in percent (a temperature or a count is shown as it is).
@@ -382,7 +387,7 @@ fn cell(f: Option<&Figure>) -> String {
     }
 }
 
-fn markdown(pipelines: &[String], figures: &[Figure], gains: &[gain::Gain], files: &[String], notes: &[String]) -> String {
+fn markdown(pipelines: &[String], figures: &[Figure], gains: &[gain::Gain], orders: &[order::OrderCheck], files: &[String], notes: &[String]) -> String {
     let find = |p: &str, it: i64, split: &str, name: &str| figures.iter().find(|f| f.pipeline == p && f.iteration == it && f.split == split && f.name == name);
     let last = |p: &str| figures.iter().filter(|f| f.pipeline == p).map(|f| f.iteration).max().unwrap_or(0);
     let mut o = String::from("# mstar report\n\nAccuracies in percent, mean ± sample standard deviation over the seeds (runs of the same pipeline).\n\n");
@@ -408,6 +413,7 @@ fn markdown(pipelines: &[String], figures: &[Figure], gains: &[gain::Gain], file
         o += "\n";
     }
     o += &gain::markdown(gains);
+    o += &order::markdown(orders);
     let max_it = pipelines.iter().map(|p| last(p)).max().unwrap_or(0);
     for (split, name, title, _, _) in CHARTS {
         if !figures.iter().any(|f| f.split == *split && f.name == *name) {
