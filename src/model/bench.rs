@@ -66,7 +66,7 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
 
     // generation: greedy, EOS ignored so every row makes `new_tokens` tokens; the generate
     // operator's inference kernels
-    policy.cfg.eos_token_id = u32::MAX;
+    let eos = std::mem::replace(&mut policy.cfg.eos_token_id, u32::MAX);
     let mut gen_model = policy.model.clone();
     gen_model.use_inference_kernels(true)?;
     let train_model = std::mem::replace(&mut policy.model, gen_model);
@@ -78,6 +78,7 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
     let gen_s = t.elapsed().as_secs_f64();
     let gen_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
     policy.model = train_model;
+    policy.cfg.eos_token_id = eos;
 
     // SFT: forward + backward + AdamW
     let mut state = TrainerState {
@@ -99,16 +100,62 @@ pub fn bench(size: &str, out: &Path, batch: usize, new_tokens: usize, sft_steps:
     dev.synchronize()?; // a GPU's last optimizer step is still queued
     let sft_s = t.elapsed().as_secs_f64();
     let tokens_per_step = weights.elem_count();
+    let params = policy.num_params();
+    let prm = prm_bench(policy, &exs[..b], &dev)?;
     Ok(serde_json::json!({
+        "prm_score": prm,
         "size": size,
         "device": if dev.is_cuda() { "cuda" } else { "cpu" },
-        "params": policy.num_params(),
+        "params": params,
         "batch": b,
         "new_tokens": new_tokens,
         "gen_tokens_per_s": gen_tokens as f64 / gen_s,
         "sft_steps": sft_steps,
         "sft_tokens_per_step": tokens_per_step,
         "sft_tokens_per_s": (tokens_per_step * sft_steps) as f64 / sft_s,
+    }))
+}
+
+/// PRM step scoring of `exs`' prompts × 8 responses (the first 1/8, 2/8, … of each gold
+/// chain's steps), the same work two ways: candle's teacher-forced forward in chunks of 32 (the operators' default) and,
+/// on the CPU, the CPU path (prompt prefilled once per group, responses decoded over it).
+fn prm_bench(policy: Policy, exs: &[synth::Example], dev: &Device) -> Result<serde_json::Value> {
+    use super::lm::tiny::{lay_out_steps, score_steps_candle, score_steps_cpu};
+    use super::lm::{Prompt, VisionLm};
+    let lm = |e: super::lm::LmError| ModelError::Invalid(e.to_string());
+    let mut prm = policy.into_prm(1)?;
+    prm.model.use_inference_kernels(true)?;
+    let prompts: Vec<Prompt> = exs
+        .iter()
+        .map(|e| VisionLm::encode_prompt(&prm, &e.question, std::slice::from_ref(&e.image_png)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(lm)?;
+    let steps: Vec<Vec<String>> = exs.iter().map(|e| crate::data::answer::split_steps(&e.gold_cot)).collect();
+    let items: Vec<(&Prompt, &[String])> =
+        (0..exs.len()).flat_map(|i| (1..=8).map(|k| (&prompts[i], &steps[i][..(steps[i].len() * k / 8).max(1)])).collect::<Vec<_>>()).collect();
+    let laid = lay_out_steps(&prm, &items).map_err(lm)?;
+    let n_steps: usize = laid.iter().map(|(_, e)| e.len()).sum();
+    score_steps_candle(&prm, &laid[..8.min(laid.len())], 32).map_err(lm)?; // warm-up
+    let t = Instant::now();
+    let slow = score_steps_candle(&prm, &laid, 32).map_err(lm)?;
+    let candle_s = t.elapsed().as_secs_f64();
+    let cpu = match (prm.model.cpu_path(), prm.model.score_head_cpu()?) {
+        (Some(d), Some(head)) if dev.is_cpu() => {
+            let t = Instant::now();
+            let fast = score_steps_cpu(&prm, d, &head, &items, &laid).map_err(lm)?;
+            let s = t.elapsed().as_secs_f64();
+            let diff = slow.iter().flatten().zip(fast.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            Some((s, diff))
+        }
+        _ => None,
+    };
+    Ok(serde_json::json!({
+        "responses": items.len(),
+        "steps": n_steps,
+        "candle_s": candle_s,
+        "cpu_path_s": cpu.map(|c| c.0),
+        "speedup": cpu.map(|c| candle_s / c.0),
+        "max_abs_diff": cpu.map(|c| c.1),
     }))
 }
 

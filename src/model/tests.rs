@@ -400,6 +400,48 @@ fn prm_scores_are_the_policy_hidden_states_through_the_head() {
 }
 
 #[test]
+fn prm_scores_on_the_cpu_path_equal_the_differentiable_path() {
+    use super::lm::VisionLm;
+    use crate::data::answer::split_steps;
+    let exs: Vec<_> = (0..3).map(|i| crate::data::synth::generate(7, "train", i, false)).collect();
+    let (policy, _) = setup(3);
+    let slow = policy.into_prm(5).unwrap();
+    let f = files(&slow);
+    let mut fast = Policy::from_bytes(&f[0].1, &f[1].1, &f[2].1, &Device::Cpu).unwrap();
+    fast.model.use_inference_kernels(true).unwrap();
+    // 3 prompts; the second has 20 responses (more than one group), the others 1 and 4;
+    // responses of 1 step up to the whole gold chain, in several orders
+    let prompts: Vec<_> = exs.iter().map(|e| VisionLm::encode_prompt(&fast, &e.question, std::slice::from_ref(&e.image_png)).unwrap()).collect();
+    let mut responses: Vec<(usize, Vec<String>)> = Vec::new();
+    for (p, n) in [(0usize, 1usize), (1, 20), (2, 4)] {
+        let steps = split_steps(&exs[p].gold_cot);
+        for k in 0..n {
+            let mut s: Vec<String> = steps.iter().cycle().skip(k).take(1 + k % steps.len()).cloned().collect();
+            if k % 3 == 1 {
+                s.reverse();
+            }
+            responses.push((p, s));
+        }
+    }
+    let items: Vec<(&super::lm::Prompt, &[String])> = responses.iter().map(|(p, s)| (&prompts[*p], s.as_slice())).collect();
+    let want = VisionLm::score_steps(&slow, &items, 8).unwrap();
+    let got = VisionLm::score_steps(&fast, &items, 8).unwrap();
+    assert_eq!(want.iter().map(Vec::len).collect::<Vec<_>>(), got.iter().map(Vec::len).collect::<Vec<_>>());
+    let d = want.iter().flatten().zip(got.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(d < 1e-5, "CPU path scores differ from the differentiable path's by {d}");
+    let spread = got.iter().flatten().fold((1.0f64, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    assert!(spread.1 - spread.0 > 1e-4, "scores do not vary: {spread:?}");
+    // a response's scores do not depend on the responses it is grouped with
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(VisionLm::score_steps(&fast, &[*item], 8).unwrap()[0], got[i], "response {i} scored alone");
+    }
+    // a sequence longer than the model's positions is an error, not a panic
+    let long: Vec<String> = vec!["1 + 1 = 2".to_string(); 400];
+    let e = VisionLm::score_steps(&fast, &[(&prompts[0], long.as_slice())], 8).unwrap_err().to_string();
+    assert!(e.contains("positions"), "{e}");
+}
+
+#[test]
 fn prm_training_reaches_every_weight_and_fits_step_labels() {
     let (policy, mut ex) = setup(6);
     let prm = policy.into_prm(1).unwrap();

@@ -3,7 +3,7 @@
 
 mod openai;
 mod qwen;
-mod tiny;
+pub(crate) mod tiny;
 
 pub use openai::{OpenAiBackend, OpenAiLm};
 pub use qwen::QwenLm;

@@ -417,6 +417,18 @@ impl TinyVlm {
         }
     }
 
+    /// The score head's weights (hidden) and bias as f32, for the CPU scoring path; None
+    /// without a head.
+    pub fn score_head_cpu(&self) -> Result<Option<(Vec<f32>, f32)>> {
+        let Some(head) = &self.score_head else { return Ok(None) };
+        let w = head.0.weight().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let b = match head.0.bias() {
+            Some(b) => b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0],
+            None => 0.0,
+        };
+        Ok(Some((w, b)))
+    }
+
     /// Teacher-forced hidden states: `ids` (B, T) right-padded, one image token at
     /// `image_at`, `patches` (B, P, patch_dim). Returns (B, T − 1 + image_tokens, hidden).
     pub fn forward_hidden(&self, ids: &Tensor, image_at: usize, patches: &Tensor) -> Result<Tensor> {
